@@ -1,0 +1,127 @@
+"""The `mtlrank-ray` command and `tune.py`'s entry point.
+
+Errors a user can fix (`InputError`) print as one line and exit with status 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .data.prepare import TissueReport, prepare_store
+from .demo import DemoSpec, write_demo
+from .errors import InputError
+
+log = logging.getLogger("mtlrank_ray")
+
+DEMO_DATA = Path("demo")
+SMOKE_CONFIG = Path("tune_configs/smoke.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    parser = argparse.ArgumentParser(prog="mtlrank-ray", parents=[common], description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo-data", parents=[common],
+                               help="write a synthetic atlas in the seed layout, with its truth")
+    demo.add_argument("out", type=Path)
+    demo.add_argument("--seed", type=int, default=DemoSpec.seed)
+    demo.add_argument("--cells", type=_cells, default=None,
+                      help='cells per tissue, e.g. "Kidney (Left)=3000,Liver=1500"')
+    demo.add_argument("--tfs", type=int, default=DemoSpec.n_tfs, help="TFs in the expression matrix")
+    demo.add_argument("--genes", type=int, default=DemoSpec.n_genes, help="velocity genes per tissue")
+    demo.set_defaults(run=_demo_data)
+
+    prepare = commands.add_parser("prepare", parents=[common],
+                                  help="align inputs, select and cluster genes, write the store")
+    _data_arguments(prepare)
+    prepare.add_argument("--out", type=Path, required=True, help="the aligned store folder")
+    prepare.set_defaults(run=_prepare)
+    return _run(parser, argv)
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    """`python tune.py`: prepare the aligned store for a sweep (the sweep's first stage)."""
+    parser = argparse.ArgumentParser(prog="tune.py", description=tune_main.__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    _data_arguments(parser, demo=True)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folder (default: runs/<config name>); the store is OUT/store")
+    parser.set_defaults(run=_tune)
+    return _run(parser, argv)
+
+
+def _data_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    parser.add_argument("--tissue", default="all", help="all, or tissue keys separated by commas")
+    source = parser.add_mutually_exclusive_group(required=not demo)
+    source.add_argument("--data", type=Path, help="data root holding data/ (and results/)")
+    if demo:
+        source.add_argument("--demo", action="store_true",
+                            help=f"use the demo atlas in {DEMO_DATA}/ (written if missing) "
+                                 f"and {SMOKE_CONFIG}")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config (default: the built-in defaults; see README)")
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.run(args)
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cells(text: str) -> dict[str, int]:
+    try:
+        pairs = [item.rsplit("=", 1) for item in text.split(",")]
+        return {name.strip(): int(count) for name, count in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=COUNT pairs, got {text!r}") from None
+
+
+def _demo_data(args) -> None:
+    spec = DemoSpec(seed=args.seed, n_tfs=args.tfs, n_genes=args.genes,
+                    **({"cells": args.cells} if args.cells else {}))
+    out = write_demo(args.out, spec)
+    print(f"demo atlas written to {out} (truth in {out / 'truth'})")
+
+
+def _prepare(args) -> None:
+    reports = prepare_store(args.data, load_config(args.config), args.out, args.tissue)
+    _print_reports(reports, args.out)
+
+
+def _tune(args) -> None:
+    if args.demo:
+        args.data = DEMO_DATA
+        args.config = args.config or SMOKE_CONFIG
+        if not (DEMO_DATA / "truth" / "params.json").is_file():
+            write_demo(DEMO_DATA)
+            log.info("demo atlas written to %s", DEMO_DATA)
+    config = load_config(args.config)
+    out = args.out or Path("runs") / (args.config.stem if args.config else "default")
+    reports = prepare_store(args.data, config, out / "store", args.tissue)
+    _print_reports(reports, out / "store")
+
+
+def _print_reports(reports: list[TissueReport], store: Path) -> None:
+    print(f"aligned store: {store}")
+    print(f"{'tissue':<16}{'cells':>8}{'TFs':>6}{'genes':>7}{'clusters':>10}  store")
+    for r in reports:
+        s = r.shapes
+        print(f"{r.tissue:<16}{s['cells']:>8}{s['tfs']:>6}{s['genes']:>7}{s['clusters']:>10}  "
+              f"{r.status} ({r.reason})")

@@ -1,0 +1,77 @@
+"""Which genes are modelled, and their clusters (notebook steps 1-2).
+
+A gene is a candidate when it has velocity in more than `min_cells` cells
+(per-tissue overrides: `min_cells_by_tissue`) and is present in the
+expression matrix. With a lasso list, candidates are its rows for the tissue,
+in the list's order (the notebook's semantics); without one, all velocity
+genes in the velocity file's column order. `n_genes` of them are drawn as the
+notebook draws them: `np.random.seed(seed)` then `np.random.choice` without
+replacement, kept in the drawn order. Clusters are balanced k-means on the
+genes' velocity profiles, NaN filled with the gene's mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+from k_means_constrained import KMeansConstrained
+
+from ..config import GenesConfig
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.DataFrame | None,
+                 tissue: str, settings: GenesConfig, velocity_file: str,
+                 lasso_file: str = "the lasso list") -> pd.Index:
+    counts = velocity.notna().sum(axis=0)
+    empty = counts.index[counts == 0]
+    if len(empty):
+        log.warning("tissue %s: %d genes in %s have no velocity in any cell and are skipped "
+                    "(%s)", tissue, len(empty), velocity_file, ", ".join(empty[:5]))
+    min_cells = settings.min_cells_for(tissue)
+    passing = np.intersect1d(expression_genes, counts.index[counts > min_cells])
+    if lasso is None:
+        listed = velocity.columns
+    else:
+        listed = lasso.loc[lasso["tissue"] == tissue, "gene_ensembl"]
+        if listed.empty:
+            raise InputError(f"{lasso_file} has no rows for tissue {tissue} (its tissues, "
+                             f"normalized: {', '.join(sorted(lasso['tissue'].unique()))}); add "
+                             "them, or remove the file to draw from all velocity genes.")
+        if listed.duplicated().any():
+            log.warning("tissue %s: %s lists %d genes more than once; the first row counts",
+                        tissue, lasso_file, listed.duplicated().sum())
+            listed = listed[~listed.duplicated()]
+    candidates = pd.Index(listed[pd.Index(listed).isin(passing)])
+    log.info("tissue %s: %d of %d %s genes have velocity in more than %d cells and expression",
+             tissue, len(candidates), len(listed), "listed" if lasso is not None else "velocity",
+             min_cells)
+    if len(candidates) < settings.n_clusters:
+        raise InputError(
+            f"tissue {tissue}: {len(candidates)} genes have velocity in more than {min_cells} "
+            f"cells ({velocity_file}) and expression, fewer than the {settings.n_clusters} "
+            f"clusters asked for; lower genes.min_cells (or genes.min_cells_by_tissue.{tissue}) "
+            "or genes.n_clusters in the config.")
+    rng = np.random.RandomState(settings.seed)  # the stream np.random.seed(seed) gives
+    if settings.n_genes < len(candidates):
+        drawn = rng.choice(np.arange(len(candidates)), size=settings.n_genes, replace=False)
+    else:
+        drawn = np.arange(len(candidates))
+    if len(drawn) < settings.n_clusters:
+        raise InputError(f"genes.n_genes ({settings.n_genes}) is less than genes.n_clusters "
+                         f"({settings.n_clusters}); every cluster needs a gene.")
+    return candidates[drawn]
+
+
+def cluster_genes(velocity: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """Balanced cluster labels (0..n_clusters-1) for the columns of `velocity`."""
+    n_genes = velocity.shape[1]
+    profiles = np.where(np.isnan(velocity), np.nanmean(velocity, axis=0), velocity)
+    model = KMeansConstrained(n_clusters=n_clusters, size_min=n_genes // n_clusters,
+                              size_max=math.ceil(n_genes / n_clusters), random_state=seed)
+    return model.fit_predict(profiles.T.astype(np.float64)).astype(np.int32)

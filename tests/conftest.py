@@ -1,0 +1,38 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtlrank_ray.demo import DemoSpec, write_demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small atlas and settings that select from it: every test's prepare runs in
+# well under a second.
+SMALL_SPEC = DemoSpec(seed=7, cells={"Kidney (Left)": 400, "Liver": 250}, n_tfs=24,
+                      n_silent_tfs=3, n_genes=40, n_expression_only_genes=6)
+SMALL_SETTINGS = {"genes": {"n_genes": 16, "min_cells": 250,
+                            "min_cells_by_tissue": {"Liver": 150}, "n_clusters": 4,
+                            "seed": 1000}}
+
+
+@pytest.fixture(scope="session")
+def small_atlas_template(tmp_path_factory) -> Path:
+    return write_demo(tmp_path_factory.mktemp("template") / "atlas", SMALL_SPEC)
+
+
+@pytest.fixture
+def atlas(small_atlas_template, tmp_path) -> Path:
+    """A private copy of the small atlas that a test may damage."""
+    return Path(shutil.copytree(small_atlas_template, tmp_path / "atlas"))
+
+
+def write_config(path: Path, settings: dict) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture
+def small_config(tmp_path) -> Path:
+    return write_config(tmp_path / "small.yaml", SMALL_SETTINGS)

@@ -1,0 +1,211 @@
+"""Each input a user can get wrong: one clear message, exit status 2, no store."""
+
+import logging
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtlrank_ray.cli import main
+from mtlrank_ray.config import load_config
+from mtlrank_ray.data import load_tissue, prepare_store
+
+RPKM = "data/processed/rpkm/rpkm.hdf5"
+VELO = "data/processed/velo/velo.hdf5"
+
+
+def prepare_fails(atlas, config, tmp_path, capsys, *extra):
+    store = tmp_path / "store"
+    code = main(["prepare", "--data", str(atlas), "--config", str(config), "--out", str(store),
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert not store.exists()  # nothing half-written
+    (message,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    return message
+
+
+def replace_dataset(path, name, values):
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f.create_dataset(name, data=values)
+
+
+def test_missing_file(atlas, small_config, tmp_path, capsys):
+    (atlas / VELO).unlink()
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "velo.hdf5 does not exist" in message
+
+
+def test_missing_reference_table(atlas, small_config, tmp_path, capsys):
+    (atlas / "data/raw/tf/tf_list.csv").unlink()
+    assert "TF list" in prepare_fails(atlas, small_config, tmp_path, capsys)
+
+
+def test_unknown_tissue(atlas, small_config, tmp_path, capsys):
+    message = prepare_fails(atlas, small_config, tmp_path, capsys, "--tissue", "Heart")
+    assert "no tissue 'Heart'" in message and "Kidney_Left, Liver" in message
+
+
+def test_activity_files_without_hdf5_group(atlas, small_config, tmp_path, capsys):
+    with h5py.File(atlas / RPKM, "a") as f:
+        del f["Liver"]
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "rpkm.hdf5 has no group 'Liver'" in message and "--tissue" in message
+
+
+def test_hdf5_group_without_activity_files(atlas, small_config, tmp_path, capsys):
+    for kind in ("mean", "sum"):
+        (atlas / f"data/tf_activity/{kind}_tf/Liver_{kind}.csv").unlink()
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "tissue Liver has no activity files" in message
+    # The complete tissue alone still prepares.
+    assert main(["prepare", "--data", str(atlas), "--config", str(small_config),
+                 "--out", str(tmp_path / "kidney"), "--tissue", "Kidney_Left"]) == 0
+
+
+def test_mean_activity_without_sum(atlas, small_config, tmp_path, capsys):
+    (atlas / "data/tf_activity/sum_tf/Liver_sum.csv").unlink()
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "Liver_mean.csv" in message and "sum_tf" in message
+
+
+def test_velocity_barcodes_in_another_order_are_aligned(atlas, small_config, tmp_path):
+    with h5py.File(atlas / VELO, "a") as f:
+        barcodes, velo = f["Liver/barcode"][()], f["Liver/velo"][()]
+    order = np.random.default_rng(0).permutation(len(barcodes))
+    replace_dataset(atlas / VELO, "Liver/barcode", barcodes[order])
+    replace_dataset(atlas / VELO, "Liver/velo", velo[order])
+    prepare_store(atlas, load_config(small_config), tmp_path / "store", tissues="Liver")
+    tissue = load_tissue(tmp_path / "store", "Liver")
+    with h5py.File(atlas / RPKM) as f:
+        assert list(tissue.barcodes) == list(f["Liver/barcode"][()].astype(str))
+    with h5py.File(atlas / VELO) as f:
+        genes = f["Liver/ensembl"][()].astype(str)
+    by_barcode = pd.DataFrame(velo, index=barcodes.astype(str), columns=genes)
+    expected = by_barcode.loc[tissue.barcodes, tissue.genes].to_numpy(np.float32)
+    np.testing.assert_array_equal(tissue.velocity, expected)
+
+
+def test_partly_overlapping_barcodes_keep_common_cells(atlas, small_config, tmp_path, caplog):
+    with h5py.File(atlas / VELO, "a") as f:
+        barcodes, velo = f["Liver/barcode"][()], f["Liver/velo"][()]
+    replace_dataset(atlas / VELO, "Liver/barcode", barcodes[10:])
+    replace_dataset(atlas / VELO, "Liver/velo", velo[10:])
+    with caplog.at_level(logging.WARNING):
+        prepare_store(atlas, load_config(small_config), tmp_path / "store", tissues="Liver")
+    assert "10 cells appear in only one" in caplog.text
+    assert list(load_tissue(tmp_path / "store", "Liver").barcodes) == list(barcodes[10:].astype(str))
+
+
+def test_barely_overlapping_barcodes(atlas, small_config, tmp_path, capsys):
+    with h5py.File(atlas / VELO, "a") as f:
+        barcodes = f["Liver/barcode"][()].astype(str)
+    renamed = [b if i < 20 else f"other-{b}" for i, b in enumerate(barcodes)]
+    replace_dataset(atlas / VELO, "Liver/barcode", np.array(renamed, dtype="S"))
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "tissue Liver: only 20 of 250 expression barcodes" in message
+    assert "velo.hdf5" in message and "min_barcode_overlap" in message
+
+
+def test_duplicate_barcodes(atlas, small_config, tmp_path, capsys):
+    with h5py.File(atlas / RPKM, "a") as f:
+        barcodes = f["Liver/barcode"][()]
+    barcodes[1] = barcodes[0]
+    replace_dataset(atlas / RPKM, "Liver/barcode", barcodes)
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "rpkm.hdf5 [Liver]: 1 duplicate barcodes" in message
+
+
+def test_duplicate_gene_ids(atlas, small_config, tmp_path, capsys):
+    with h5py.File(atlas / VELO, "a") as f:
+        genes = f["Kidney_Left/ensembl"][()]
+    genes[3] = genes[2]
+    replace_dataset(atlas / VELO, "Kidney_Left/ensembl", genes)
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "velo.hdf5 [Kidney_Left]: 1 duplicate gene ids" in message
+
+
+def test_shape_mismatch(atlas, small_config, tmp_path, capsys):
+    with h5py.File(atlas / RPKM, "a") as f:
+        genes = f["Liver/ensembl"][()]
+    replace_dataset(atlas / RPKM, "Liver/ensembl", genes[:-1])
+    assert "must be cells x genes" in prepare_fails(atlas, small_config, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -5.0])
+def test_bad_expression_values(atlas, small_config, tmp_path, capsys, bad):
+    with h5py.File(atlas / RPKM, "a") as f:
+        f["Liver/exp"][3, :] = bad  # every column: TFs included
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert message.startswith("error: ") and "rpkm.hdf5 [Liver/exp]" in message
+    assert ("NaN or infinite" in message) if np.isnan(bad) or np.isinf(bad) else ("negative" in message)
+
+
+def test_infinite_velocity(atlas, small_config, tmp_path, capsys):
+    with h5py.File(atlas / VELO, "a") as f:
+        f["Liver/velo"][0, 0] = np.inf
+    assert "infinite" in prepare_fails(atlas, small_config, tmp_path, capsys)
+
+
+def test_gene_without_velocity_is_reported_and_skipped(atlas, small_config, tmp_path, caplog):
+    with h5py.File(atlas / VELO, "a") as f:
+        gene = f["Liver/ensembl"][0].decode()
+        f["Liver/velo"][:, 0] = np.nan
+    with caplog.at_level(logging.WARNING):
+        prepare_store(atlas, load_config(small_config), tmp_path / "store", tissues="Liver")
+    assert f"tissue Liver: 1 genes in {atlas / VELO} have no velocity in any cell" in caplog.text
+    assert gene in caplog.text
+    assert gene not in set(load_tissue(tmp_path / "store", "Liver").genes)
+
+
+def test_fewer_genes_than_clusters(atlas, tmp_path, capsys):
+    from conftest import SMALL_SETTINGS, write_config
+    settings = {"genes": {**SMALL_SETTINGS["genes"], "min_cells": 390}}
+    message = prepare_fails(atlas, write_config(tmp_path / "c.yaml", settings), tmp_path, capsys)
+    assert "tissue Kidney_Left:" in message and "fewer than the 4 clusters" in message
+    assert "genes.min_cells" in message
+
+
+def test_lasso_list_without_the_tissue(atlas, small_config, tmp_path, capsys):
+    lasso = pd.read_csv(atlas / "results/r2/lasso_r2.csv", index_col=0)
+    lasso[lasso.tissue != "Liver"].to_csv(atlas / "results/r2/lasso_r2.csv")
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "lasso_r2.csv has no rows for tissue Liver" in message
+    assert "Kidney_Left" in message
+
+
+def test_truncated_hdf5(atlas, small_config, tmp_path, capsys):
+    data = (atlas / RPKM).read_bytes()
+    (atlas / RPKM).write_bytes(data[: len(data) // 2])
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "rpkm.hdf5 cannot be read as HDF5" in message and "truncated or corrupt" in message
+
+
+def test_corrupt_hdf5(atlas, small_config, tmp_path, capsys):
+    (atlas / VELO).write_bytes(b"this is not an HDF5 file\n" * 100)
+    message = prepare_fails(atlas, small_config, tmp_path, capsys)
+    assert "velo.hdf5 cannot be read as HDF5" in message
+
+
+def test_debug_shows_the_traceback(atlas, small_config, tmp_path):
+    (atlas / VELO).unlink()
+    from mtlrank_ray.errors import InputError
+    with pytest.raises(InputError):
+        main(["prepare", "--debug", "--data", str(atlas), "--config", str(small_config),
+              "--out", str(tmp_path / "store")])
+
+
+def test_failure_in_a_later_tissue_leaves_an_existing_store_untouched(atlas, small_config, tmp_path, capsys):
+    store = tmp_path / "store"
+    prepare_store(atlas, load_config(small_config), store)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    with h5py.File(atlas / RPKM, "a") as f:
+        f["Kidney_Left/exp"][0, 0] = 1.0  # changes Kidney_Left: it will be rebuilt
+        f["Liver/exp"][0, :] = np.nan  # and Liver fails
+    code = main(["prepare", "--data", str(atlas), "--config", str(small_config), "--out", str(store)])
+    assert code == 2 and "Liver" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert after == before  # Kidney_Left's rebuild was staged, never installed

@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 
 import anndata
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse
@@ -93,7 +92,7 @@ class ScveloFiles:
     def _read(self, path: Path, tf_ids: pd.Index, prefix: bool) -> dict:
         try:
             adata = anndata.read_h5ad(path)
-        except (OSError, KeyError, ValueError, h5py.h5e.HDF5ExtError) as exc:
+        except (OSError, KeyError, ValueError) as exc:
             raise InputError(f"{path} cannot be read as .h5ad ({exc}); the file is truncated "
                              "or corrupt: copy or export it again.") from None
         if "velocity" not in adata.layers or "velocity_genes" not in adata.var:

@@ -1,0 +1,79 @@
+import pytest
+
+from mtlrank_ray.cli import main
+from mtlrank_ray.config import Config, load_config
+from mtlrank_ray.errors import ConfigError
+
+from conftest import REPO
+
+
+@pytest.mark.parametrize("name", ["default", "seed", "smoke"])
+def test_shipped_configs_load(name):
+    config = load_config(REPO / "tune_configs" / f"{name}.yaml")
+    assert isinstance(config, Config)
+
+
+def test_seed_config_holds_the_notebooks_settings():
+    config = load_config(REPO / "tune_configs" / "seed.yaml")
+    assert (config.genes.n_genes, config.genes.n_clusters, config.genes.min_cells) == (500, 20, 4000)
+    assert config.genes.min_cells_for("Liver") == 1000
+    assert config.genes.min_cells_for("Kidney_Left") == 4000
+    assert config.search.lambdas == [0.01] and config.search.replicates == 3
+    assert config.training.standardize == "per_split" and config.training.epochs == 10
+    assert config.asha.enabled is False
+
+
+def test_default_grid_includes_lambda_zero():
+    assert 0.0 in load_config(REPO / "tune_configs" / "default.yaml").search.lambdas
+
+
+def test_missing_keys_take_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("genes:\n  n_genes: 50\n")
+    config = load_config(path)
+    assert config.genes.n_genes == 50 and config.genes.n_clusters == 20
+    assert config.training == Config().training
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("genes:\n  n_gene: 5\n", "unknown key 'genes.n_gene'; known keys in genes: n_genes"),
+    ("gene:\n  n_genes: 5\n", "unknown key 'gene'"),
+    ("genes:\n  n_genes: '500'\n", "genes.n_genes must be an integer, got '500' (str)"),
+    ("genes:\n  n_genes: 2.5\n", "genes.n_genes must be an integer"),
+    ("genes:\n  n_genes: 0\n", "genes.n_genes must be greater than 0"),
+    ("training:\n  standardize: test\n", "training.standardize must be one of 'train', 'per_split'"),
+    ("training:\n  learning_rate: fast\n", "training.learning_rate must be a number"),
+    ("search:\n  lambdas: 0.1\n", "search.lambdas must be a non-empty list"),
+    ("search:\n  lambdas: [0.1, x]\n", "search.lambdas[1] must be a number"),
+    ("search:\n  lambdas: [-0.1]\n", "search.lambdas must be a list of numbers of at least 0"),
+    ("search:\n  val_fraction: 1.5\n", "search.val_fraction must be between 0 and 1"),
+    ("asha:\n  enabled: yes please\n", "asha.enabled must be true or false"),
+    ("asha:\n  reduction_factor: 1\n", "asha.reduction_factor must be at least 2"),
+    ("resources:\n  gpu: -1\n", "resources.gpu must be at least 0"),
+    ("genes:\n  min_cells_by_tissue: {Liver: many}\n", "genes.min_cells_by_tissue.Liver must be an integer"),
+    ("genes: [1, 2]\n", "genes must be a mapping"),
+    ("- 1\n", "the top level must be a mapping"),
+    ("genes: {n_genes: 5\n", "is not valid YAML"),
+])
+def test_malformed_config_names_key_and_file(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_a_bad_config_without_traceback(atlas, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("genes:\n  n_clusters: many\n")
+    code = main(["prepare", "--data", str(atlas), "--config", str(bad), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == f"error: {bad}: genes.n_clusters must be an integer, got 'many' (str)"
+    assert not (tmp_path / "s").exists()

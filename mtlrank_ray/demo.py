@@ -197,18 +197,18 @@ def _write_activity(root, tissue, rng, tfs, velocity_genes, regulators, program,
 
 def _lasso_rows(rng, name, expression, velocity, tfs, velocity_genes, gene_pool):
     """The lasso list's rows for one tissue: most velocity genes, in no order, plus
-    genes the data lacks. r2 is an in-sample least-squares fit on TF expression."""
+    genes the data lacks. Only the format is the lasso's: r2 is the R² of a
+    least-squares line on the gene's best single TF, and that TF is named."""
     rows = []
     listed = rng.permutation(len(velocity_genes))[: int(0.9 * len(velocity_genes))]
-    design = np.column_stack([expression, np.ones(len(expression))])
     for g in listed:
         cells = ~np.isnan(velocity[:, g])
-        coef, *_ = np.linalg.lstsq(design[cells], velocity[cells, g], rcond=None)
-        fitted = design[cells] @ coef
-        y = velocity[cells, g]
-        r2 = 1 - np.sum((y - fitted) ** 2) / np.sum((y - y.mean()) ** 2)
-        top = int(np.argmax(np.abs(coef[:-1])))
-        rows.append((name, round(float(r2), 4), velocity_genes.ensembl_id.iat[g],
+        x = expression[cells] - expression[cells].mean(0)
+        y = velocity[cells, g] - velocity[cells, g].mean()
+        norms = np.sqrt((x ** 2).sum(0) * (y ** 2).sum())
+        r2 = np.divide((x.T @ y) ** 2, norms ** 2, out=np.zeros(len(norms)), where=norms > 0)
+        top = int(np.argmax(r2))
+        rows.append((name, round(float(r2[top]), 4), velocity_genes.ensembl_id.iat[g],
                      velocity_genes.symbol.iat[g], tfs.ensembl_id.iat[top], tfs.symbol.iat[top]))
     for _, absent in gene_pool.iloc[-3:].iterrows():
         rows.append((name, 0.0, absent.ensembl_id, absent.symbol, "", ""))

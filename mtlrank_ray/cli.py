@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
-    parser = argparse.ArgumentParser(prog="mtlrank-ray", parents=[common], description=__doc__)
+    parser = argparse.ArgumentParser(prog="mtlrank-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo-data", parents=[common],

@@ -110,22 +110,16 @@ def test_barely_overlapping_barcodes(atlas, small_config, tmp_path, capsys):
     assert "velo.hdf5" in message and "min_barcode_overlap" in message
 
 
-def test_duplicate_barcodes(atlas, small_config, tmp_path, capsys):
-    with h5py.File(atlas / RPKM, "a") as f:
-        barcodes = f["Liver/barcode"][()]
-    barcodes[1] = barcodes[0]
-    replace_dataset(atlas / RPKM, "Liver/barcode", barcodes)
-    message = prepare_fails(atlas, small_config, tmp_path, capsys)
-    assert "rpkm.hdf5 [Liver]: 1 duplicate barcodes" in message
-
-
-def test_duplicate_gene_ids(atlas, small_config, tmp_path, capsys):
-    with h5py.File(atlas / VELO, "a") as f:
-        genes = f["Kidney_Left/ensembl"][()]
-    genes[3] = genes[2]
-    replace_dataset(atlas / VELO, "Kidney_Left/ensembl", genes)
-    message = prepare_fails(atlas, small_config, tmp_path, capsys)
-    assert "velo.hdf5 [Kidney_Left]: 1 duplicate gene ids" in message
+@pytest.mark.parametrize("path, dataset, expected", [
+    (RPKM, "Liver/barcode", "rpkm.hdf5 [Liver]: 1 duplicate barcodes"),
+    (VELO, "Kidney_Left/ensembl", "velo.hdf5 [Kidney_Left]: 1 duplicate gene ids"),
+])
+def test_duplicate_ids(atlas, small_config, tmp_path, capsys, path, dataset, expected):
+    with h5py.File(atlas / path, "a") as f:
+        ids = f[dataset][()]
+    ids[3] = ids[2]
+    replace_dataset(atlas / path, dataset, ids)
+    assert expected in prepare_fails(atlas, small_config, tmp_path, capsys)
 
 
 def test_shape_mismatch(atlas, small_config, tmp_path, capsys):
@@ -209,3 +203,28 @@ def test_failure_in_a_later_tissue_leaves_an_existing_store_untouched(atlas, sma
     assert code == 2 and "Liver" in capsys.readouterr().err
     after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     assert after == before  # Kidney_Left's rebuild was staged, never installed
+
+
+def test_variable_length_string_ids_read_like_fixed_length(atlas, small_config, tmp_path):
+    prepare_store(atlas, load_config(small_config), tmp_path / "fixed", tissues="Liver")
+    for path in (RPKM, VELO):
+        for name in ("Liver/barcode", "Liver/ensembl"):
+            with h5py.File(atlas / path, "a") as f:
+                values = f[name][()].astype(str)
+                del f[name]
+                f.create_dataset(name, data=values.astype(object), dtype=h5py.string_dtype())
+    prepare_store(atlas, load_config(small_config), tmp_path / "vlen", tissues="Liver")
+    fixed, vlen = load_tissue(tmp_path / "fixed", "Liver"), load_tissue(tmp_path / "vlen", "Liver")
+    assert list(vlen.barcodes) == list(fixed.barcodes) and list(vlen.genes) == list(fixed.genes)
+
+
+def test_forced_h5ad_format_without_h5ad_folder(atlas, tmp_path, capsys):
+    from conftest import SMALL_SETTINGS, write_config
+    config = write_config(tmp_path / "c.yaml", {**SMALL_SETTINGS, "data": {"format": "h5ad"}})
+    assert "data/h5ad does not exist" in prepare_fails(atlas, config, tmp_path, capsys)
+
+
+def test_data_folder_without_inputs(tmp_path, small_config, capsys):
+    (tmp_path / "empty").mkdir()
+    message = prepare_fails(tmp_path / "empty", small_config, tmp_path, capsys)
+    assert "holds neither the seed layout" in message and "demo-data" in message

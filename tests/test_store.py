@@ -164,3 +164,17 @@ def test_a_killed_prepare_leaves_only_whole_tissues(atlas, small_config, tmp_pat
     reports = prepare_store(atlas, load_config(changed), store)
     assert sorted(p.name for p in store.iterdir()) == ["Kidney_Left", "Liver"]  # leftovers removed
     assert [r.status for r in reports] == (["built", "built"] if stage == "write" else ["reused", "built"])
+
+
+def test_a_tissue_missing_a_file_is_rebuilt(atlas, small_config, tmp_path):
+    config = load_config(small_config)
+    prepare_store(atlas, config, tmp_path / "store")
+    (tmp_path / "store/Liver/velocity.parquet").unlink()
+    reports = prepare_store(atlas, config, tmp_path / "store")
+    assert [r.status for r in reports] == ["reused", "built"]
+    assert (tmp_path / "store/Liver/velocity.parquet").is_file()
+
+
+def test_tissue_named_as_in_the_lasso_list(atlas, small_config, tmp_path):
+    reports = prepare_store(atlas, load_config(small_config), tmp_path / "store", tissues="Kidney (Left)")
+    assert [r.tissue for r in reports] == ["Kidney_Left"]

@@ -25,7 +25,7 @@ from ..errors import InputError
 from . import store
 from .activity import activity_matrices, tf_order
 from .genes import cluster_genes, select_genes
-from .references import read_id_map, read_lasso, read_tf_list
+from .references import normalize_tissue, read_id_map, read_lasso, read_tf_list
 from .scvelo import H5AD_DIR, ScveloFiles
 from .seed_layout import RPKM, VELO, SeedLayout
 from .source import Source
@@ -64,7 +64,7 @@ def open_source(root: Path, config: Config) -> Source:
 def choose_tissues(requested: str, available: list[str]) -> list[str]:
     if requested == "all":
         return available
-    chosen = [t.strip() for t in requested.split(",") if t.strip()]
+    chosen = [normalize_tissue(t.strip()) for t in requested.split(",") if t.strip()]
     unknown = [t for t in chosen if t not in available]
     if unknown or not chosen:
         raise InputError(f"no tissue '{unknown[0] if unknown else requested}' in the data; "
@@ -98,7 +98,7 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
             settings = _settings(config, tissue, lasso_used=lasso is not None)
             fingerprint = store.fingerprint(inputs, settings)
             existing = store.read_manifest(out / tissue)
-            if existing and existing.get("fingerprint") == fingerprint:
+            if store.is_current(out / tissue, existing, fingerprint):
                 reports.append(TissueReport(tissue, "reused", "inputs and settings unchanged",
                                             existing["shapes"]))
                 log.info("tissue %s: store is current, reused", tissue)

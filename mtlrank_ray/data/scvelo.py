@@ -46,6 +46,9 @@ class ScveloFiles:
 
     def tissues(self) -> list[str]:
         """Every tissue with a folder or activity files; `load` checks each has files."""
+        if not self.folder.is_dir():
+            raise InputError(f"{self.folder} does not exist; scVelo input goes in "
+                             f"{H5AD_DIR}/<Tissue>/ (see README, 'Data layout').")
         folders = {d.name for d in self.folder.iterdir() if d.is_dir()}
         return sorted(folders | set(self.activity))
 

@@ -83,6 +83,9 @@ class SeedLayout:
                                                self.min_barcode_overlap, tissue,
                                                str(self.rpkm), str(self.velo))
             tf_cols = np.flatnonzero(pd.Index(expr_genes).isin(tf_ids))
+            log.info("tissue %s: reading %d cells: %d TF columns of %d expression genes, "
+                     "%d velocity genes",
+                     tissue, len(expr_rows), len(tf_cols), exp.shape[1], vel.shape[1])
             where = f"{self.rpkm} [{tissue}/exp]"
             expression = _read_rows(exp, expr_rows, tf_cols, lambda v: scale_expression(v, where))
             velocity = _read_rows(vel, velo_rows, np.arange(vel.shape[1]), _check_velocity(
@@ -110,8 +113,7 @@ def _group(handle: h5py.File, tissue: str, matrix: str, path: Path):
         if key not in group:
             raise InputError(f"{path} [{tissue}] has no dataset '{key}'; each tissue group "
                              f"needs {matrix}, barcode and ensembl.")
-    barcodes = group["barcode"][()].astype(str)
-    genes = group["ensembl"][()].astype(str)
+    barcodes, genes = _strings(group["barcode"]), _strings(group["ensembl"])
     data = group[matrix]
     if data.shape != (len(barcodes), len(genes)):
         raise InputError(f"{path} [{tissue}/{matrix}] is {data.shape[0]} x {data.shape[1]} but "
@@ -120,6 +122,13 @@ def _group(handle: h5py.File, tissue: str, matrix: str, path: Path):
     check_unique(barcodes, "barcodes", f"{path} [{tissue}]")
     check_unique(genes, "gene ids", f"{path} [{tissue}]")
     return barcodes, genes, data
+
+
+def _strings(dataset: h5py.Dataset) -> np.ndarray:
+    """Fixed- or variable-length byte strings (or numbers) as str."""
+    if dataset.dtype.kind in "SO":
+        return dataset.asstr()[()].astype(str)
+    return dataset[()].astype(str)
 
 
 def _read_rows(data: h5py.Dataset, rows: np.ndarray, cols: np.ndarray, transform) -> np.ndarray:

@@ -88,6 +88,11 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
+def is_current(folder: Path, manifest: dict | None, fingerprint: str) -> bool:
+    return (manifest is not None and manifest.get("fingerprint") == fingerprint
+            and all((folder / name).is_file() for name in manifest.get("files", {}).values()))
+
+
 def write_tissue(folder: Path, tissue: AlignedTissue, manifest: dict) -> None:
     """Write every file of one tissue into `folder` (a fresh staging folder)."""
     folder.mkdir(parents=True)

@@ -11,3 +11,7 @@ class InputError(Exception):
 
 class ConfigError(InputError):
     """A malformed configuration file: the message names the key and the file."""
+
+
+class TrainingError(Exception):
+    """Training could not go on; the message names tissue, cluster, replicate, λ and epoch."""

@@ -1,0 +1,129 @@
+"""The maths: the seed's trace-norm multi-task network, as batched tensors.
+
+One cluster of G genes over T TFs. The seed builds, per gene, one
+`Dense(1, relu)` per TF over five features (e, m, s, e*m, e*s: expression,
+mean activity, sum activity and their products), concatenates the T outputs
+and stacks Dense 64, 32, 16 (ReLU) and 1 (linear). Here every gene's weights
+live in one tensor per layer, with the gene as the leading axis:
+
+    first     (G, T, 5) kernels in feature order e, m, s, e*m, e*s, and (G, T) biases
+    dense_64  (G, T, 64), dense_32 (G, 64, 32), dense_16 (G, 32, 16), output (G, 16, 1)
+              kernels, each with a (G, units) bias
+
+The first layer is computed without building the five features. After
+standardization with a split's statistics, the e*m column is sign(m)·ẽ where
+std(e) > 0 and e*m itself where std(e) = 0 (likewise e*s), and m and s are
+constant per (gene, TF). So the pre-activation for gene g, TF t and a cell
+with raw expression e is exactly
+
+    e · A[g, t] + C[g, t]
+
+with A and C built from the five weights, the bias, the activity scores and
+the standardization (`first_layer_coefficients`): one multiply-add per gene
+and TF, the same function of the same weights as the seed's, hence the same
+gradients.
+
+Loss (the seed's): mean over genes of the MSE, plus λ times the mean of the
+nuclear norms of the Dense(64) and Dense(32) kernels stacked over genes and
+unfolded along the gene axis (G x T·64 and G x 64·32), plus an optional L1
+term the seed declares but never adds (weight 0 by default).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+HIDDEN = (64, 32, 16)
+DENSE = ("dense_64", "dense_32", "dense_16", "output")
+SHARED = ("dense_64", "dense_32")  # the kernels the trace norm couples across genes
+L1_KERNELS = ("first", "dense_64", "dense_32", "dense_16")  # where the seed declares L1
+
+
+def init_weights(n_genes: int, n_tfs: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Keras' defaults, per gene: Glorot-uniform kernels, zero biases."""
+    def glorot(shape):
+        fan_in, fan_out = shape[-2], shape[-1]
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=(n_genes, *shape)).astype(np.float32)
+
+    weights = {"first_kernel": glorot((n_tfs, 5, 1))[..., 0],
+               "first_bias": np.zeros((n_genes, n_tfs), np.float32)}
+    sizes = (n_tfs, *HIDDEN, 1)
+    for name, fan_in, fan_out in zip(DENSE, sizes[:-1], sizes[1:]):
+        weights[f"{name}_kernel"] = glorot((fan_in, fan_out))
+        weights[f"{name}_bias"] = np.zeros((n_genes, fan_out), np.float32)
+    return weights
+
+
+def first_layer_coefficients(weights, act_mean, act_sum, shift, scale, constant):
+    """A and C such that the first layer's pre-activation is e·A + C.
+
+    act_mean, act_sum: (G, T) activity; shift, scale: (G, T) the split's
+    standardization of e (mean and std; 0 and 1 where the std is 0);
+    constant: (G, T) bool, True where the std is 0.
+    """
+    w = weights["first_kernel"]
+    sign_or_raw = lambda a: tf.where(constant, a, tf.sign(a))  # noqa: E731
+    slope = w[..., 0] + w[..., 3] * sign_or_raw(act_mean) + w[..., 4] * sign_or_raw(act_sum)
+    offset = w[..., 1] * act_mean + w[..., 2] * act_sum + weights["first_bias"]
+    a = slope / scale
+    return a, offset - a * shift
+
+
+def predict(weights, expression, a, c):
+    """Predictions (G, B) from each gene's batch of raw expression rows (G, B, T)."""
+    hidden = tf.nn.relu(expression * a[:, None, :] + c[:, None, :])
+    for name in DENSE:
+        hidden = tf.matmul(hidden, weights[f"{name}_kernel"]) + weights[f"{name}_bias"][:, None, :]
+        if name != "output":
+            hidden = tf.nn.relu(hidden)
+    return hidden[..., 0]
+
+
+@tf.custom_gradient
+def nuclear_norm(matrix):
+    """Sum of singular values of a wide (G x n, G small) matrix; gradient U Vᵀ.
+
+    The thin SVD comes from the G x G Gram matrix in float64: A Aᵀ = U Σ² Uᵀ
+    and U Vᵀ = U Σ⁻¹ Uᵀ A. For G ≪ n this is one small eigendecomposition and
+    two thin matmuls, where a direct SVD of the G x T·64 kernel costs ~18 matmuls
+    of the forward pass at T = 1600. Directions with a zero singular value get
+    no gradient (U Vᵀ over the nonzero ones, the minimal-norm subgradient).
+    """
+    wide = tf.cast(matrix, tf.float64)
+    eigenvalues, u = tf.linalg.eigh(tf.matmul(wide, wide, transpose_b=True))
+    sigma = tf.sqrt(tf.maximum(eigenvalues, 0.0))
+    tolerance = tf.reduce_max(sigma) * float(np.finfo(np.float32).eps) * tf.cast(
+        tf.reduce_max(tf.shape(matrix)), tf.float64)
+    inverse = tf.where(sigma > tolerance, 1.0 / tf.where(sigma > tolerance, sigma, 1.0), 0.0)
+
+    def gradient(upstream):
+        u_v = tf.matmul(u * inverse[None, :], tf.matmul(u, wide, transpose_a=True))
+        return tf.cast(upstream, matrix.dtype) * tf.cast(u_v, matrix.dtype)
+
+    return tf.cast(tf.reduce_sum(sigma), matrix.dtype), gradient
+
+
+def trace_norm(weights):
+    """Mean over the shared kernels of the nuclear norm of the gene-axis unfolding."""
+    norms = [nuclear_norm(tf.reshape(weights[f"{name}_kernel"],
+                                     (tf.shape(weights[f"{name}_kernel"])[0], -1)))
+             for name in SHARED]
+    return tf.add_n(norms) / len(norms)
+
+
+def l1_norm(weights):
+    """Mean over genes of the sum of |kernel| over the layers the seed declares L1 on."""
+    n_genes = tf.cast(tf.shape(weights["first_kernel"])[0], tf.float32)
+    return tf.add_n([tf.reduce_sum(tf.abs(weights[f"{name}_kernel"]))
+                     for name in L1_KERNELS]) / n_genes
+
+
+def loss(weights, expression, a, c, target, lam, l1):
+    """(total loss, mean MSE) for one batch per gene: target (G, B)."""
+    mse = tf.reduce_mean(tf.square(target - predict(weights, expression, a, c)))
+    total = mse + lam * trace_norm(weights)
+    if l1:
+        total += l1 * l1_norm(weights)
+    return total, mse

@@ -1,0 +1,226 @@
+"""The training loop for one (tissue, cluster, replicate, λ); it knows nothing of Ray.
+
+    trainer = ClusterTrainer(data, trial, settings, split, seed)
+    result = trainer.fit(epochs, on_epoch=callback)   # callback returns True to stop
+
+After every epoch the callback gets an `EpochReport`: per-gene validation R²
+(sklearn's r2_score semantics) and their mean, the mean training loss,
+steps/s, and the best epoch so far with its genes' validation and test R²
+(test R² is computed from the best epoch's weights, which are kept), so a
+caller that stops early still holds a complete result. `save` / `restore`
+write and read the whole state (weights, best weights, Adam's moments, the
+batch sampler) as `.npz`; a restored run continues exactly as an
+uninterrupted one would on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from . import model
+from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits
+from .config import TrainingConfig
+from .errors import TrainingError
+
+EVAL_CHUNK = 1024  # cells per gene per evaluation step
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras' defaults, as the seed used
+
+
+@dataclass(frozen=True)
+class Trial:
+    tissue: str
+    cluster: int
+    replicate: int
+    lam: float
+
+    def describe(self) -> str:
+        return (f"tissue {self.tissue}, cluster {self.cluster}, replicate {self.replicate}, "
+                f"λ={self.lam:g}")
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    val_r2: np.ndarray  # (G,)
+    mean_val_r2: float
+    train_loss: float
+    steps_per_s: float
+    best_epoch: int
+    best_val_r2: np.ndarray  # (G,) at best_epoch
+    best_test_r2: np.ndarray  # (G,) at best_epoch
+
+
+@dataclass
+class TrainResult:
+    genes: list[str]
+    val_r2: np.ndarray  # at the best epoch
+    test_r2: np.ndarray  # at the best epoch
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+def r2_scores(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
+    """sklearn's r2_score per gene, force_finite: a constant target scores 1 if
+    predicted exactly, else 0."""
+    safe = np.where(ss_tot > 0, ss_tot, 1.0)
+    return np.where(ss_tot > 0, 1.0 - ss_res / safe, np.where(ss_res == 0, 1.0, 0.0))
+
+
+class ClusterTrainer:
+    def __init__(self, data: ClusterData, trial: Trial, settings: TrainingConfig,
+                 split: dict[str, np.ndarray], seed: int):
+        self.data, self.trial, self.settings = data, trial, settings
+        self.splits: dict[str, GeneSplit] = prepare_splits(data, split, settings.standardize)
+        # Initial weights and batches depend on the trial's group, not on λ, so
+        # every λ of a (tissue, cluster, replicate) starts from the same point.
+        init_rng, self.batch_rng = [np.random.default_rng(s) for s in
+                                    np.random.SeedSequence([seed, trial.replicate, trial.cluster]).spawn(2)]
+        weights = model.init_weights(len(data.genes), data.expression.shape[1], init_rng)
+        self.weights = {k: tf.Variable(v, name=k) for k, v in weights.items()}
+        self.moments = {k: (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
+                        for k, v in weights.items()}
+        self.step_count = tf.Variable(0, dtype=tf.int64)
+        self.expression = tf.constant(data.expression)
+        self.activity = (tf.constant(data.act_mean), tf.constant(data.act_sum))
+        self.lam = tf.constant(trial.lam, tf.float32)
+        self.epoch = 0
+        self.best_epoch = 0
+        self.best_weights = {k: v.copy() for k, v in weights.items()}
+        self.best_val_r2 = np.full(len(data.genes), -np.inf)
+        self.best_test_r2 = np.zeros(len(data.genes))
+        self.history: list[dict] = []
+        self._train_step = tf.function(self._step, reduce_retracing=True)
+        self._evaluate = tf.function(self._evaluate_chunk, reduce_retracing=True)
+
+    # -- the step -------------------------------------------------------------
+    def _coefficients(self, standardization):
+        return model.first_layer_coefficients(self.weights, *self.activity, *standardization)
+
+    def _step(self, cells, target, standardization):
+        with tf.GradientTape() as tape:
+            a, c = self._coefficients(standardization)
+            rows = tf.gather(self.expression, cells)
+            total, mse = model.loss(self.weights, rows, a, c, target, self.lam, self.settings.l1)
+        names = list(self.weights)
+        grads = tape.gradient(total, [self.weights[k] for k in names])
+        self._adam(dict(zip(names, grads)))
+        return total
+
+    def _adam(self, grads):
+        """Adam exactly as Keras applies it (its default β and ε)."""
+        self.step_count.assign_add(1)
+        t = tf.cast(self.step_count, tf.float32)
+        lr = self.settings.learning_rate * tf.sqrt(1 - ADAM["beta_2"] ** t) / (1 - ADAM["beta_1"] ** t)
+        for name, grad in grads.items():
+            m, v = self.moments[name]
+            m.assign_add((grad - m) * (1 - ADAM["beta_1"]))
+            v.assign_add((tf.square(grad) - v) * (1 - ADAM["beta_2"]))
+            self.weights[name].assign_sub(lr * m / (tf.sqrt(v) + ADAM["epsilon"]))
+
+    def _evaluate_chunk(self, cells, target, mask, standardization):
+        a, c = self._coefficients(standardization)
+        pred = model.predict(self.weights, tf.gather(self.expression, cells), a, c)
+        return tf.reduce_sum(tf.square(target - pred) * mask, axis=1)
+
+    # -- evaluation -----------------------------------------------------------
+    def predict_r2(self, split: str) -> np.ndarray:
+        """Per-gene R² of the current weights on a split."""
+        gene_split = self.splits[split]
+        cells, target, mask = padded(gene_split, EVAL_CHUNK)
+        standardization = _tensors(gene_split.standardization)
+        ss_res = np.zeros(len(self.data.genes))
+        for start in range(0, cells.shape[1], EVAL_CHUNK):
+            part = slice(start, start + EVAL_CHUNK)
+            ss_res += self._evaluate(cells[:, part], target[:, part], mask[:, part],
+                                     standardization).numpy()
+        ss_tot = np.array([np.sum((y - y.mean()) ** 2) for y in gene_split.target])
+        return r2_scores(ss_res, ss_tot)
+
+    # -- the loop -------------------------------------------------------------
+    def fit(self, epochs: int, on_epoch: Callable[[EpochReport], bool | None] | None = None) -> TrainResult:
+        """Train until `epochs` epochs are done (counting restored ones) or the
+        callback returns True."""
+        train = self.splits["train"]
+        standardization = _tensors(train.standardization)
+        while self.epoch < epochs:
+            cells, targets, bounds = epoch_batches(train, self.settings.batch_size, self.batch_rng)
+            cells, targets = tf.constant(cells), tf.constant(targets)
+            started, losses = time.perf_counter(), []
+            try:
+                for lo, hi in bounds:
+                    losses.append(self._train_step(cells[:, lo:hi], targets[:, lo:hi], standardization))
+                loss = float(tf.reduce_mean(tf.stack(losses)))
+            except tf.errors.OpError as exc:  # e.g. an eigendecomposition that did not converge
+                raise TrainingError(f"{self.trial.describe()}, epoch {self.epoch + 1}: training "
+                                    f"failed: {exc.message}") from None
+            elapsed = time.perf_counter() - started
+            self.epoch += 1
+            if not np.isfinite(loss):
+                raise TrainingError(f"{self.trial.describe()}, epoch {self.epoch}: the loss is "
+                                    f"{loss}; lower training.learning_rate or λ.")
+            report = self._finish_epoch(loss, len(bounds) / elapsed)
+            if on_epoch is not None and on_epoch(report):
+                break
+        return self.result()
+
+    def _finish_epoch(self, loss: float, steps_per_s: float) -> EpochReport:
+        val_r2 = self.predict_r2("val")
+        if val_r2.mean() > self.best_val_r2.mean():
+            self.best_epoch, self.best_val_r2 = self.epoch, val_r2
+            self.best_weights = {k: v.numpy() for k, v in self.weights.items()}
+            self.best_test_r2 = self.predict_r2("test")
+        self.history.append({"epoch": self.epoch, "mean_val_r2": float(val_r2.mean()),
+                             "train_loss": loss, "steps_per_s": steps_per_s})
+        return EpochReport(self.epoch, val_r2, float(val_r2.mean()), loss, steps_per_s,
+                           self.best_epoch, self.best_val_r2, self.best_test_r2)
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.data.genes, self.best_val_r2, self.best_test_r2, self.best_epoch,
+                           self.epoch, list(self.history))
+
+    # -- state ----------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Everything needed to continue, as one .npz (written atomically)."""
+        arrays = {f"weights/{k}": v.numpy() for k, v in self.weights.items()}
+        arrays |= {f"best/{k}": v for k, v in self.best_weights.items()}
+        for k, (m, v) in self.moments.items():
+            arrays[f"adam_m/{k}"], arrays[f"adam_v/{k}"] = m.numpy(), v.numpy()
+        arrays |= {"best_val_r2": self.best_val_r2, "best_test_r2": self.best_test_r2,
+                   "counters": np.array([self.epoch, self.best_epoch, int(self.step_count.numpy())]),
+                   "state": np.array(json.dumps({"batch_rng": self.batch_rng.bit_generator.state,
+                                                 "history": self.history, "genes": self.data.genes}))}
+        path = Path(path)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+            np.savez(handle, **arrays)
+        os.replace(handle.name, path)
+
+    def restore(self, path: str | Path) -> None:
+        with np.load(path) as saved:
+            state = json.loads(str(saved["state"]))
+            if state["genes"] != self.data.genes:
+                raise TrainingError(f"{path} was saved for other genes than {self.trial.describe()}")
+            for k in self.weights:
+                self.weights[k].assign(saved[f"weights/{k}"])
+                self.moments[k][0].assign(saved[f"adam_m/{k}"])
+                self.moments[k][1].assign(saved[f"adam_v/{k}"])
+            self.best_weights = {k: saved[f"best/{k}"] for k in self.weights}
+            self.best_val_r2, self.best_test_r2 = saved["best_val_r2"], saved["best_test_r2"]
+            self.epoch, self.best_epoch, steps = (int(x) for x in saved["counters"])
+        self.step_count.assign(steps)
+        self.batch_rng.bit_generator.state = state["batch_rng"]
+        self.history = state["history"]
+
+
+def _tensors(standardization):
+    return (tf.constant(standardization.shift), tf.constant(standardization.scale),
+            tf.constant(standardization.constant))

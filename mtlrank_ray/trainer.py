@@ -99,16 +99,18 @@ class ClusterTrainer:
         self.best_val_r2 = np.full(len(data.genes), -np.inf)
         self.best_test_r2 = np.zeros(len(data.genes))
         self.history: list[dict] = []
-        self._train_step = tf.function(self._step, reduce_retracing=True)
+        self._train_standardization = _tensors(self.splits["train"].standardization)
+        self.train_step = tf.function(self._step, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_chunk, reduce_retracing=True)
 
     # -- the step -------------------------------------------------------------
     def _coefficients(self, standardization):
         return model.first_layer_coefficients(self.weights, *self.activity, *standardization)
 
-    def _step(self, cells, target, standardization):
+    def _step(self, cells, target):
+        """One batch per gene, cells and targets (G, B): forward, backward, Adam."""
         with tf.GradientTape() as tape:
-            a, c = self._coefficients(standardization)
+            a, c = self._coefficients(self._train_standardization)
             rows = tf.gather(self.expression, cells)
             total, mse = model.loss(self.weights, rows, a, c, target, self.lam, self.settings.l1)
         names = list(self.weights)
@@ -151,14 +153,13 @@ class ClusterTrainer:
         """Train until `epochs` epochs are done (counting restored ones) or the
         callback returns True."""
         train = self.splits["train"]
-        standardization = _tensors(train.standardization)
         while self.epoch < epochs:
             cells, targets, bounds = epoch_batches(train, self.settings.batch_size, self.batch_rng)
             cells, targets = tf.constant(cells), tf.constant(targets)
             started, losses = time.perf_counter(), []
             try:
                 for lo, hi in bounds:
-                    losses.append(self._train_step(cells[:, lo:hi], targets[:, lo:hi], standardization))
+                    losses.append(self.train_step(cells[:, lo:hi], targets[:, lo:hi]))
                 loss = float(tf.reduce_mean(tf.stack(losses)))
             except tf.errors.OpError as exc:  # e.g. an eigendecomposition that did not converge
                 raise TrainingError(f"{self.trial.describe()}, epoch {self.epoch + 1}: training "

@@ -15,7 +15,7 @@ from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import TrainingConfig
 from mtlrank_ray.trainer import ClusterTrainer, Trial
 
-from seed_model_reference import build_model, seed_features, seed_loss
+from mtlrank_ray.seed_model import build_model, seed_features, seed_loss
 
 N_CELLS, N_TFS, N_GENES = 60, 5, 3
 RTOL, ATOL = 1e-5, 1e-6

@@ -1,0 +1,152 @@
+"""Trainer benchmark: `python -m mtlrank_ray.bench`.
+
+Every figure is measured in this run, on synthetic data of the stated sizes:
+
+    speedup_vs_seed      one training step of the seed's per-gene Keras models
+                         (T=100 TFs, G=25 genes, batch 256) over one of ours
+    step_over_matmul     our full step (forward, backward, nuclear norms, Adam)
+                         at T=1600, G=25, batch 256, over the one matmul no
+                         implementation avoids: (G, 256, T) x (G, T, 64)
+    first_step_s         time of the first step at T=1600 (tracing included)
+    peak_rss_over_input  one epoch on 50,000 cells x 1,600 TFs, 25 genes: peak
+                         resident memory minus the resident memory after
+                         imports, over the float32 expression matrix (320 MB);
+                         measured in a fresh process
+
+The seed's step gives each model its own Adam: under Keras 3 the notebook's
+single shared Adam raises "Unknown variable".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from .cluster_data import ClusterData, split_cells
+from .config import TrainingConfig
+from .trainer import ClusterTrainer, Trial
+
+BATCH = 256
+
+
+def synthetic_cluster(n_cells: int, n_tfs: int, n_genes: int, seed: int = 0) -> ClusterData:
+    rng = np.random.default_rng(seed)
+    expression = rng.random((n_cells, n_tfs), dtype=np.float32)
+    velocity = rng.standard_normal((n_cells, n_genes), dtype=np.float32)
+    velocity[rng.random((n_cells, n_genes)) < 0.1] = np.nan
+    act_mean = rng.random((n_genes, n_tfs), dtype=np.float32)
+    act_sum = rng.random((n_genes, n_tfs), dtype=np.float32)
+    return ClusterData([f"gene{g}" for g in range(n_genes)], expression, velocity, act_mean, act_sum)
+
+
+def make_trainer(data: ClusterData) -> ClusterTrainer:
+    split = split_cells(len(data.expression), 0.1, 0.1, seed=0, replicate=0)
+    return ClusterTrainer(data, Trial("bench", 0, 0, 0.01), TrainingConfig(batch_size=BATCH), split, seed=0)
+
+
+def median_time(run, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def our_step(n_tfs: int, n_genes: int, repeats: int) -> tuple[float, float]:
+    """(median step time, first step time) of our training step."""
+    trainer = make_trainer(synthetic_cluster(20 * BATCH, n_tfs, n_genes))
+    rng = np.random.default_rng(1)
+    cells = tf.constant(rng.integers(0, 20 * BATCH, (n_genes, BATCH)), tf.int32)
+    targets = tf.constant(rng.standard_normal((n_genes, BATCH), dtype=np.float32))
+    first = median_time(lambda: trainer.train_step(cells, targets).numpy(), 1)
+    return median_time(lambda: trainer.train_step(cells, targets).numpy(), repeats), first
+
+
+def matmul_time(n_tfs: int, n_genes: int, repeats: int) -> float:
+    rng = np.random.default_rng(2)
+    lhs = tf.constant(rng.random((n_genes, BATCH, n_tfs), dtype=np.float32))
+    rhs = tf.constant(rng.random((n_genes, n_tfs, 64), dtype=np.float32))
+    matmul = tf.function(tf.matmul)
+    matmul(lhs, rhs).numpy()
+    return median_time(lambda: matmul(lhs, rhs).numpy(), repeats)
+
+
+def seed_step(n_tfs: int, n_genes: int) -> float:
+    """One training step of the notebook's formulation (after one warm-up step)."""
+    from .seed_model import build_model, seed_loss
+    rng = np.random.default_rng(3)
+    features = [[rng.random((BATCH, 5)) for _ in range(n_tfs)] for _ in range(n_genes)]
+    targets = [rng.standard_normal(BATCH) for _ in range(n_genes)]
+    models = [build_model(num_tf=n_tfs, num_feature_type=5) for _ in range(n_genes)]
+    optimizers = [tf.keras.optimizers.Adam(learning_rate=0.01) for _ in models]
+
+    def step():
+        x = [[tf.convert_to_tensor(f, dtype=tf.float64) for f in gene] for gene in features]
+        y = [tf.convert_to_tensor(t, dtype=tf.float64) for t in targets]
+        with tf.GradientTape() as tape:
+            loss = seed_loss(models, x, y, n_tfs, 0.01)
+        grads = tape.gradient(loss, [m.trainable_weights for m in models],
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        for grad, model, optimizer in zip(grads, models, optimizers):
+            optimizer.apply_gradients(zip(grad, model.trainable_weights))
+
+    step()
+    return median_time(step, 1)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe(n_cells: int, n_tfs: int, n_genes: int) -> None:
+    tf.constant(0.0) + 1.0  # runtime initialized: counted as imports
+    baseline = rss_bytes()
+    trainer = make_trainer(synthetic_cluster(n_cells, n_tfs, n_genes))
+    trainer.fit(1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"{(peak - baseline) / (n_cells * n_tfs * 4):.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--memory-probe", nargs=3, type=int, metavar=("CELLS", "TFS", "GENES"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        memory_probe(*args.memory_probe)
+        return
+    genes, small_tfs, large_tfs, cells, repeats = (
+        (4, 10, 64, 2000, 3) if args.quick else (25, 100, 1600, 50_000, 20))
+    print(f"cores: {os.cpu_count()}")
+    print(f"tensorflow: {tf.__version__}")
+    print(f"devices: {', '.join(d.device_type for d in tf.config.list_logical_devices())}")
+    ours_small, _ = our_step(small_tfs, genes, repeats)
+    seed = seed_step(small_tfs, genes)
+    print(f"seed_step_s: {seed:.3f}")
+    print(f"our_step_s_t{small_tfs}: {ours_small:.5f}")
+    print(f"speedup_vs_seed: {seed / ours_small:.0f}")
+    ours_large, first = our_step(large_tfs, genes, repeats)
+    matmul = matmul_time(large_tfs, genes, repeats)
+    print(f"our_step_s_t{large_tfs}: {ours_large:.5f}")
+    print(f"matmul_s: {matmul:.5f}")
+    print(f"step_over_matmul: {ours_large / matmul:.2f}")
+    print(f"first_step_s: {first:.2f}")
+    probe = subprocess.run([sys.executable, "-m", "mtlrank_ray.bench", "--memory-probe",
+                            str(cells), str(large_tfs), str(genes)],
+                           capture_output=True, text=True, check=True)
+    print(f"peak_rss_over_input: {probe.stdout.strip().splitlines()[-1]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from .cluster_data import ClusterData, split_cells
+from .data.store import aligned_empty
 from .config import TrainingConfig
 from .trainer import ClusterTrainer, Trial
 
@@ -38,7 +39,7 @@ BATCH = 256
 
 def synthetic_cluster(n_cells: int, n_tfs: int, n_genes: int, seed: int = 0) -> ClusterData:
     rng = np.random.default_rng(seed)
-    expression = rng.random((n_cells, n_tfs), dtype=np.float32)
+    expression = rng.random(dtype=np.float32, out=aligned_empty((n_cells, n_tfs)))
     velocity = rng.standard_normal((n_cells, n_genes), dtype=np.float32)
     velocity[rng.random((n_cells, n_genes)) < 0.1] = np.nan
     act_mean = rng.random((n_genes, n_tfs), dtype=np.float32)

@@ -71,9 +71,34 @@ def first_layer_coefficients(weights, act_mean, act_sum, shift, scale, constant)
     return a, offset - a * shift
 
 
-def predict(weights, expression, a, c):
-    """Predictions (G, B) from each gene's batch of raw expression rows (G, B, T)."""
-    hidden = tf.nn.relu(expression * a[:, None, :] + c[:, None, :])
+@tf.function(jit_compile=True)
+def _first_layer_forward(expression, cells, a, c):
+    return tf.nn.relu(tf.gather(expression, cells) * a[:, None, :] + c[:, None, :])
+
+
+@tf.function(jit_compile=True)
+def _first_layer_backward(expression, cells, a, c, upstream):
+    rows = tf.gather(expression, cells)
+    active = tf.where(rows * a[:, None, :] + c[:, None, :] > 0, upstream, 0.0)
+    return tf.reduce_sum(active * rows, axis=1), tf.reduce_sum(active, axis=1)
+
+
+def first_layer(expression, cells, a, c):
+    """relu(e·A + C) for each gene's batch: (G, B, T) from the tissue's cells x TFs
+    matrix and cell indices (G, B). Gather, multiply-add and ReLU are one compiled
+    kernel each way (the batch's rows are gathered again in the backward pass
+    rather than kept), and only A and C get gradients: expression is data."""
+    @tf.custom_gradient
+    def layer(a, c):
+        def gradient(upstream):
+            return _first_layer_backward(expression, cells, a, c, upstream)
+        return _first_layer_forward(expression, cells, a, c), gradient
+    return layer(a, c)
+
+
+def predict(weights, expression, cells, a, c):
+    """Predictions (G, B) for cell indices (G, B) into expression (cells, T)."""
+    hidden = first_layer(expression, cells, a, c)
     for name in DENSE:
         hidden = tf.matmul(hidden, weights[f"{name}_kernel"]) + weights[f"{name}_bias"][:, None, :]
         if name != "output":
@@ -99,8 +124,11 @@ def nuclear_norm(matrix):
     inverse = tf.where(sigma > tolerance, 1.0 / tf.where(sigma > tolerance, sigma, 1.0), 0.0)
 
     def gradient(upstream):
-        u_v = tf.matmul(u * inverse[None, :], tf.matmul(u, wide, transpose_a=True))
-        return tf.cast(upstream, matrix.dtype) * tf.cast(u_v, matrix.dtype)
+        # U, Σ are accurate from the float64 Gram; the thin products are float32.
+        u32 = tf.cast(u, matrix.dtype)
+        u_v = tf.matmul(u32 * tf.cast(inverse, matrix.dtype)[None, :],
+                        tf.matmul(u32, matrix, transpose_a=True))
+        return tf.cast(upstream, matrix.dtype) * u_v
 
     return tf.cast(tf.reduce_sum(sigma), matrix.dtype), gradient
 
@@ -120,9 +148,9 @@ def l1_norm(weights):
                      for name in L1_KERNELS]) / n_genes
 
 
-def loss(weights, expression, a, c, target, lam, l1):
-    """(total loss, mean MSE) for one batch per gene: target (G, B)."""
-    mse = tf.reduce_mean(tf.square(target - predict(weights, expression, a, c)))
+def loss(weights, expression, cells, a, c, target, lam, l1):
+    """(total loss, mean MSE) for one batch per gene: cells and target (G, B)."""
+    mse = tf.reduce_mean(tf.square(target - predict(weights, expression, cells, a, c)))
     total = mse + lam * trace_norm(weights)
     if l1:
         total += l1 * l1_norm(weights)

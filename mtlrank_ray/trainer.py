@@ -28,10 +28,11 @@ import tensorflow as tf
 
 from . import model
 from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits
+from .data.store import is_aligned
 from .config import TrainingConfig
 from .errors import TrainingError
 
-EVAL_CHUNK = 1024  # cells per gene per evaluation step
+EVAL_CHUNK = 256  # cells per gene per evaluation step: (G, 256, T) temporaries
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras' defaults, as the seed used
 
 
@@ -90,7 +91,7 @@ class ClusterTrainer:
         self.moments = {k: (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
                         for k, v in weights.items()}
         self.step_count = tf.Variable(0, dtype=tf.int64)
-        self.expression = tf.constant(data.expression)
+        self.expression = _shared_tensor(data.expression)
         self.activity = (tf.constant(data.act_mean), tf.constant(data.act_sum))
         self.lam = tf.constant(trial.lam, tf.float32)
         self.epoch = 0
@@ -111,27 +112,30 @@ class ClusterTrainer:
         """One batch per gene, cells and targets (G, B): forward, backward, Adam."""
         with tf.GradientTape() as tape:
             a, c = self._coefficients(self._train_standardization)
-            rows = tf.gather(self.expression, cells)
-            total, mse = model.loss(self.weights, rows, a, c, target, self.lam, self.settings.l1)
+            total, _ = model.loss(self.weights, self.expression, cells, a, c, target, self.lam,
+                                  self.settings.l1)
         names = list(self.weights)
         grads = tape.gradient(total, [self.weights[k] for k in names])
         self._adam(dict(zip(names, grads)))
         return total
 
     def _adam(self, grads):
-        """Adam exactly as Keras applies it (its default β and ε)."""
+        """Adam as Keras applies it (its default β and ε), in TensorFlow's fused kernel:
+        m += (g - m)(1 - β1), v += (g² - v)(1 - β2),
+        w -= lr·sqrt(1 - β2^t)/(1 - β1^t) · m / (sqrt(v) + ε)."""
         self.step_count.assign_add(1)
         t = tf.cast(self.step_count, tf.float32)
-        lr = self.settings.learning_rate * tf.sqrt(1 - ADAM["beta_2"] ** t) / (1 - ADAM["beta_1"] ** t)
         for name, grad in grads.items():
             m, v = self.moments[name]
-            m.assign_add((grad - m) * (1 - ADAM["beta_1"]))
-            v.assign_add((tf.square(grad) - v) * (1 - ADAM["beta_2"]))
-            self.weights[name].assign_sub(lr * m / (tf.sqrt(v) + ADAM["epsilon"]))
+            tf.raw_ops.ResourceApplyAdam(
+                var=self.weights[name].handle, m=m.handle, v=v.handle,
+                beta1_power=ADAM["beta_1"] ** t, beta2_power=ADAM["beta_2"] ** t,
+                lr=self.settings.learning_rate, beta1=ADAM["beta_1"], beta2=ADAM["beta_2"],
+                epsilon=ADAM["epsilon"], grad=grad)
 
     def _evaluate_chunk(self, cells, target, mask, standardization):
         a, c = self._coefficients(standardization)
-        pred = model.predict(self.weights, tf.gather(self.expression, cells), a, c)
+        pred = model.predict(self.weights, self.expression, cells, a, c)
         return tf.reduce_sum(tf.square(target - pred) * mask, axis=1)
 
     # -- evaluation -----------------------------------------------------------
@@ -220,6 +224,16 @@ class ClusterTrainer:
         self.step_count.assign(steps)
         self.batch_rng.bit_generator.state = state["batch_rng"]
         self.history = state["history"]
+
+
+def _shared_tensor(array: np.ndarray) -> tf.Tensor:
+    """The expression matrix as a tensor: on a CPU-only host an aligned float32
+    array is shared in place (no second copy of the largest input); otherwise
+    it is copied, to the GPU where there is one."""
+    if (array.dtype == np.float32 and is_aligned(array)
+            and not tf.config.list_logical_devices("GPU")):
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.constant(array)
 
 
 def _tensors(standardization):

@@ -84,8 +84,8 @@ def test_predictions_loss_and_gradients_equal_the_seeds(standardize):
         expected = np.stack([models[g](xs[g])[:, 0].numpy() for g in range(N_GENES)])
         s = gene_split.standardization
         a, c = model.first_layer_coefficients(trainer.weights, *activity, s.shift, s.scale, s.constant)
-        rows = np.stack([data.expression[gene_split.cells[g][positions]] for g in range(N_GENES)])
-        ours = model.predict(trainer.weights, rows, a, c).numpy()
+        cells = np.stack([gene_split.cells[g][positions] for g in range(N_GENES)])
+        ours = model.predict(trainer.weights, data.expression, cells, a, c).numpy()
         np.testing.assert_allclose(ours, expected, rtol=RTOL, atol=ATOL)
 
     # One training batch: loss and every gradient.
@@ -95,11 +95,11 @@ def test_predictions_loss_and_gradients_equal_the_seeds(standardize):
         expected_loss = seed_loss(models, xs, ys, N_TFS, lam=0.1)
     expected_grads = tape.gradient(expected_loss, [m.trainable_weights for m in models])
     s = trainer.splits["train"].standardization
-    rows = np.stack([data.expression[trainer.splits["train"].cells[g][positions]] for g in range(N_GENES)])
+    cells = np.stack([trainer.splits["train"].cells[g][positions] for g in range(N_GENES)])
     names = list(trainer.weights)
     with tf.GradientTape() as tape:
         a, c = model.first_layer_coefficients(trainer.weights, *activity, s.shift, s.scale, s.constant)
-        ours_loss, _ = model.loss(trainer.weights, rows, a, c, np.stack(ys), 0.1, 0.0)
+        ours_loss, _ = model.loss(trainer.weights, data.expression, cells, a, c, np.stack(ys), 0.1, 0.0)
     grads = dict(zip(names, tape.gradient(ours_loss, [trainer.weights[k] for k in names])))
     np.testing.assert_allclose(ours_loss.numpy(), expected_loss.numpy(), rtol=RTOL)
     for g in range(N_GENES):

@@ -160,3 +160,16 @@ def test_a_non_finite_loss_names_the_trial_and_epoch(tissue):
 def test_both_standardization_modes_train(tissue, standardize):
     result = make_trainer(tissue, standardize=standardize).fit(2)
     assert np.isfinite(result.test_r2).all()
+
+
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="copied to the GPU there")
+def test_the_loaded_expression_is_shared_with_tensorflow_not_copied(tissue):
+    from mtlrank_ray.data.store import is_aligned
+    assert is_aligned(tissue.expression)
+    trainer = make_trainer(tissue)
+    tissue_value = tissue.expression[5, 3]
+    try:
+        tissue.expression[5, 3] = tissue_value + 1.0  # visible through the tensor: one buffer
+        assert trainer.expression[5, 3].numpy() == tissue_value + 1.0
+    finally:
+        tissue.expression[5, 3] = tissue_value

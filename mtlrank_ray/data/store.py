@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 PACKAGES = ("mtlrank-ray", "numpy", "pandas", "pyarrow", "h5py", "anndata", "scikit-learn",
             "k-means-constrained")
 ROW_GROUP_CELLS = 8192  # Parquet row groups: the unit a reader (Ray Data too) can split on
+ALIGNMENT = 64  # bytes: what TensorFlow's CPU kernels require to use a buffer in place
 
 
 @dataclass
@@ -56,6 +57,19 @@ class AlignedTissue:
     def shapes(self) -> dict[str, int]:
         return {"cells": len(self.barcodes), "tfs": len(self.tfs), "genes": len(self.genes),
                 "clusters": int(len(np.unique(self.clusters)))}
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialized C-ordered array whose data starts on a 64-byte boundary,
+    so the trainer can hand it to TensorFlow without a copy."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def is_aligned(array: np.ndarray) -> bool:
+    return array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0
 
 
 def package_versions() -> dict[str, str]:
@@ -147,20 +161,22 @@ def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
         raise InputError(f"{store} holds no prepared tissue '{tissue}' (it has: "
                          f"{', '.join(store_tissues(Path(store))) or 'none'}); run "
                          "`mtlrank-ray prepare` for it first.")
-    expression = pd.read_parquet(folder / "expression.parquet")
+    frame = pd.read_parquet(folder / "expression.parquet")
+    expression = aligned_empty(frame.shape)
+    expression[...] = frame.to_numpy()
     velocity = pd.read_parquet(folder / "velocity.parquet")
     genes = pd.read_parquet(folder / "genes.parquet")
     tfs = pd.read_parquet(folder / "tfs.parquet")
     return AlignedTissue(
         name=tissue,
-        barcodes=expression.index.to_numpy(),
+        barcodes=frame.index.to_numpy(),
         tfs=pd.Index(tfs["tf"]),
         tf_symbols=tfs["symbol"].to_numpy(),
         tf_has_activity=tfs["has_activity"].to_numpy(),
         genes=pd.Index(genes["gene"]),
         clusters=genes["cluster"].to_numpy(),
         n_cells=genes["n_cells"].to_numpy(),
-        expression=expression.to_numpy(np.float32),
+        expression=expression,
         velocity=velocity.to_numpy(np.float32),
         activity_mean=pd.read_parquet(folder / "activity_mean.parquet").to_numpy(np.float32),
         activity_sum=pd.read_parquet(folder / "activity_sum.parquet").to_numpy(np.float32),

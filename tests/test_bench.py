@@ -1,0 +1,16 @@
+import re
+
+import pytest
+
+from mtlrank_ray import bench
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_every_figure(capsys):
+    bench.main(["--quick"])
+    out = capsys.readouterr().out
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert list(lines)[:2] == ["cores", "tensorflow"]
+    for name in ("speedup_vs_seed", "step_over_matmul", "first_step_s", "peak_rss_over_input"):
+        assert re.fullmatch(r"\d+(\.\d+)?", lines[name]), (name, lines[name])
+        assert float(lines[name]) > 0

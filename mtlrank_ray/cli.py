@@ -48,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tune_main(argv: list[str] | None = None) -> int:
-    """`python tune.py`: prepare the aligned store for a sweep (the sweep's first stage)."""
+    """`python tune.py`: prepare the aligned store if needed, run the sweep over
+    (tissue, cluster, replicate, λ) on Ray, and write the results."""
     parser = argparse.ArgumentParser(prog="tune.py", description=tune_main.__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     _data_arguments(parser, demo=True)
     parser.add_argument("--out", type=Path, default=None,
-                        help="run folder (default: runs/<config name>); the store is OUT/store")
+                        help="run folder (default: runs/<config name>): results, OUT/store "
+                             "(the aligned store) and OUT/sweep (Tune's trials)")
+    parser.add_argument("--address", default=None,
+                        help="join a running Ray cluster ('auto' or HOST:PORT) instead of "
+                             "starting Ray on this machine")
     parser.set_defaults(run=_tune)
     return _run(parser, argv)
 
@@ -116,6 +121,33 @@ def _tune(args) -> None:
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
     reports = prepare_store(args.data, config, out / "store", args.tissue)
     _print_reports(reports, out / "store")
+    import ray  # imported here: `prepare` and `demo-data` need no Ray
+
+    from .results import gene_table, markdown_table, write_results
+    from .sweep import EXPERIMENT, run_sweep
+
+    ray.init(address=args.address, include_dashboard=False,
+             logging_level=logging.WARNING if args.quiet else logging.INFO)
+    try:
+        grid = run_sweep(out / "store", [r.tissue for r in reports], config, out)
+    finally:
+        ray.shutdown()
+    trials, failed = [], []
+    for result in grid:
+        if result.metrics and "genes" in result.metrics:
+            trials.append((result.config["trial"], result.metrics))
+        if result.error or not result.metrics:
+            failed.append(f"{result.config['trial']}: {result.error}")
+    if not trials:
+        raise InputError(f"no trial finished; see {out / EXPERIMENT} for Tune's logs")
+    about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
+             f"{len(trials)} trials, {len(failed)} failed.")
+    summary = write_results(out, gene_table(trials, config.training.epochs), failed, about)
+    print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
+    print(markdown_table(summary))
+    if failed:
+        raise InputError(f"{len(failed)} trials failed (listed in {out / 'summary.md'}); "
+                         f"Tune's logs are in {out / EXPERIMENT}")
 
 
 def _print_reports(reports: list[TissueReport], store: Path) -> None:

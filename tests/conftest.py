@@ -1,7 +1,9 @@
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 from mtlrank_ray.demo import DemoSpec, write_demo
@@ -36,3 +38,14 @@ def write_config(path: Path, settings: dict) -> Path:
 @pytest.fixture
 def small_config(tmp_path) -> Path:
     return write_config(tmp_path / "small.yaml", SMALL_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Ray on this machine, 2 CPUs; workers can import the test modules."""
+    tests = str(Path(__file__).parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()

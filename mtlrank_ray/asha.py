@@ -1,0 +1,81 @@
+"""Asynchronous successive halving within groups of competing trials.
+
+Ray's ASHA compares every trial with every other. In this sweep only the λ
+values of one (tissue, cluster, replicate) compete: a hard cluster's best λ
+must not be stopped because an easy cluster scores higher. This scheduler
+keeps ASHA's rungs (grace_period · reduction_factor^k epochs, below max_t)
+and its rule (at a rung, stop a trial whose metric is below the
+(1 - 1/reduction_factor) quantile of those recorded before it at that rung),
+but records and compares per group. A missing or non-finite metric never
+counts as good: such a trial is stopped at its rung and not recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections import defaultdict
+from typing import Callable, Hashable
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+
+class GroupedASHA(FIFOScheduler):
+    def __init__(self, group_of: Callable[[dict], Hashable], metric: str, max_t: int,
+                 grace_period: int, reduction_factor: int, time_attr: str = "training_iteration",
+                 mode: str = "max"):
+        super().__init__()
+        self._group_of, self._metric, self._time_attr = group_of, metric, time_attr
+        self._sign = 1.0 if mode == "max" else -1.0
+        self._max_t, self._rf = max_t, reduction_factor
+        self._milestones = []
+        milestone = grace_period
+        while milestone < max_t:
+            self._milestones.append(milestone)
+            milestone *= reduction_factor
+        self._recorded: dict[tuple, dict[str, float]] = defaultdict(dict)
+        self.num_stopped = 0
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # metric and mode are set here, per group
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        done = result.get(self._time_attr)
+        if done is None:
+            return TrialScheduler.CONTINUE
+        if done >= self._max_t:
+            return TrialScheduler.STOP
+        decision = self._decide(self._group_of(trial.config), trial.trial_id, done,
+                                result.get(self._metric))
+        self.num_stopped += decision == TrialScheduler.STOP
+        return decision
+
+    def _decide(self, group: Hashable, trial_id: str, done: float, value) -> str:
+        reached = [m for m in self._milestones if m <= done]
+        if not reached:
+            return TrialScheduler.CONTINUE
+        recorded = self._recorded[group, reached[-1]]
+        if trial_id in recorded:
+            return TrialScheduler.CONTINUE  # decided at this rung already
+        if value is None or not math.isfinite(value):
+            return TrialScheduler.STOP
+        value = self._sign * float(value)
+        cutoff = (np.percentile(list(recorded.values()), (1 - 1 / self._rf) * 100)
+                  if recorded else None)
+        recorded[trial_id] = value
+        return TrialScheduler.STOP if cutoff is not None and value < cutoff else TrialScheduler.CONTINUE
+
+    def debug_string(self) -> str:
+        return (f"Grouped ASHA: {self.num_stopped} stopped, rungs at {self._milestones} of "
+                f"{self._max_t}, {len({g for g, _ in self._recorded})} groups")
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump({"recorded": dict(self._recorded), "num_stopped": self.num_stopped}, handle)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        self._recorded = defaultdict(dict, state["recorded"])
+        self.num_stopped = state["num_stopped"]

@@ -1,0 +1,109 @@
+"""The Ray Tune sweep: one trial per (tissue, cluster, replicate, λ).
+
+A trial is a plain function of its config (Ray's function API): it assembles
+its cluster from the tissue's blocks, trains with `ClusterTrainer`, and after
+every epoch reports (`ray.tune.report`) the epoch's mean validation R², the
+training loss and steps/s, plus the best epoch so far with its genes'
+validation and test R², with a checkpoint of the trainer's state. Grouped
+ASHA stops weak λ within each (tissue, cluster, replicate); the last report
+of a stopped trial still holds its best epoch's results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from . import ray_data
+from .asha import GroupedASHA
+from .cluster_data import split_cells
+from .config import Config, TrainingConfig
+from .trainer import ClusterTrainer, EpochReport, Trial
+
+EXPERIMENT = "sweep"
+STATE = "trainer_state.npz"
+METRIC = "mean_val_r2"
+
+
+def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
+    return [{"tissue": tissue.name, "cluster": cluster, "replicate": replicate, "lam": lam}
+            for tissue in tissues for cluster in ray_data.tissue_clusters(tissue)
+            for replicate in range(config.search.replicates) for lam in config.search.lambdas]
+
+
+def group_of(config: dict) -> tuple:
+    """The trials that compete: the λ values of one (tissue, cluster, replicate)."""
+    trial = config["trial"]
+    return trial["tissue"], trial["cluster"], trial["replicate"]
+
+
+def trial_name(trial) -> str:
+    t = trial.config["trial"]
+    return f"{t['tissue']}_c{t['cluster']}_r{t['replicate']}_lam{t['lam']:g}"
+
+
+def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
+    """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
+    spec = Trial(**config["trial"])
+    training = TrainingConfig(**settings["training"])
+    search = settings["search"]
+    data = ray_data.cluster_data(tissues[spec.tissue], spec.cluster)
+    split = split_cells(len(data.expression), search["test_fraction"], search["val_fraction"],
+                        search["seed"], spec.replicate)
+    trainer = ClusterTrainer(data, spec, training, split, search["seed"])
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trainer.restore(Path(folder) / STATE)
+
+    def report(epoch: EpochReport) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(Path(folder) / STATE)
+            tune.report(_metrics(epoch, data.genes), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    trainer.fit(training.epochs, on_epoch=report)
+
+
+def _metrics(epoch: EpochReport, genes: list[str]) -> dict:
+    return {"epoch": epoch.epoch, METRIC: epoch.mean_val_r2, "train_loss": epoch.train_loss,
+            "steps_per_s": epoch.steps_per_s, "best_epoch": epoch.best_epoch,
+            "best_mean_val_r2": float(epoch.best_val_r2.mean()),
+            "best_mean_test_r2": float(epoch.best_test_r2.mean()),
+            "genes": list(genes), "best_val_r2": epoch.best_val_r2.tolist(),
+            "best_test_r2": epoch.best_test_r2.tolist()}
+
+
+def run_sweep(store: Path, tissues: list[str], config: Config, out: Path) -> tune.ResultGrid:
+    """Materialize the tissues' blocks, then run every trial; Ray must be initialized."""
+    blocks = {t: ray_data.materialize_tissue(str(Path(store).resolve()), t) for t in tissues}
+    grid = trial_grid(list(blocks.values()), config)
+    settings = {"training": dataclasses.asdict(config.training),
+                "search": dataclasses.asdict(config.search)}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, tissues=blocks, settings=settings),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+    if config.asha.enabled:
+        scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
+                                grace_period=config.asha.grace_period,
+                                reduction_factor=config.asha.reduction_factor, time_attr="epoch")
+    else:
+        scheduler = tune.schedulers.FIFOScheduler()
+    shutil.rmtree(Path(out) / EXPERIMENT, ignore_errors=True)  # a re-run replaces the last
+    # Keeping one checkpoint per trial forces a state snapshot per epoch: expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
+                                    max_concurrent_trials=config.resources.max_concurrent_trials,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(Path(out).resolve()),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  verbose=1),
+    )
+    return tuner.fit()

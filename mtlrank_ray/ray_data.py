@@ -1,16 +1,23 @@
 """Aligned tissues as Ray Datasets: Arrow blocks in the object store.
 
-Each of a tissue's store files is read with `ray.data.read_parquet` (a local
-path or shared storage such as s3:// alike) and materialized once, before any
-trial starts. Block layout: the expression and velocity datasets hold
-consecutive cells, one row per cell (a float32 column per TF, or per selected
-gene, plus `barcode`), in store order, split only where a block would pass
-Ray Data's target block size (128 MiB by default: about 20,000 cells at 1,600
-TFs); activity_mean and activity_sum hold one row per gene (float32 column
-per TF, plus `gene`), genes and tfs the small tables. The driver keeps only
-the block references; a trial fetches the blocks (zero-copy from the local
-object store), takes the columns of its cluster's genes and assembles its
-arrays.
+A tissue's matrices are read from the store with `ray.data.read_parquet` (a
+local path or shared storage such as s3:// alike) and materialized once,
+before any trial starts, as three datasets:
+
+- expression: one row per cell, in store order: a float32 column per TF and
+  `barcode`;
+- velocity: one row per cell, same order: a float32 column per selected gene
+  (NaN kept) and `barcode`;
+- activity: one row per gene, the mean scores' rows then the sum scores'
+  (activity_mean.parquet, activity_sum.parquet): a float32 column per TF and
+  `gene`.
+
+A block is a run of consecutive rows, split only where it would pass Ray
+Data's target block size (128 MiB by default: about 20,000 cells at 1,600
+TFs). The two small index tables (genes with their clusters, TF ids) are read
+with pyarrow and put in the object store beside them. The driver keeps only
+the references; a trial fetches the blocks (zero-copy from the node's object
+store), takes the columns of its cluster's genes and assembles its arrays.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from .cluster_data import ClusterData
 from .data.store import aligned_empty
 
-TABLES = ("expression", "velocity", "activity_mean", "activity_sum", "genes", "tfs")
+DATASETS = {"expression": ("expression",), "velocity": ("velocity",),
+            "activity": ("activity_mean", "activity_sum")}
+INDEX_TABLES = ("genes", "tfs")
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,12 @@ class TissueBlocks:
 def materialize_tissue(store: str, tissue: str) -> TissueBlocks:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # blocks in store row order
-    refs = tuple((table, tuple(ray.data.read_parquet(f"{store}/{tissue}/{table}.parquet")
-                               .materialize().to_arrow_refs()))
-                 for table in TABLES)
-    return TissueBlocks(tissue, refs)
+    refs = [(name, tuple(ray.data.read_parquet([f"{store}/{tissue}/{f}.parquet" for f in files])
+                         .materialize().to_arrow_refs()))
+            for name, files in DATASETS.items()]
+    refs += [(name, (ray.put(pq.read_table(f"{store}/{tissue}/{name}.parquet")),))
+             for name in INDEX_TABLES]
+    return TissueBlocks(tissue, tuple(refs))
 
 
 def _table(refs: list) -> pa.Table:
@@ -81,8 +93,9 @@ def cluster_data(tissue: TissueBlocks, cluster: int) -> ClusterData:
         raise RuntimeError(f"tissue {tissue.name}: velocity and expression blocks are not in the "
                            "same cell order")
     tfs = _table(tissue.blocks("tfs")).column("tf").to_pylist()
-    activity = [_table(tissue.blocks(name)).to_pandas().set_index("gene").loc[members, tfs]
-                for name in ("activity_mean", "activity_sum")]
+    activity = _table(tissue.blocks("activity")).to_pandas()
+    activity = [part.set_index("gene").loc[members, tfs]
+                for part in (activity.iloc[:len(genes)], activity.iloc[len(genes):])]
     return ClusterData(
         genes=members, expression=expression,
         velocity=np.column_stack([velocity.column(g).to_numpy(zero_copy_only=False)

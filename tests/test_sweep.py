@@ -1,0 +1,93 @@
+"""Ray Data blocks, the trial grid and the results tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtlrank_ray import ray_data
+from mtlrank_ray.cluster_data import ClusterData
+from mtlrank_ray.config import config_from_dict
+from mtlrank_ray.data import load_tissue, prepare_store
+from mtlrank_ray.results import gene_table, selected_table, write_results
+from mtlrank_ray.sweep import trial_grid
+
+from conftest import SMALL_SETTINGS
+
+
+@pytest.fixture(scope="module")
+def store(small_atlas_template, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "store"
+    prepare_store(small_atlas_template, config_from_dict(SMALL_SETTINGS), path)
+    return path
+
+
+def test_blocks_assemble_the_same_cluster_data_as_the_store(local_ray, store):
+    blocks = ray_data.materialize_tissue(str(store), "Liver")
+    tissue = load_tissue(store, "Liver")
+    assert ray_data.tissue_clusters(blocks) == [0, 1, 2, 3]
+    for cluster in range(4):
+        ours, expected = ray_data.cluster_data(blocks, cluster), ClusterData.from_tissue(tissue, cluster)
+        assert ours.genes == expected.genes
+        np.testing.assert_array_equal(ours.expression, expected.expression)
+        np.testing.assert_array_equal(ours.velocity, expected.velocity)  # NaN where NaN
+        np.testing.assert_array_equal(ours.act_mean, expected.act_mean)
+        np.testing.assert_array_equal(ours.act_sum, expected.act_sum)
+    assert np.isnan(ours.velocity).any()
+
+
+def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, store):
+    config = config_from_dict({"search": {"replicates": 2, "lambdas": [0.0, 0.1, 1.0]}})
+    tissues = [ray_data.materialize_tissue(str(store), t) for t in ("Kidney_Left", "Liver")]
+    grid = trial_grid(tissues, config)
+    assert len(grid) == 2 * 4 * 2 * 3
+    assert len({tuple(t.values()) for t in grid}) == len(grid)
+    assert grid[0] == {"tissue": "Kidney_Left", "cluster": 0, "replicate": 0, "lam": 0.0}
+
+
+def fake_trials():
+    """(spec, last metrics) of two groups; in cluster 1, λ=0.1 wins on validation."""
+    trials = []
+    for cluster, scores in ((0, {0.0: 0.5, 0.1: 0.4}), (1, {0.0: 0.2, 0.1: 0.3})):
+        for lam, score in scores.items():
+            stopped = score < 0.3
+            trials.append(({"tissue": "Liver", "cluster": cluster, "replicate": 0, "lam": lam},
+                           {"genes": [f"g{cluster}a", f"g{cluster}b"], "best_val_r2": [score, score + 0.1],
+                            "best_test_r2": [score - 0.1, score], "best_epoch": 1,
+                            "epoch": 2 if stopped else 4}))
+    return trials
+
+
+def test_results_tables():
+    genes = gene_table(fake_trials(), epochs=4)
+    assert list(genes.columns) == ["tissue", "cluster", "gene", "replicate", "lambda", "val_r2",
+                                   "test_r2", "best_epoch", "epochs_run", "stopped_early"]
+    assert len(genes) == 8 and genes.stopped_early.sum() == 2
+    selected = selected_table(genes).set_index("cluster")
+    assert selected.loc[0, "lambda"] == 0.0 and selected.loc[1, "lambda"] == 0.1
+    assert selected.loc[1, "mean_test_r2"] == pytest.approx(0.25)
+    assert selected.loc[1, "lambda0_mean_test_r2"] == pytest.approx(0.15)
+
+
+def test_results_files_are_replaced_not_appended(tmp_path):
+    genes = gene_table(fake_trials(), epochs=4)
+    for _ in range(2):
+        summary = write_results(tmp_path, genes, [], "test run")
+    assert len(pd.read_parquet(tmp_path / "gene_r2.parquet")) == 8
+    assert len(pd.read_csv(tmp_path / "gene_r2.csv")) == 8
+    assert len(pd.read_csv(tmp_path / "selected.csv")) == 2
+    assert summary.loc[0, "test_r2_selected"] == pytest.approx(genes.query(
+        "(cluster == 0 and `lambda` == 0) or (cluster == 1 and `lambda` == 0.1)").test_r2.mean())
+    assert "| Liver |" in (tmp_path / "summary.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gene_r2.csv", "gene_r2.parquet", "selected.csv", "summary.md"]  # no temporary files
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    genes = gene_table(fake_trials(), epochs=4)
+    write_results(tmp_path, genes, [], "first")
+    before = (tmp_path / "gene_r2.csv").read_text()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        write_results(tmp_path, genes.assign(test_r2=0.0), [], "second")
+    assert (tmp_path / "gene_r2.csv").read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

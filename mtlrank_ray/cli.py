@@ -123,13 +123,16 @@ def _tune(args) -> None:
     _print_reports(reports, out / "store")
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
+    from .ray_data import materialize_tissue
     from .results import gene_table, markdown_table, write_results
     from .sweep import EXPERIMENT, run_sweep
 
     ray.init(address=args.address, include_dashboard=False,
              logging_level=logging.WARNING if args.quiet else logging.INFO)
     try:
-        grid = run_sweep(out / "store", [r.tissue for r in reports], config, out)
+        store = str((out / "store").resolve())
+        blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
+        grid = run_sweep(blocks, config, out)
     finally:
         ray.shutdown()
     trials, failed = [], []

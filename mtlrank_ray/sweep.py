@@ -78,9 +78,8 @@ def _metrics(epoch: EpochReport, genes: list[str]) -> dict:
             "best_test_r2": epoch.best_test_r2.tolist()}
 
 
-def run_sweep(store: Path, tissues: list[str], config: Config, out: Path) -> tune.ResultGrid:
-    """Materialize the tissues' blocks, then run every trial; Ray must be initialized."""
-    blocks = {t: ray_data.materialize_tissue(str(Path(store).resolve()), t) for t in tissues}
+def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path) -> tune.ResultGrid:
+    """Run every trial over the tissues' materialized blocks; Ray must be initialized."""
     grid = trial_grid(list(blocks.values()), config)
     settings = {"training": dataclasses.asdict(config.training),
                 "search": dataclasses.asdict(config.search)}

@@ -1,7 +1,7 @@
 """The `mtlrank-ray` command and `tune.py`'s entry point.
 
-Errors a user can fix (`InputError`) print as one line and exit with status 2;
-`--debug` shows the traceback instead.
+Errors a user can fix (`InputError`) and failed training (`TrainingError`)
+print as one line and exit with status 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import load_config
 from .data.prepare import TissueReport, prepare_store
 from .demo import DemoSpec, write_demo
-from .errors import InputError
+from .errors import InputError, TrainingError
 
 log = logging.getLogger("mtlrank_ray")
 
@@ -82,7 +82,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         args.run(args)
-    except InputError as exc:
+    except (InputError, TrainingError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -124,7 +124,7 @@ def _tune(args) -> None:
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
     from .ray_data import materialize_tissue
-    from .results import gene_table, markdown_table, write_results
+    from .results import collect, gene_table, markdown_table, write_results
     from .sweep import EXPERIMENT, run_sweep
 
     ray.init(address=args.address, include_dashboard=False,
@@ -135,22 +135,17 @@ def _tune(args) -> None:
         grid = run_sweep(blocks, config, out)
     finally:
         ray.shutdown()
-    trials, failed = [], []
-    for result in grid:
-        if result.metrics and "genes" in result.metrics:
-            trials.append((result.config["trial"], result.metrics))
-        if result.error or not result.metrics:
-            failed.append(f"{result.config['trial']}: {result.error}")
+    trials, failed = collect(grid)
     if not trials:
-        raise InputError(f"no trial finished; see {out / EXPERIMENT} for Tune's logs")
+        raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
              f"{len(trials)} trials, {len(failed)} failed.")
     summary = write_results(out, gene_table(trials, config.training.epochs), failed, about)
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
     if failed:
-        raise InputError(f"{len(failed)} trials failed (listed in {out / 'summary.md'}); "
-                         f"Tune's logs are in {out / EXPERIMENT}")
+        raise TrainingError(f"{len(failed)} trials failed (listed in {out / 'summary.md'}); "
+                            f"Tune's logs are in {out / EXPERIMENT}")
 
 
 def _print_reports(reports: list[TissueReport], store: Path) -> None:

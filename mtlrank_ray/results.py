@@ -24,6 +24,19 @@ GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "lambda", "val_r2", "t
 GROUP = ["tissue", "cluster", "replicate"]
 
 
+def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
+    """(trial spec, last reported metrics) of every trial that reported, and a line
+    per failed trial, from a Tune ResultGrid."""
+    trials, failed = [], []
+    for result in results:
+        spec = result.config["trial"]
+        if result.metrics and "genes" in result.metrics:
+            trials.append((spec, result.metrics))
+        if result.error or not result.metrics:
+            failed.append(f"{spec}: {result.error}")
+    return trials, failed
+
+
 def gene_table(trials: list[tuple[dict, dict]], epochs: int) -> pd.DataFrame:
     """Rows per gene from (trial spec, last reported metrics) pairs."""
     rows = []

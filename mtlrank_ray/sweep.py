@@ -23,7 +23,7 @@ from . import ray_data
 from .asha import GroupedASHA
 from .cluster_data import split_cells
 from .config import Config, TrainingConfig
-from .trainer import ClusterTrainer, EpochReport, Trial
+from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime
 
 EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
@@ -49,6 +49,7 @@ def trial_name(trial) -> str:
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
     """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
+    configure_runtime(settings["cpu"])
     spec = Trial(**config["trial"])
     training = TrainingConfig(**settings["training"])
     search = settings["search"]
@@ -82,7 +83,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     """Run every trial over the tissues' materialized blocks; Ray must be initialized."""
     grid = trial_grid(list(blocks.values()), config)
     settings = {"training": dataclasses.asdict(config.training),
-                "search": dataclasses.asdict(config.search)}
+                "search": dataclasses.asdict(config.search), "cpu": config.resources.cpu}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})

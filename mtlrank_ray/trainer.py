@@ -70,6 +70,20 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+def configure_runtime(cpus: float) -> None:
+    """Size TensorFlow's thread pools to the CPUs a caller was given and let it
+    grow GPU memory as needed (so trials can share a GPU). Takes effect only
+    before the process runs its first TensorFlow op; later calls change nothing."""
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        pass  # TensorFlow already runs in this process (a reused worker): keep its settings
+
+
 def r2_scores(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
     """sklearn's r2_score per gene, force_finite: a constant target scores 1 if
     predicted exactly, else 0."""

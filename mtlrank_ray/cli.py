@@ -57,6 +57,8 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default: runs/<config name>): results, OUT/store "
                              "(the aligned store) and OUT/sweep (Tune's trials)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted sweep in OUT (finished trials are kept)")
     parser.add_argument("--address", default=None,
                         help="join a running Ray cluster ('auto' or HOST:PORT) instead of "
                              "starting Ray on this machine")
@@ -125,14 +127,16 @@ def _tune(args) -> None:
 
     from .ray_data import materialize_tissue
     from .results import collect, gene_table, markdown_table, write_results
-    from .sweep import EXPERIMENT, run_sweep
+    from .sweep import EXPERIMENT, resumable, run_sweep
 
+    if args.resume:
+        resumable(config, out)  # fails before Ray starts when there is nothing to resume
     ray.init(address=args.address, include_dashboard=False,
              logging_level=logging.WARNING if args.quiet else logging.INFO)
     try:
         store = str((out / "store").resolve())
         blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
-        grid = run_sweep(blocks, config, out)
+        grid = run_sweep(blocks, config, out, resume=args.resume)
     finally:
         ray.shutdown()
     trials, failed = collect(grid)

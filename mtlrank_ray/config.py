@@ -91,6 +91,13 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """Where the sweep keeps its trials and how it survives failures."""
+    storage_path: str | None = None  # Tune's storage (s3://... on a cluster); None: the run folder
+    max_failures: int = field(default=2, metadata=_NON_NEGATIVE)  # retries of a crashed trial
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     genes: GenesConfig = field(default_factory=GenesConfig)
@@ -98,6 +105,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     asha: AshaConfig = field(default_factory=AshaConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    run: RunSettings = field(default_factory=RunSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

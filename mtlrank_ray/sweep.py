@@ -23,6 +23,7 @@ from . import ray_data
 from .asha import GroupedASHA
 from .cluster_data import split_cells
 from .config import Config, TrainingConfig
+from .errors import InputError
 from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime
 
 EXPERIMENT = "sweep"
@@ -79,31 +80,54 @@ def _metrics(epoch: EpochReport, genes: list[str]) -> dict:
             "best_test_r2": epoch.best_test_r2.tolist()}
 
 
-def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path) -> tune.ResultGrid:
-    """Run every trial over the tissues' materialized blocks; Ray must be initialized."""
-    grid = trial_grid(list(blocks.values()), config)
+def storage_root(config: Config, out: Path) -> str:
+    """Where Tune keeps the sweep (in EXPERIMENT/): `run.storage_path` (s3://... on a
+    cluster) or the run folder."""
+    return (config.run.storage_path or str(Path(out).resolve())).rstrip("/")
+
+
+def resumable(config: Config, out: Path) -> str:
+    """The interrupted sweep's path, or an error saying there is none."""
+    path = f"{storage_root(config, out)}/{EXPERIMENT}"
+    if not tune.Tuner.can_restore(path):
+        raise InputError(f"there is no sweep to resume at {path}; run without --resume")
+    return path
+
+
+def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
+              resume: bool = False) -> tune.ResultGrid:
+    """Run every trial over the tissues' materialized blocks; Ray must be initialized.
+
+    With `resume`, an interrupted sweep at the same place continues: finished
+    trials are kept, unfinished and failed ones go on from their last checkpoint.
+    """
     settings = {"training": dataclasses.asdict(config.training),
                 "search": dataclasses.asdict(config.search), "cpu": config.resources.cpu}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+    if resume:
+        return tune.Tuner.restore(resumable(config, out), trainable=trainable,
+                                  resume_errored=True).fit()
+    if not config.run.storage_path:
+        shutil.rmtree(Path(out) / EXPERIMENT, ignore_errors=True)  # a re-run replaces the last
+    # Keeping one checkpoint per trial forces a state snapshot per epoch: expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
                                 grace_period=config.asha.grace_period,
                                 reduction_factor=config.asha.reduction_factor, time_attr="epoch")
     else:
         scheduler = tune.schedulers.FIFOScheduler()
-    shutil.rmtree(Path(out) / EXPERIMENT, ignore_errors=True)  # a re-run replaces the last
-    # Keeping one checkpoint per trial forces a state snapshot per epoch: expected here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(grid)},
+        param_space={"trial": tune.grid_search(trial_grid(list(blocks.values()), config))},
         tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
                                     max_concurrent_trials=config.resources.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(Path(out).resolve()),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_root(config, out),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
                                   verbose=1),
     )
     return tuner.fit()

@@ -1,0 +1,68 @@
+"""A sweep whose driver is killed resumes, and every trial finishes exactly once."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, SMALL_SETTINGS, write_config
+
+EPOCHS = 6
+
+
+def finished_trials(sweep):
+    """Trial folder -> its result.json text, for trials that reported their last epoch."""
+    done = {}
+    for result in sweep.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines and json.loads(lines[-1])["epoch"] == EPOCHS:
+            done[result.parent.name] = result.read_text()
+    return done
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_every_trial_once(small_atlas_template, tmp_path):
+    shutil.copy(REPO / "tune.py", tmp_path)
+    config = write_config(tmp_path / "sweep.yaml", {
+        **SMALL_SETTINGS, "training": {"epochs": EPOCHS, "batch_size": 64},
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
+    out = tmp_path / "run"
+    command = [sys.executable, "tune.py", "--data", str(small_atlas_template), "--config", str(config),
+               "--out", str(out), "-q"]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(finished_trials(out / "sweep")) < 3:
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = finished_trials(out / "sweep")
+    assert 3 <= len(before) < 16
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = finished_trials(out / "sweep")
+    assert len(after) == 16  # every trial finished
+    for name, text in before.items():
+        assert after[name] == text  # trials finished before the kill were not run again
+    genes = pd.read_parquet(out / "gene_r2.parquet")
+    key = ["tissue", "cluster", "replicate", "lambda", "gene"]
+    assert not genes.duplicated(key).any()
+    assert len(genes) == 2 * 16 * 2 and (genes.epochs_run == EPOCHS).all()
+    assert genes.test_r2.notna().all()
+
+
+def test_resume_without_a_sweep_says_so(small_atlas_template, tmp_path, capsys):
+    from mtlrank_ray.cli import tune_main
+    config = write_config(tmp_path / "c.yaml", SMALL_SETTINGS)
+    code = tune_main(["--data", str(small_atlas_template), "--config", str(config),
+                      "--out", str(tmp_path / "run"), "--resume", "-q"])
+    assert code == 2
+    assert "there is no sweep to resume" in capsys.readouterr().err

@@ -12,12 +12,15 @@ of a stopped trial still holds its best epoch's results.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
+from ray.util.metrics import Gauge
 
 from . import ray_data
 from .asha import GroupedASHA
@@ -63,12 +66,35 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder) / STATE)
 
+    node = ray.get_runtime_context().get_node_id()
+
     def report(epoch: EpochReport) -> None:
+        record_metrics(spec, epoch)
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / STATE)
-            tune.report(_metrics(epoch, data.genes), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**_metrics(epoch, data.genes), "node": node},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     trainer.fit(training.epochs, on_epoch=report)
+
+
+@functools.lru_cache(maxsize=1)
+def _gauges() -> dict[str, Gauge]:
+    """This worker's gauges, exported on the node's Prometheus endpoint (and so in the
+    dashboard's metrics views) as ray_mtlrank_*."""
+    tags = ("tissue", "cluster", "replicate", "lam")
+    return {"val_r2": Gauge("mtlrank_val_r2", "mean validation R^2 of the trial's last epoch", tags),
+            "epochs": Gauge("mtlrank_epochs", "epochs the trial has finished", tags),
+            "steps_per_s": Gauge("mtlrank_steps_per_s", "training steps per second", tags)}
+
+
+def record_metrics(trial: Trial, epoch: EpochReport) -> None:
+    tags = {"tissue": trial.tissue, "cluster": str(trial.cluster),
+            "replicate": str(trial.replicate), "lam": f"{trial.lam:g}"}
+    gauges = _gauges()
+    gauges["val_r2"].set(epoch.mean_val_r2, tags)
+    gauges["epochs"].set(epoch.epoch, tags)
+    gauges["steps_per_s"].set(epoch.steps_per_s, tags)
 
 
 def _metrics(epoch: EpochReport, genes: list[str]) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
 
 log = logging.getLogger("mtlrank_ray")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ info lines are noise here
 
 DEMO_DATA = Path("demo")
 SMOKE_CONFIG = Path("tune_configs/smoke.yaml")
@@ -59,6 +61,8 @@ def tune_main(argv: list[str] | None = None) -> int:
                              "(the aligned store) and OUT/sweep (Tune's trials)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted sweep in OUT (finished trials are kept)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start the Ray dashboard with a local Ray and print its address")
     parser.add_argument("--address", default=None,
                         help="join a running Ray cluster ('auto' or HOST:PORT) instead of "
                              "starting Ray on this machine")
@@ -131,8 +135,10 @@ def _tune(args) -> None:
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
-    ray.init(address=args.address, include_dashboard=False,
-             logging_level=logging.WARNING if args.quiet else logging.INFO)
+    context = ray.init(address=args.address, include_dashboard=args.dashboard or None,
+                       logging_level=logging.WARNING if args.quiet else logging.INFO)
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}")
     try:
         store = str((out / "store").resolve())
         blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}

@@ -1,8 +1,8 @@
 """Aligned tissues as Ray Datasets: Arrow blocks in the object store.
 
-A tissue's matrices are read from the store with `ray.data.read_parquet` (a
-local path or shared storage such as s3:// alike) and materialized once,
-before any trial starts, as three datasets:
+A tissue's matrices are read from the store with `ray.data.read_parquet` (from
+shared storage such as s3:// by any node; from a local path on the driver's
+node) and materialized once, before any trial starts, as three datasets:
 
 - expression: one row per cell, in store order: a float32 column per TF and
   `barcode`;
@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .cluster_data import ClusterData
 from .data.store import aligned_empty
@@ -53,8 +54,12 @@ class TissueBlocks:
 def materialize_tissue(store: str, tissue: str) -> TissueBlocks:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # blocks in store row order
-    refs = [(name, tuple(ray.data.read_parquet([f"{store}/{tissue}/{f}.parquet" for f in files])
-                         .materialize().to_arrow_refs()))
+    options = {}
+    if "://" not in store:  # a local path exists on this node only: read it here
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        options["ray_remote_args"] = {"scheduling_strategy": here}
+    refs = [(name, tuple(ray.data.read_parquet([f"{store}/{tissue}/{f}.parquet" for f in files],
+                                               **options).materialize().to_arrow_refs()))
             for name, files in DATASETS.items()]
     refs += [(name, (ray.put(pq.read_table(f"{store}/{tissue}/{name}.parquet")),))
              for name in INDEX_TABLES]

@@ -7,10 +7,14 @@ from mtlrank_ray.errors import ConfigError
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["default", "seed", "smoke"])
-def test_shipped_configs_load(name):
-    config = load_config(REPO / "tune_configs" / f"{name}.yaml")
-    assert isinstance(config, Config)
+@pytest.mark.parametrize("path", sorted((REPO / "tune_configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_gpu_config_shares_gpus():
+    config = load_config(REPO / "tune_configs" / "gpu.yaml")
+    assert config.resources.gpu == 0.25 and config.run.max_failures == 2
 
 
 def test_seed_config_holds_the_notebooks_settings():

@@ -135,7 +135,9 @@ def _tune(args) -> None:
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
-    context = ray.init(address=args.address, include_dashboard=args.dashboard or None,
+    # A cluster joined with --address has its own dashboard; locally it is opt-in.
+    local = {} if args.address else {"include_dashboard": args.dashboard}
+    context = ray.init(address=args.address, **local,
                        logging_level=logging.WARNING if args.quiet else logging.INFO)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")

@@ -31,7 +31,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .cluster_data import ClusterData
 from .data.store import aligned_empty
@@ -56,8 +55,7 @@ def materialize_tissue(store: str, tissue: str) -> TissueBlocks:
     context.execution_options.preserve_order = True  # blocks in store row order
     options = {}
     if "://" not in store:  # a local path exists on this node only: read it here
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        options["ray_remote_args"] = {"scheduling_strategy": here}
+        options["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
     refs = [(name, tuple(ray.data.read_parquet([f"{store}/{tissue}/{f}.parquet" for f in files],
                                                **options).materialize().to_arrow_refs()))
             for name, files in DATASETS.items()]

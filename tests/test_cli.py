@@ -40,10 +40,12 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     shutil.copy(REPO / "tune.py", tmp_path)
     shutil.copytree(REPO / "tune_configs", tmp_path / "tune_configs")
     for attempt in range(2):
-        run = subprocess.run([sys.executable, "tune.py", "--demo"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600)
+        flags = ["--dashboard"] if attempt else []
+        run = subprocess.run([sys.executable, "tune.py", "--demo", *flags], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         assert run.stdout.count("reused") == (2 if attempt else 0)
+        assert ("Ray dashboard: http://127.0.0.1:" in run.stdout) == bool(attempt)
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
         assert len(genes) == 2 * 40 * 1 * 2  # tissues x genes x replicates x lambdas
         assert set(genes["lambda"]) == {0.0, 0.01} and genes.test_r2.notna().all()

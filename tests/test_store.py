@@ -1,7 +1,6 @@
 """The aligned store: contents, reuse, rebuilds, and what survives a crash."""
 
 import json
-import logging
 import subprocess
 import sys
 

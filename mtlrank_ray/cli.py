@@ -12,13 +12,15 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 from .config import load_config
 from .data.prepare import TissueReport, prepare_store
 from .demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
 
 log = logging.getLogger("mtlrank_ray")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ info lines are noise here
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow C++ info, and CUDA probing on CPU hosts
 
 DEMO_DATA = Path("demo")
 SMOKE_CONFIG = Path("tune_configs/smoke.yaml")
@@ -46,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     _data_arguments(prepare)
     prepare.add_argument("--out", type=Path, required=True, help="the aligned store folder")
     prepare.set_defaults(run=_prepare)
+
+    rank = commands.add_parser("rank", parents=[common],
+                               help="TF rankings and the consensus network of a finished sweep")
+    rank.add_argument("out", type=Path, help="the run folder tune.py wrote")
+    rank.add_argument("--top", type=int, default=50, help="network: TFs in the top K of every replicate")
+    rank.set_defaults(run=_rank)
     return _run(parser, argv)
 
 
@@ -130,8 +138,8 @@ def _tune(args) -> None:
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
     from .ray_data import materialize_tissue
-    from .results import collect, gene_table, markdown_table, write_results
-    from .sweep import EXPERIMENT, resumable, run_sweep
+    from .results import collect, gene_table, markdown_table, write_atomically, write_results
+    from .sweep import EXPERIMENT, export_models, resumable, run_sweep
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
@@ -147,17 +155,37 @@ def _tune(args) -> None:
         grid = run_sweep(blocks, config, out, resume=args.resume)
     finally:
         ray.shutdown()
+    export_models(grid, out / "models")
     trials, failed = collect(grid)
     if not trials:
         raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
              f"{len(trials)} trials, {len(failed)} failed.")
     summary = write_results(out, gene_table(trials, config.training.epochs), failed, about)
+    write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
+    _rank_and_print(out, top=50)
     if failed:
         raise TrainingError(f"{len(failed)} trials failed (listed in {out / 'summary.md'}); "
                             f"Tune's logs are in {out / EXPERIMENT}")
+
+
+def _rank(args) -> None:
+    _rank_and_print(args.out, args.top)
+
+
+def _rank_and_print(out: Path, top: int) -> None:
+    from .rankings import rank_run, ranking_quality
+    from .results import markdown_table
+
+    rankings, network = rank_run(out, top)
+    print(f"\nTF rankings: {out}/rankings.parquet; network (top {top} in every replicate): "
+          f"{out}/network.csv, {len(network)} edges")
+    quality = ranking_quality(out, rankings)
+    if quality is not None:
+        print("ranking quality against the planted regulators:")
+        print(markdown_table(quality))
 
 
 def _print_reports(reports: list[TissueReport], store: Path) -> None:

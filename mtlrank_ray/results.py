@@ -78,9 +78,9 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
     """Write every results file; returns the per-tissue summary."""
     selected = selected_table(genes)
     summary = tissue_summary(genes, selected)
-    _atomic(out / "gene_r2.parquet", lambda p: genes.to_parquet(p, index=False))
-    _atomic(out / "gene_r2.csv", lambda p: genes.to_csv(p, index=False))
-    _atomic(out / "selected.csv", lambda p: selected.to_csv(p, index=False))
+    write_atomically(out / "gene_r2.parquet", lambda p: genes.to_parquet(p, index=False))
+    write_atomically(out / "gene_r2.csv", lambda p: genes.to_csv(p, index=False))
+    write_atomically(out / "selected.csv", lambda p: selected.to_csv(p, index=False))
     text = [f"# MTLRank sweep\n\n{about}\n", "## Per tissue\n",
             markdown_table(summary), "",
             "test_r2_selected: mean test R² of the genes at the λ chosen on validation per "
@@ -89,7 +89,7 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
             "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 beside it"]
     if failed:
         text += ["", "## Failed trials\n", *[f"- {name}" for name in failed]]
-    _atomic(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))
+    write_atomically(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))
     return summary
 
 
@@ -100,7 +100,7 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def _atomic(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(handle)
     try:

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import ray
 from ray import tune
 from ray.util.metrics import Gauge
@@ -26,8 +27,9 @@ from . import ray_data
 from .asha import GroupedASHA
 from .cluster_data import split_cells
 from .config import Config, TrainingConfig
+from .data.store import install
 from .errors import InputError
-from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime
+from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime, load_best_weights
 
 EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
@@ -47,8 +49,7 @@ def group_of(config: dict) -> tuple:
 
 
 def trial_name(trial) -> str:
-    t = trial.config["trial"]
-    return f"{t['tissue']}_c{t['cluster']}_r{t['replicate']}_lam{t['lam']:g}"
+    return Trial(**trial.config["trial"]).name
 
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
@@ -157,3 +158,20 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
                                   verbose=1),
     )
     return tuner.fit()
+
+
+def export_models(results: tune.ResultGrid, folder: Path) -> int:
+    """Each trial's best weights and genes as FOLDER/<trial name>.npz; the folder is
+    replaced whole, so it never mixes runs. Returns how many were written."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    written = 0
+    for result in results:
+        if result.checkpoint is None or "genes" not in (result.metrics or {}):
+            continue
+        with result.checkpoint.as_directory() as checkpoint:
+            weights = load_best_weights(Path(checkpoint) / STATE)
+        name = Trial(**result.config["trial"]).name
+        np.savez(staging / f"{name}.npz", genes=np.array(result.metrics["genes"]), **weights)
+        written += 1
+    install(staging, folder)
+    return written

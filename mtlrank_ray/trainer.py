@@ -43,6 +43,10 @@ class Trial:
     replicate: int
     lam: float
 
+    @property
+    def name(self) -> str:
+        return f"{self.tissue}_c{self.cluster}_r{self.replicate}_lam{self.lam:g}"
+
     def describe(self) -> str:
         return (f"tissue {self.tissue}, cluster {self.cluster}, replicate {self.replicate}, "
                 f"λ={self.lam:g}")
@@ -238,6 +242,12 @@ class ClusterTrainer:
         self.step_count.assign(steps)
         self.batch_rng.bit_generator.state = state["batch_rng"]
         self.history = state["history"]
+
+
+def load_best_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """The best epoch's weights from a state saved by `ClusterTrainer.save`."""
+    with np.load(path) as saved:
+        return {name.split("/", 1)[1]: saved[name] for name in saved.files if name.startswith("best/")}
 
 
 def _shared_tensor(array: np.ndarray) -> tf.Tensor:

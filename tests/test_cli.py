@@ -54,6 +54,12 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert (stopped.best_epoch <= stopped.epochs_run).all() and (stopped.epochs_run < 4).all()
         assert len(pd.read_csv(tmp_path / "runs/smoke/selected.csv")) == 2 * 4
     assert "| Kidney_Left |" in run.stdout and "gene_r2.parquet" in run.stdout
+    # TF rankings of the selected models, the consensus network, and their quality.
+    rankings = pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet")
+    assert len(rankings) == 2 * 40 * 60 and set(rankings["rank"]) == set(range(1, 61))
+    assert (tmp_path / "runs/smoke/network.csv").is_file() and len(list((tmp_path / "runs/smoke/models").glob("*.npz"))) == 16
+    quality = pd.read_csv(tmp_path / "runs/smoke/ranking_quality.csv").set_index("method")
+    assert quality.loc["mtlrank (DeepLIFT)", "mean_average_precision"] > 0.3  # random: about 0.05
     assert genes.groupby("tissue").test_r2.mean().min() > 0.1  # the demo's planted signal is found
     tissue = load_tissue(tmp_path / "runs/smoke/store", "Kidney_Left")
     assert len(tissue.genes) == 40 and len(set(tissue.clusters)) == 4

@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     rank.add_argument("out", type=Path, help="the run folder tune.py wrote")
     rank.add_argument("--top", type=int, default=50, help="network: TFs in the top K of every replicate")
     rank.set_defaults(run=_rank)
+
+    report = commands.add_parser("report", parents=[common],
+                                 help="plots and an HTML report of a finished sweep")
+    report.add_argument("out", type=Path, help="the run folder tune.py wrote")
+    report.set_defaults(run=_report)
     return _run(parser, argv)
 
 
@@ -166,9 +171,16 @@ def _tune(args) -> None:
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
     _rank_and_print(out, top=50)
+    _report(argparse.Namespace(out=out))
     if failed:
         raise TrainingError(f"{len(failed)} trials failed (listed in {out / 'summary.md'}); "
                             f"Tune's logs are in {out / EXPERIMENT}")
+
+
+def _report(args) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(args.out)}")
 
 
 def _rank(args) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -40,7 +39,7 @@ import pandas as pd
 from .data.references import normalize_tissue
 from .data.seed_layout import MEAN_TF, RPKM, SUM_TF, VELO
 from .data.prepare import ID_MAP, LASSO, TF_LIST
-from .data.store import install
+from .data.store import install, sibling
 from .errors import InputError
 
 
@@ -91,7 +90,8 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     noise_sd = np.sqrt((1 - ceiling) / ceiling)  # signal has unit variance
     velocity_scale = rng.uniform(0.1, 2.0, size=spec.n_genes)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
+    staging = sibling(out, "staging")
+    staging.mkdir()
     try:
         truth_genes, truth_regulators, lasso_rows = [], [], []
         for name, n_cells in spec.cells.items():

@@ -13,11 +13,12 @@ Written to the run folder, each file atomically (a re-run replaces them):
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .data.store import sibling
 
 GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "lambda", "val_r2", "test_r2",
                 "best_epoch", "epochs_run", "stopped_early"]
@@ -101,11 +102,11 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def write_atomically(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
+    """Call write(temporary path) beside `path`, then rename it into place."""
+    temporary = sibling(Path(path), "tmp")
     try:
         write(temporary)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         raise

@@ -27,7 +27,7 @@ from . import ray_data
 from .asha import GroupedASHA
 from .cluster_data import split_cells
 from .config import Config, TrainingConfig
-from .data.store import install
+from .data.store import install, sibling
 from .errors import InputError
 from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime, load_best_weights
 
@@ -163,7 +163,9 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
 def export_models(results: tune.ResultGrid, folder: Path) -> int:
     """Each trial's best weights and genes as FOLDER/<trial name>.npz; the folder is
     replaced whole, so it never mixes runs. Returns how many were written."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = sibling(folder, "staging")
+    staging.mkdir()
     written = 0
     for result in results:
         if result.checkpoint is None or "genes" not in (result.metrics or {}):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import tensorflow as tf
 
 from . import model
 from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits
-from .data.store import is_aligned
+from .data.store import is_aligned, sibling
 from .config import TrainingConfig
 from .errors import TrainingError
 
@@ -223,9 +222,10 @@ class ClusterTrainer:
                    "state": np.array(json.dumps({"batch_rng": self.batch_rng.bit_generator.state,
                                                  "history": self.history, "genes": self.data.genes}))}
         path = Path(path)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+        temporary = sibling(path, "tmp")
+        with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
 
     def restore(self, path: str | Path) -> None:
         with np.load(path) as saved:

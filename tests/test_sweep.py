@@ -1,5 +1,6 @@
 """Ray Data blocks, the trial grid and the results tables."""
 
+import os
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,8 +71,13 @@ def test_results_tables():
 
 def test_results_files_are_replaced_not_appended(tmp_path):
     genes = gene_table(fake_trials(), epochs=4)
-    for _ in range(2):
-        summary = write_results(tmp_path, genes, [], "test run")
+    previous = os.umask(0o022)
+    try:
+        for _ in range(2):
+            summary = write_results(tmp_path, genes, [], "test run")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "gene_r2.csv").stat().st_mode & 0o777 == 0o644  # the umask's, not private
     assert len(pd.read_parquet(tmp_path / "gene_r2.parquet")) == 8
     assert len(pd.read_csv(tmp_path / "gene_r2.csv")) == 8
     assert len(pd.read_csv(tmp_path / "selected.csv")) == 2

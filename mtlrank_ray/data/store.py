@@ -130,10 +130,16 @@ def write_tissue(folder: Path, tissue: AlignedTissue, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
+def sibling(path: Path, tag: str) -> Path:
+    """An unused hidden path beside `path`, for staging; files and folders made there
+    get the user's usual permissions (mkstemp/mkdtemp would make them private)."""
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
 def install(staged: Path, target: Path) -> None:
     """Put a staged tissue folder in place of `target` by renames."""
     if target.exists():
-        retired = target.with_name(f".retired-{target.name}-{uuid.uuid4().hex[:8]}")
+        retired = target.with_name(f".retired-{target.name}-{uuid.uuid4().hex[:8]}")  # see remove_leftovers
         target.rename(retired)
         staged.rename(target)
         shutil.rmtree(retired)

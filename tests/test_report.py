@@ -1,0 +1,70 @@
+"""The report's plots show the results' numbers; the page shows the plots and tables."""
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtlrank_ray import report
+from mtlrank_ray.cli import main
+from mtlrank_ray.results import gene_table, write_results
+
+
+def fake_run(folder):
+    """Results of 2 tissues x 2 clusters x λ in {0, 0.01, 0.1}, and their models."""
+    rng = np.random.default_rng(0)
+    trials = []
+    (folder / "models").mkdir(parents=True)
+    for tissue in ("Kidney_Left", "Liver"):
+        for cluster in (0, 1):
+            genes = [f"{tissue}-{cluster}-{g}" for g in range(5)]
+            for lam in (0.0, 0.01, 0.1):
+                val = rng.uniform(0, 0.6, 5) + (0.1 if lam == 0.01 else 0)
+                trials.append(({"tissue": tissue, "cluster": cluster, "replicate": 0, "lam": lam},
+                               {"genes": genes, "best_val_r2": list(val), "best_test_r2": list(val - 0.05),
+                                "best_epoch": 3, "epoch": 4}))
+                kernel = rng.normal(size=(5, 7, 64)).astype(np.float32) / (1 + 100 * lam)
+                np.savez(folder / "models" / f"{tissue}_c{cluster}_r0_lam{lam:g}.npz",
+                         genes=np.array(genes), dense_64_kernel=kernel)
+    genes = gene_table(trials, epochs=4)
+    write_results(folder, genes, [], "fake")
+    return genes
+
+
+def test_plots_draw_the_results(tmp_path):
+    genes = fake_run(tmp_path)
+    drawn = report.plot_test_r2(genes, tmp_path / "a.png")
+    zero = genes[genes["lambda"] == 0]
+    np.testing.assert_array_equal(drawn["Liver", "λ = 0"], zero[zero.tissue == "Liver"].test_r2)
+    chosen = report.chosen_rows(genes)
+    assert set(chosen["lambda"]) == {0.01}  # the planted winner on validation
+    np.testing.assert_array_equal(drawn["Liver", "selected λ"], chosen[chosen.tissue == "Liver"].test_r2)
+    curve = report.plot_lambda_curve(genes, tmp_path / "b.png")
+    expected = genes[genes.tissue == "Kidney_Left"].groupby("lambda").val_r2.mean()
+    assert curve["Kidney_Left"] == pytest.approx(expected.to_dict())
+    pairs = report.plot_selected_vs_zero(genes, tmp_path / "c.png")
+    assert len(pairs) == 20 and (pairs.test_r2_selected.to_numpy() != pairs.test_r2_zero.to_numpy()).all()
+    values = report.plot_singular_values(genes, tmp_path / "models", tmp_path / "d.png")
+    with np.load(tmp_path / "models" / "Kidney_Left_c0_r0_lam0.01.npz") as saved:
+        np.testing.assert_allclose(values[0.01], np.linalg.svd(saved["dense_64_kernel"].reshape(5, -1),
+                                                               compute_uv=False), rtol=1e-5)
+    assert values[0.0].sum() > values[0.01].sum()
+    for name in "abcd":
+        image = matplotlib.image.imread(tmp_path / f"{name}.png")
+        assert image.shape[0] > 300 and image.shape[1] > 300 and image.std() > 0.01  # not blank
+
+
+def test_report_command_writes_the_page(tmp_path, capsys):
+    fake_run(tmp_path)
+    pd.DataFrame({"method": ["mtlrank (DeepLIFT)"], "mean_average_precision": [0.5],
+                  "mean_precision_at_10": [0.2], "genes": [20]}).to_csv(tmp_path / "ranking_quality.csv", index=False)
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    for name in ("test_r2.png", "lambda_curve.png", "selected_vs_zero.png", "singular_values.png"):
+        assert f'src="{name}"' in page and (tmp_path / "report" / name).stat().st_size > 10_000
+    assert "Kidney_Left" in page and "ranking quality" in page.lower()
+
+
+def test_report_on_a_folder_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "gene_r2.parquet is missing" in capsys.readouterr().err

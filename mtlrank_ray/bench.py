@@ -8,6 +8,11 @@ Every figure is measured in this run, on synthetic data of the stated sizes:
                          at T=1600, G=25, batch 256, over the one matmul no
                          implementation avoids: (G, 256, T) x (G, T, 64)
     first_step_s         time of the first step at T=1600 (tracing included)
+    ranking_s_per_gene_replicate  TF rankings (DeepLIFT over every cell of each
+                         gene) for one cluster of 25 genes on 20,000 cells x
+                         1,600 TFs, per gene; ranking_s_500_genes: that x 500
+                         (clusters are independent), against the paper's ~300 s
+                         of deep SHAP per gene and replicate
     peak_rss_over_input  one epoch on 50,000 cells x 1,600 TFs, 25 genes: peak
                          resident memory minus the resident memory after
                          imports, over the float32 expression matrix (320 MB);
@@ -103,6 +108,19 @@ def seed_step(n_tfs: int, n_genes: int) -> float:
     return median_time(step, 1)
 
 
+def ranking_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
+    """Seconds per gene to rank TFs over all of each gene's cells."""
+    from .attribution import tf_scores
+    data = synthetic_cluster(n_cells, n_tfs, n_genes)
+    trainer = make_trainer(data)
+    weights = {k: v.numpy() for k, v in trainer.weights.items()}
+    cells = [np.flatnonzero(~np.isnan(data.velocity[:, g])) for g in range(n_genes)]
+    args = (weights, data.expression, data.act_mean, data.act_sum,
+            trainer.splits["train"].standardization, cells)
+    tf_scores(*args)  # traced and compiled once per process
+    return median_time(lambda: tf_scores(*args), 1) / n_genes
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -143,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"matmul_s: {matmul:.5f}")
     print(f"step_over_matmul: {ours_large / matmul:.2f}")
     print(f"first_step_s: {first:.2f}")
+    per_gene = ranking_time(cells * 2 // 5, large_tfs, genes)
+    print(f"ranking_s_per_gene_replicate: {per_gene:.3f}")
+    print(f"ranking_s_500_genes: {per_gene * 500:.0f}")
     # Peak memory varies between runs (allocator caching, compilation): median of 3.
     ratios = sorted(float(subprocess.run(
         [sys.executable, "-m", "mtlrank_ray.bench", "--memory-probe", str(cells), str(large_tfs),

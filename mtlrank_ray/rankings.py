@@ -9,8 +9,9 @@ using the training split's standardization. Written to the run folder:
     network.csv        tissue, gene, tf, mean_rank: TFs in the top K of every replicate
                        (the paper's consensus step; K = 50 by default)
     ranking_quality.csv  on data with a planted truth (the demo's truth/), mean per-gene
-                       average precision and precision at 10 of our rankings and of
-                       |Pearson correlation| between TF expression and velocity
+                       average precision and precision at 10 of our rankings, of
+                       |lasso coefficients| (alpha 0.01, standardized expression and
+                       velocity, each gene's cells) and of |Pearson correlation|
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import Lasso
 from sklearn.metrics import average_precision_score
 
 from .attribution import tf_scores
@@ -29,6 +31,9 @@ from .data import load_tissue
 from .errors import InputError
 from .trainer import Trial
 from .results import write_atomically
+
+
+LASSO_ALPHA = 0.01  # the lasso baseline of the ranking-quality table, on standardized data
 
 
 def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -92,14 +97,15 @@ def consensus_network(rankings: pd.DataFrame, top: int) -> pd.DataFrame:
 
 def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
     """Mean per-gene average precision and precision at 10 against the planted
-    regulators, for our rankings and for |Pearson| (None without a truth)."""
+    regulators: ours, |lasso coefficients| and |Pearson| (None without a truth)."""
     out = Path(out)
     manifest = json.loads(next((out / "store").glob("*/manifest.json")).read_text())
     truth_file = Path(manifest["data_root"]) / "truth" / "regulators.csv"
     if not truth_file.is_file():
         return None
     truth = pd.read_csv(truth_file).groupby("gene").tf.apply(set)
-    scored: dict[str, list] = {"mtlrank (DeepLIFT)": [], "abs Pearson": []}
+    scored: dict[str, list] = {"mtlrank (DeepLIFT)": [], "abs lasso coefficient": [],
+                               "abs Pearson": []}
     for tissue_name, ranked in rankings.groupby("tissue"):
         tissue = load_tissue(out / "store", tissue_name)
         for (gene, _), part in ranked.groupby(["gene", "replicate"]):
@@ -110,9 +116,13 @@ def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
             x, y = tissue.expression[cells], tissue.velocity[cells, column]
             with np.errstate(invalid="ignore", divide="ignore"):
                 pearson = np.nan_to_num(np.abs(np.corrcoef(x.T, y)[-1, :-1]))
+            scale = np.where(x.std(0) > 0, x.std(0), 1.0)
+            lasso = Lasso(alpha=LASSO_ALPHA).fit((x - x.mean(0)) / scale, (y - y.mean()) / y.std())
             labels = np.isin(tissue.tfs, list(truth[gene]))
             ours = part.set_index("tf").loc[tissue.tfs, "score"].to_numpy()
-            for method, score in (("mtlrank (DeepLIFT)", ours), ("abs Pearson", pearson)):
+            for method, score in (("mtlrank (DeepLIFT)", ours),
+                                  ("abs lasso coefficient", np.abs(lasso.coef_)),
+                                  ("abs Pearson", pearson)):
                 top10 = np.argsort(-score, kind="stable")[:10]
                 scored[method].append((average_precision_score(labels, score), labels[top10].mean()))
     table = pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),

@@ -59,6 +59,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     assert len(rankings) == 2 * 40 * 60 and set(rankings["rank"]) == set(range(1, 61))
     assert (tmp_path / "runs/smoke/network.csv").is_file() and len(list((tmp_path / "runs/smoke/models").glob("*.npz"))) == 16
     quality = pd.read_csv(tmp_path / "runs/smoke/ranking_quality.csv").set_index("method")
+    assert set(quality.index) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
     assert quality.loc["mtlrank (DeepLIFT)", "mean_average_precision"] > 0.3  # random: about 0.05
     assert genes.groupby("tissue").test_r2.mean().min() > 0.1  # the demo's planted signal is found
     tissue = load_tissue(tmp_path / "runs/smoke/store", "Kidney_Left")

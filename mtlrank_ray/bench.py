@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -121,17 +120,20 @@ def ranking_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
     return median_time(lambda: tf_scores(*args), 1) / n_genes
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def memory_bytes(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak) of this process. Not getrusage's
+    ru_maxrss: after exec it keeps the peak of the parent that spawned us."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith(f"{field}:"))
+    return int(line.split()[1]) * 1024
 
 
 def memory_probe(n_cells: int, n_tfs: int, n_genes: int) -> None:
     tf.constant(0.0) + 1.0  # runtime initialized: counted as imports
-    baseline = rss_bytes()
+    baseline = memory_bytes("VmRSS")
     trainer = make_trainer(synthetic_cluster(n_cells, n_tfs, n_genes))
     trainer.fit(1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = memory_bytes("VmHWM")
     print(f"{(peak - baseline) / (n_cells * n_tfs * 4):.2f}")
 
 
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     per_gene = ranking_time(cells * 2 // 5, large_tfs, genes)
     print(f"ranking_s_per_gene_replicate: {per_gene:.3f}")
     print(f"ranking_s_500_genes: {per_gene * 500:.0f}")
-    # Peak memory varies between runs (allocator caching, compilation): median of 3.
+    # Peak memory varies a little between runs (allocator caching, compilation): median of 3.
     ratios = sorted(float(subprocess.run(
         [sys.executable, "-m", "mtlrank_ray.bench", "--memory-probe", str(cells), str(large_tfs),
          str(genes)], capture_output=True, text=True, check=True).stdout.split()[-1])

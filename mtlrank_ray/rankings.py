@@ -106,11 +106,19 @@ def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
     truth = pd.read_csv(truth_file).groupby("gene").tf.apply(set)
     scored: dict[str, list] = {"mtlrank (DeepLIFT)": [], "abs lasso coefficient": [],
                                "abs Pearson": []}
+    def quality(labels, score):
+        top10 = np.argsort(-score, kind="stable")[:10]
+        return average_precision_score(labels, score), labels[top10].mean()
+
     for tissue_name, ranked in rankings.groupby("tissue"):
         tissue = load_tissue(out / "store", tissue_name)
-        for (gene, _), part in ranked.groupby(["gene", "replicate"]):
+        for gene, per_gene in ranked.groupby("gene"):
             if gene not in truth.index:
                 continue
+            labels = np.isin(tissue.tfs, list(truth[gene]))
+            for _, part in per_gene.groupby("replicate"):  # ours: one model per replicate
+                scores = part.set_index("tf").loc[tissue.tfs, "score"].to_numpy()
+                scored["mtlrank (DeepLIFT)"].append(quality(labels, scores))
             column = list(tissue.genes).index(gene)
             cells = ~np.isnan(tissue.velocity[:, column])
             x, y = tissue.expression[cells], tissue.velocity[cells, column]
@@ -118,15 +126,10 @@ def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
                 pearson = np.nan_to_num(np.abs(np.corrcoef(x.T, y)[-1, :-1]))
             scale = np.where(x.std(0) > 0, x.std(0), 1.0)
             lasso = Lasso(alpha=LASSO_ALPHA).fit((x - x.mean(0)) / scale, (y - y.mean()) / y.std())
-            labels = np.isin(tissue.tfs, list(truth[gene]))
-            ours = part.set_index("tf").loc[tissue.tfs, "score"].to_numpy()
-            for method, score in (("mtlrank (DeepLIFT)", ours),
-                                  ("abs lasso coefficient", np.abs(lasso.coef_)),
-                                  ("abs Pearson", pearson)):
-                top10 = np.argsort(-score, kind="stable")[:10]
-                scored[method].append((average_precision_score(labels, score), labels[top10].mean()))
+            scored["abs lasso coefficient"].append(quality(labels, np.abs(lasso.coef_)))
+            scored["abs Pearson"].append(quality(labels, pearson))
     table = pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
                            "mean_precision_at_10": np.mean([v[1] for v in values]),
-                           "genes": len(values)} for m, values in scored.items()])
+                           "rankings": len(values)} for m, values in scored.items()])
     write_atomically(out / "ranking_quality.csv", lambda p: table.to_csv(p, index=False))
     return table

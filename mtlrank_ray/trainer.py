@@ -120,6 +120,7 @@ class ClusterTrainer:
         self._train_standardization = _tensors(self.splits["train"].standardization)
         self.train_step = tf.function(self._step, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_chunk, reduce_retracing=True)
+        self._evaluation: dict[str, tuple] = {}
 
     # -- the step -------------------------------------------------------------
     def _coefficients(self, standardization):
@@ -158,16 +159,23 @@ class ClusterTrainer:
     # -- evaluation -----------------------------------------------------------
     def predict_r2(self, split: str) -> np.ndarray:
         """Per-gene R² of the current weights on a split."""
-        gene_split = self.splits[split]
-        cells, target, mask = padded(gene_split, EVAL_CHUNK)
-        standardization = _tensors(gene_split.standardization)
+        cells, target, mask, standardization, ss_tot = self._evaluation_data(split)
         ss_res = np.zeros(len(self.data.genes))
         for start in range(0, cells.shape[1], EVAL_CHUNK):
             part = slice(start, start + EVAL_CHUNK)
             ss_res += self._evaluate(cells[:, part], target[:, part], mask[:, part],
                                      standardization).numpy()
-        ss_tot = np.array([np.sum((y - y.mean()) ** 2) for y in gene_split.target])
         return r2_scores(ss_res, ss_tot)
+
+    def _evaluation_data(self, split: str):
+        """A split's padded cells, targets and mask, standardization and total sum of
+        squares: fixed for the trainer's life, so built once."""
+        if split not in self._evaluation:
+            gene_split = self.splits[split]
+            ss_tot = np.array([np.sum((y - y.mean()) ** 2) for y in gene_split.target])
+            self._evaluation[split] = (*padded(gene_split, EVAL_CHUNK),
+                                       _tensors(gene_split.standardization), ss_tot)
+        return self._evaluation[split]
 
     # -- the loop -------------------------------------------------------------
     def fit(self, epochs: int, on_epoch: Callable[[EpochReport], bool | None] | None = None) -> TrainResult:

@@ -57,7 +57,7 @@ def test_plots_draw_the_results(tmp_path):
 def test_report_command_writes_the_page(tmp_path, capsys):
     fake_run(tmp_path)
     pd.DataFrame({"method": ["mtlrank (DeepLIFT)"], "mean_average_precision": [0.5],
-                  "mean_precision_at_10": [0.2], "genes": [20]}).to_csv(tmp_path / "ranking_quality.csv", index=False)
+                  "mean_precision_at_10": [0.2], "rankings": [20]}).to_csv(tmp_path / "ranking_quality.csv", index=False)
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     for name in ("test_r2.png", "lambda_curve.png", "selected_vs_zero.png", "singular_values.png"):

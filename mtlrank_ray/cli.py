@@ -144,7 +144,7 @@ def _tune(args) -> None:
 
     from .ray_data import materialize_tissue
     from .results import collect, gene_table, markdown_table, write_atomically, write_results
-    from .sweep import EXPERIMENT, export_models, resumable, run_sweep
+    from .sweep import EXPERIMENT, export_models, resumable, run_lasso, run_sweep
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
@@ -158,15 +158,16 @@ def _tune(args) -> None:
         store = str((out / "store").resolve())
         blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
         grid = run_sweep(blocks, config, out, resume=args.resume)
+        lasso = run_lasso(blocks, config)
     finally:
         ray.shutdown()
-    export_models(grid, out / "models")
+    export_models(grid, lasso, out / "models")
     trials, failed = collect(grid)
     if not trials:
         raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
              f"{len(trials)} trials, {len(failed)} failed.")
-    summary = write_results(out, gene_table(trials, config.training.epochs), failed, about)
+    summary = write_results(out, gene_table(trials, config.training.epochs, lasso), failed, about)
     write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))

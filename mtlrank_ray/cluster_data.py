@@ -122,6 +122,13 @@ def expression_stats(expression: np.ndarray, cells: list[np.ndarray]) -> Standar
                            constant=constant)
 
 
+def r2_scores(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
+    """sklearn's r2_score per gene, force_finite: a constant target scores 1 if
+    predicted exactly, else 0."""
+    safe = np.where(ss_tot > 0, ss_tot, 1.0)
+    return np.where(ss_tot > 0, 1.0 - ss_res / safe, np.where(ss_res == 0, 1.0, 0.0))
+
+
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     std = float(np.std(values))
     return float(np.mean(values)), (std if std > 0 else 1.0)

@@ -71,6 +71,9 @@ class SearchConfig:
         default_factory=lambda: [0.0, 0.001, 0.01, 0.1],
         metadata=_check(lambda v: min(v) >= 0, "a list of numbers of at least 0"))
     replicates: int = field(default=3, metadata=_POSITIVE)
+    lasso_alphas: list[float] = field(  # the per-gene lasso baseline's grid (standardized data)
+        default_factory=lambda: [0.1, 0.03, 0.01, 0.003, 0.001],
+        metadata=_check(lambda v: min(v) > 0, "a list of numbers greater than 0"))
     test_fraction: float = field(default=0.1, metadata=_FRACTION)
     val_fraction: float = field(default=0.1, metadata=_FRACTION)
     seed: int = 0

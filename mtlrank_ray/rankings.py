@@ -9,9 +9,9 @@ using the training split's standardization. Written to the run folder:
     network.csv        tissue, gene, tf, mean_rank: TFs in the top K of every replicate
                        (the paper's consensus step; K = 50 by default)
     ranking_quality.csv  on data with a planted truth (the demo's truth/), mean per-gene
-                       average precision and precision at 10 of our rankings, of
-                       |lasso coefficients| (alpha 0.01, standardized expression and
-                       velocity, each gene's cells) and of |Pearson correlation|
+                       average precision and precision at 10 of our rankings, of the
+                       lasso baseline's |coefficients| (same replicates, alpha chosen on
+                       validation) and of |Pearson correlation| over the gene's cells
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import Lasso
 from sklearn.metrics import average_precision_score
 
 from .attribution import tf_scores
+from .baseline import LassoFit, lasso_name
 from .cluster_data import SPLITS, ClusterData, prepare_splits, split_cells
 from .config import load_config
 from .data import load_tissue
 from .errors import InputError
 from .trainer import Trial
 from .results import write_atomically
-
-
-LASSO_ALPHA = 0.01  # the lasso baseline of the ranking-quality table, on standardized data
 
 
 def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -97,7 +94,8 @@ def consensus_network(rankings: pd.DataFrame, top: int) -> pd.DataFrame:
 
 def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
     """Mean per-gene average precision and precision at 10 against the planted
-    regulators: ours, |lasso coefficients| and |Pearson| (None without a truth)."""
+    regulators: ours, the lasso baseline's |coefficients| and |Pearson| (None without
+    a truth)."""
     out = Path(out)
     manifest = json.loads(next((out / "store").glob("*/manifest.json")).read_text())
     truth_file = Path(manifest["data_root"]) / "truth" / "regulators.csv"
@@ -112,24 +110,36 @@ def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
 
     for tissue_name, ranked in rankings.groupby("tissue"):
         tissue = load_tissue(out / "store", tissue_name)
+        lasso: dict[tuple[int, int], dict | None] = {}  # per (cluster, replicate)
         for gene, per_gene in ranked.groupby("gene"):
             if gene not in truth.index:
                 continue
             labels = np.isin(tissue.tfs, list(truth[gene]))
-            for _, part in per_gene.groupby("replicate"):  # ours: one model per replicate
+            column = list(tissue.genes).index(gene)
+            for replicate, part in per_gene.groupby("replicate"):  # one model per replicate
                 scores = part.set_index("tf").loc[tissue.tfs, "score"].to_numpy()
                 scored["mtlrank (DeepLIFT)"].append(quality(labels, scores))
-            column = list(tissue.genes).index(gene)
+                key = int(tissue.clusters[column]), int(replicate)
+                if key not in lasso:
+                    lasso[key] = _lasso_coefficients(out / "models", tissue_name, *key)
+                if lasso[key] is not None:
+                    scored["abs lasso coefficient"].append(quality(labels, np.abs(lasso[key][gene])))
             cells = ~np.isnan(tissue.velocity[:, column])
             x, y = tissue.expression[cells], tissue.velocity[cells, column]
             with np.errstate(invalid="ignore", divide="ignore"):
                 pearson = np.nan_to_num(np.abs(np.corrcoef(x.T, y)[-1, :-1]))
-            scale = np.where(x.std(0) > 0, x.std(0), 1.0)
-            lasso = Lasso(alpha=LASSO_ALPHA).fit((x - x.mean(0)) / scale, (y - y.mean()) / y.std())
-            scored["abs lasso coefficient"].append(quality(labels, np.abs(lasso.coef_)))
             scored["abs Pearson"].append(quality(labels, pearson))
     table = pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
                            "mean_precision_at_10": np.mean([v[1] for v in values]),
-                           "rankings": len(values)} for m, values in scored.items()])
+                           "rankings": len(values)} for m, values in scored.items() if values])
     write_atomically(out / "ranking_quality.csv", lambda p: table.to_csv(p, index=False))
     return table
+
+
+def _lasso_coefficients(models: Path, tissue: str, cluster: int, replicate: int) -> dict | None:
+    """{gene: coefficients over the tissue's TFs} of one lasso baseline file, if any."""
+    path = models / f"{lasso_name(tissue, cluster, replicate)}.npz"
+    if not path.is_file():
+        return None
+    fit = LassoFit.load(path)
+    return dict(zip(fit.genes, fit.coef))

@@ -2,9 +2,10 @@
 
 `mtlrank-ray report RUN` (also run at the end of `tune.py`) writes to RUN/report/:
 
-    test_r2.png         test R² per gene, per tissue: the λ chosen on validation and λ = 0
+    test_r2.png         test R² per gene, per tissue: the λ chosen on validation, λ = 0 and
+                        the lasso baseline
     lambda_curve.png    mean validation R² against λ per tissue (log axis; λ = 0 drawn
-                        at the left edge and marked)
+                        at the left edge and marked; the lasso's as a dashed line)
     selected_vs_zero.png  per gene: test R² at the selected λ against λ = 0
     singular_values.png   singular values of the Dense(64) kernels stacked over a
                         cluster's genes, λ = 0 against the selected λ (the low rank
@@ -28,7 +29,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import InputError  # noqa: E402
-from .results import GROUP, selected_table, tissue_summary, write_atomically  # noqa: E402
+from .results import (GROUP, LASSO, networks, selected_table, tissue_summary,  # noqa: E402
+                      write_atomically)
 from .trainer import Trial  # noqa: E402
 
 
@@ -38,41 +40,49 @@ def chosen_rows(genes: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
-    chosen, zero = chosen_rows(genes), genes[genes["lambda"] == 0]
+    models = {"selected λ": chosen_rows(genes), "λ = 0": genes[genes["lambda"] == 0],
+              "lasso": genes[genes.model == LASSO]}
     tissues = sorted(genes.tissue.unique())
     drawn = {}
-    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(tissues), 4))
+    fig, ax = plt.subplots(figsize=(1.6 + 2.4 * len(tissues), 4))
     for i, tissue in enumerate(tissues):
-        for offset, label, rows in ((-0.2, "selected λ", chosen), (0.2, "λ = 0", zero)):
+        for k, (label, rows) in enumerate(models.items()):
             values = rows.loc[rows.tissue == tissue, "test_r2"].to_numpy()
             if len(values):
-                ax.boxplot(values, positions=[i + offset], widths=0.35, patch_artist=True,
-                           boxprops={"facecolor": "C0" if offset < 0 else "C1"})
+                ax.boxplot(values, positions=[i + 0.27 * (k - 1)], widths=0.24, patch_artist=True,
+                           boxprops={"facecolor": f"C{k}"})
                 drawn[tissue, label] = values
     ax.set_xticks(range(len(tissues)), tissues)
     ax.set_ylabel("test R² per gene")
-    ax.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C0", "C1")], ["selected λ", "λ = 0"],
-              loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=f"C{k}") for k in range(len(models))], list(models),
+              loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=len(models), frameon=False)
     _save(fig, path)
     return drawn
 
 
 def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
-    curves = genes.groupby(["tissue", "lambda"]).val_r2.mean()
-    positive = sorted(lam for lam in genes["lambda"].unique() if lam > 0)
+    """Returns {tissue: {λ: mean val R²}} and {(tissue, "lasso"): mean val R²}."""
+    network = networks(genes)
+    curves = network.groupby(["tissue", "lambda"]).val_r2.mean()
+    lasso = genes[genes.model == LASSO].groupby("tissue").val_r2.mean()
+    positive = sorted(lam for lam in network["lambda"].unique() if lam > 0)
     zero_at = positive[0] / 10 if positive else 1e-4  # where λ = 0 sits on the log axis
     drawn = {}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for tissue, curve in curves.groupby(level="tissue"):
+    for k, (tissue, curve) in enumerate(curves.groupby(level="tissue")):
         lambdas = curve.index.get_level_values("lambda").to_numpy()
         x = np.where(lambdas > 0, lambdas, zero_at)
-        ax.plot(x, curve.to_numpy(), marker="o", label=tissue)
+        ax.plot(x, curve.to_numpy(), marker="o", color=f"C{k}", label=tissue)
         drawn[tissue] = dict(zip(lambdas, curve.to_numpy()))
+        if tissue in lasso.index:
+            ax.axhline(lasso[tissue], color=f"C{k}", linestyle="--", linewidth=1,
+                       label=f"{tissue}: lasso")
+            drawn[tissue, LASSO] = lasso[tissue]
     ax.axvline(zero_at, color="grey", linestyle=":", label="λ = 0")
     ax.set_xscale("log")
     ax.set_xlabel("λ (trace-norm weight)")
     ax.set_ylabel("mean validation R²")
-    ax.legend()
+    ax.legend(fontsize="small")
     _save(fig, path)
     return drawn
 

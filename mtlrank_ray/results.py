@@ -2,11 +2,15 @@
 
 Written to the run folder, each file atomically (a re-run replaces them):
 
-    gene_r2.parquet, gene_r2.csv  tissue, cluster, gene, replicate, lambda, val_r2,
-                                  test_r2, best_epoch, epochs_run, stopped_early
-                                  (R² at the trial's best validation epoch)
+    gene_r2.parquet, gene_r2.csv  tissue, cluster, gene, replicate, model, lambda, alpha,
+                                  val_r2, test_r2, best_epoch, epochs_run, stopped_early.
+                                  model "mtlrank": the networks, one row per λ (R² at the
+                                  trial's best validation epoch); model "lasso": the
+                                  per-gene lasso baseline at the alpha chosen on validation
+                                  (lambda and the epoch columns empty)
     selected.csv                  per (tissue, cluster, replicate): the λ with the best
-                                  mean validation R², its mean test R², and λ = 0's beside it
+                                  mean validation R², its mean test R², and λ = 0's and
+                                  the lasso's beside it
     summary.md                    per-tissue table and what ran
 """
 
@@ -18,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .baseline import LassoFit
 from .data.store import sibling
 
-GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "lambda", "val_r2", "test_r2",
-                "best_epoch", "epochs_run", "stopped_early"]
+GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "val_r2",
+                "test_r2", "best_epoch", "epochs_run", "stopped_early"]
 GROUP = ["tissue", "cluster", "replicate"]
+NETWORK, LASSO = "mtlrank", "lasso"
 
 
 def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
@@ -38,37 +44,55 @@ def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
     return trials, failed
 
 
-def gene_table(trials: list[tuple[dict, dict]], epochs: int) -> pd.DataFrame:
-    """Rows per gene from (trial spec, last reported metrics) pairs."""
+def gene_table(trials: list[tuple[dict, dict]], epochs: int,
+               lasso: list[tuple[dict, LassoFit]]) -> pd.DataFrame:
+    """Rows per gene from (trial spec, last reported metrics) pairs and from the
+    lasso baseline's (group, LassoFit) pairs."""
     rows = []
     for spec, metrics in trials:
         for gene, val, test in zip(metrics["genes"], metrics["best_val_r2"], metrics["best_test_r2"]):
-            rows.append((spec["tissue"], spec["cluster"], gene, spec["replicate"], spec["lam"], val,
-                         test, metrics["best_epoch"], metrics["epoch"], metrics["epoch"] < epochs))
-    table = pd.DataFrame(rows, columns=GENE_COLUMNS)
-    return table.sort_values(["tissue", "cluster", "replicate", "lambda", "gene"], ignore_index=True)
+            rows.append((spec["tissue"], spec["cluster"], gene, spec["replicate"], NETWORK,
+                         spec["lam"], np.nan, val, test, metrics["best_epoch"], metrics["epoch"],
+                         metrics["epoch"] < epochs))
+    for group, fit in lasso:
+        rows += [(group["tissue"], group["cluster"], gene, group["replicate"], LASSO, np.nan,
+                  alpha, val, test, None, None, None)
+                 for gene, alpha, val, test in zip(fit.genes, fit.alpha, fit.val_r2, fit.test_r2)]
+    table = pd.DataFrame(rows, columns=GENE_COLUMNS).astype(
+        {"best_epoch": "Int64", "epochs_run": "Int64", "stopped_early": "boolean"})
+    return table.sort_values(["tissue", "cluster", "replicate", "model", "lambda", "gene"],
+                             ignore_index=True)
+
+
+def networks(genes: pd.DataFrame) -> pd.DataFrame:
+    """The networks' rows (one per λ), without the baselines."""
+    return genes[genes.model == NETWORK]
 
 
 def selected_table(genes: pd.DataFrame) -> pd.DataFrame:
-    means = (genes.groupby([*GROUP, "lambda"])[["val_r2", "test_r2"]].mean()
+    means = (genes.groupby([*GROUP, "model", "lambda"], dropna=False)[["val_r2", "test_r2"]].mean()
              .rename(columns={"val_r2": "mean_val_r2", "test_r2": "mean_test_r2"}).reset_index())
-    best = means.loc[means.groupby(GROUP)["mean_val_r2"].idxmax()]
-    baseline = means[means["lambda"] == 0].drop(columns="lambda").rename(
-        columns={"mean_val_r2": "lambda0_mean_val_r2", "mean_test_r2": "lambda0_mean_test_r2"})
-    return best.merge(baseline, on=GROUP, how="left").sort_values(GROUP, ignore_index=True)
+    network = means[means.model == NETWORK].drop(columns="model")
+    best = network.loc[network.groupby(GROUP)["mean_val_r2"].idxmax()]
+    for name, rows in (("lambda0", network[network["lambda"] == 0]),
+                       (LASSO, means[means.model == LASSO])):
+        rows = rows[[*GROUP, "mean_val_r2", "mean_test_r2"]].rename(
+            columns={"mean_val_r2": f"{name}_mean_val_r2", "mean_test_r2": f"{name}_mean_test_r2"})
+        best = best.merge(rows, on=GROUP, how="left")
+    return best.sort_values(GROUP, ignore_index=True)
 
 
 def tissue_summary(genes: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     chosen = genes.merge(selected[[*GROUP, "lambda"]], on=[*GROUP, "lambda"])
     rows = []
     for tissue, part in genes.groupby("tissue"):
-        picked = chosen[chosen.tissue == tissue]
-        zero = part[part["lambda"] == 0]
-        rows.append({"tissue": tissue, "genes": part.gene.nunique(),
-                     "trials": len(part.groupby([*GROUP, "lambda"])),
-                     "stopped_early": int(part.groupby([*GROUP, "lambda"]).stopped_early.first().sum()),
-                     "test_r2_selected": picked.test_r2.mean(),
+        trials = networks(part).groupby([*GROUP, "lambda"])
+        zero, lasso = part[part["lambda"] == 0], part[part.model == LASSO]
+        rows.append({"tissue": tissue, "genes": part.gene.nunique(), "trials": trials.ngroups,
+                     "stopped_early": int(trials.stopped_early.first().sum()),
+                     "test_r2_selected": chosen[chosen.tissue == tissue].test_r2.mean(),
                      "test_r2_lambda0": zero.test_r2.mean() if len(zero) else np.nan,
+                     "test_r2_lasso": lasso.test_r2.mean() if len(lasso) else np.nan,
                      "lambdas_selected": ", ".join(f"{lam:g}: {n}" for lam, n in
                                                    selected[selected.tissue == tissue]["lambda"]
                                                    .value_counts().sort_index().items())})
@@ -85,9 +109,12 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
     text = [f"# MTLRank sweep\n\n{about}\n", "## Per tissue\n",
             markdown_table(summary), "",
             "test_r2_selected: mean test R² of the genes at the λ chosen on validation per "
-            "(tissue, cluster, replicate); test_r2_lambda0: the independent per-gene networks.",
-            "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and λ",
-            "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 beside it"]
+            "(tissue, cluster, replicate); test_r2_lambda0: the independent per-gene networks; "
+            "test_r2_lasso: the per-gene lasso on the same standardized TF expression and "
+            "splits, alpha chosen on validation.",
+            "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and λ, and the lasso baseline",
+            "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 and the "
+            "lasso beside it"]
     if failed:
         text += ["", "## Failed trials\n", *[f"- {name}" for name in failed]]
     write_atomically(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))

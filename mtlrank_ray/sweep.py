@@ -7,12 +7,16 @@ training loss and steps/s, plus the best epoch so far with its genes'
 validation and test R², with a checkpoint of the trainer's state. Grouped
 ASHA stops weak λ within each (tissue, cluster, replicate); the last report
 of a stopped trial still holds its best epoch's results.
+
+The lasso baseline runs as one Ray task per (tissue, cluster, replicate) on the
+same blocks and splits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +29,7 @@ from ray.util.metrics import Gauge
 
 from . import ray_data
 from .asha import GroupedASHA
+from .baseline import LassoFit, fit_lasso, lasso_name
 from .cluster_data import split_cells
 from .config import Config, TrainingConfig
 from .data.store import install, sibling
@@ -34,6 +39,8 @@ from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime, load
 EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
 METRIC = "mean_val_r2"
+
+log = logging.getLogger(__name__)
 
 
 def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
@@ -160,9 +167,36 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     return tuner.fit()
 
 
-def export_models(results: tune.ResultGrid, folder: Path) -> int:
-    """Each trial's best weights and genes as FOLDER/<trial name>.npz; the folder is
-    replaced whole, so it never mixes runs. Returns how many were written."""
+@ray.remote
+def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, search: dict,
+                standardize: str) -> LassoFit:
+    data = ray_data.cluster_data(tissue, cluster)
+    split = split_cells(len(data.expression), search["test_fraction"], search["val_fraction"],
+                        search["seed"], replicate)
+    return fit_lasso(data, split, standardize, search["lasso_alphas"])
+
+
+def run_lasso(blocks: dict[str, ray_data.TissueBlocks], config: Config) -> list[tuple[dict, LassoFit]]:
+    """The lasso baseline of every (tissue, cluster, replicate): (group, fit) pairs."""
+    groups = list(dict.fromkeys(group_of({"trial": spec}) for spec in
+                                trial_grid(list(blocks.values()), config)))
+    task = _lasso_task.options(num_cpus=config.resources.cpu)
+    search = dataclasses.asdict(config.search)
+    pending = {task.remote(blocks[tissue], cluster, replicate, search, config.training.standardize):
+               {"tissue": tissue, "cluster": cluster, "replicate": replicate}
+               for tissue, cluster, replicate in groups}
+    fits = []
+    while pending:
+        (done,), _ = ray.wait(list(pending))
+        fits.append((pending.pop(done), ray.get(done)))
+        log.info("lasso baseline: %d of %d (tissue, cluster, replicate) done", len(fits), len(groups))
+    return sorted(fits, key=lambda pair: tuple(pair[0].values()))
+
+
+def export_models(results: tune.ResultGrid, lasso: list[tuple[dict, LassoFit]], folder: Path) -> int:
+    """Each trial's best weights and genes as FOLDER/<trial name>.npz, and each lasso
+    baseline as FOLDER/<tissue>_c<cluster>_r<replicate>_lasso.npz; the folder is
+    replaced whole, so it never mixes runs. Returns how many trials were written."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = sibling(folder, "staging")
     staging.mkdir()
@@ -175,5 +209,7 @@ def export_models(results: tune.ResultGrid, folder: Path) -> int:
         name = Trial(**result.config["trial"]).name
         np.savez(staging / f"{name}.npz", genes=np.array(result.metrics["genes"]), **weights)
         written += 1
+    for group, fit in lasso:
+        fit.save(staging / f"{lasso_name(**group)}.npz")
     install(staging, folder)
     return written

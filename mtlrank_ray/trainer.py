@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import model
-from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits
+from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits, r2_scores
 from .data.store import is_aligned, sibling
 from .config import TrainingConfig
 from .errors import TrainingError
@@ -85,13 +85,6 @@ def configure_runtime(cpus: float) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
         pass  # TensorFlow already runs in this process (a reused worker): keep its settings
-
-
-def r2_scores(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
-    """sklearn's r2_score per gene, force_finite: a constant target scores 1 if
-    predicted exactly, else 0."""
-    safe = np.where(ss_tot > 0, ss_tot, 1.0)
-    return np.where(ss_tot > 0, 1.0 - ss_res / safe, np.where(ss_res == 0, 1.0, 0.0))
 
 
 class ClusterTrainer:

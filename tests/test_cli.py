@@ -47,8 +47,9 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert run.stdout.count("reused") == (2 if attempt else 0)
         assert ("Ray dashboard: http://127.0.0.1:" in run.stdout) == bool(attempt)
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
-        assert len(genes) == 2 * 40 * 1 * 2  # tissues x genes x replicates x lambdas
-        assert set(genes["lambda"]) == {0.0, 0.01} and genes.test_r2.notna().all()
+        # tissues x genes x replicates x (lambdas + the lasso baseline)
+        assert len(genes) == 2 * 40 * 1 * (2 + 1) and genes.test_r2.notna().all()
+        assert set(genes["lambda"].dropna()) == {0.0, 0.01} and (genes.model == "lasso").sum() == 80
         # Trials stopped early still carry their best epoch's results.
         stopped = genes[genes.stopped_early]
         assert (stopped.best_epoch <= stopped.epochs_run).all() and (stopped.epochs_run < 4).all()
@@ -57,7 +58,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     # TF rankings of the selected models, the consensus network, and their quality.
     rankings = pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet")
     assert len(rankings) == 2 * 40 * 60 and set(rankings["rank"]) == set(range(1, 61))
-    assert (tmp_path / "runs/smoke/network.csv").is_file() and len(list((tmp_path / "runs/smoke/models").glob("*.npz"))) == 16
+    assert (tmp_path / "runs/smoke/network.csv").is_file() and len(list((tmp_path / "runs/smoke/models").glob("*.npz"))) == 16 + 8
     quality = pd.read_csv(tmp_path / "runs/smoke/ranking_quality.csv").set_index("method")
     assert set(quality.index) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
     assert quality.loc["mtlrank (DeepLIFT)", "mean_average_precision"] > 0.3  # random: about 0.05

@@ -52,6 +52,6 @@ def test_a_three_node_sweep_spreads_and_completes(three_nodes, tmp_path):
     trials, failed = collect(run_sweep(blocks, sweep_settings(cpu=1), tmp_path))
     assert not failed
     assert len({metrics["node"] for _, metrics in trials}) >= 2
-    genes = gene_table(trials, epochs=2)
+    genes = gene_table(trials, epochs=2, lasso=[])
     assert len(genes) == 16 * 2 and not genes.duplicated(["cluster", "lambda", "gene"]).any()
     assert genes.test_r2.notna().all() and (genes.epochs_run == 2).all()

@@ -7,13 +7,15 @@ import pytest
 
 from mtlrank_ray import report
 from mtlrank_ray.cli import main
+from mtlrank_ray.baseline import LassoFit
 from mtlrank_ray.results import gene_table, write_results
 
 
 def fake_run(folder):
-    """Results of 2 tissues x 2 clusters x λ in {0, 0.01, 0.1}, and their models."""
+    """Results of 2 tissues x 2 clusters x λ in {0, 0.01, 0.1} and the lasso, and the
+    networks' models."""
     rng = np.random.default_rng(0)
-    trials = []
+    trials, lasso = [], []
     (folder / "models").mkdir(parents=True)
     for tissue in ("Kidney_Left", "Liver"):
         for cluster in (0, 1):
@@ -26,7 +28,10 @@ def fake_run(folder):
                 kernel = rng.normal(size=(5, 7, 64)).astype(np.float32) / (1 + 100 * lam)
                 np.savez(folder / "models" / f"{tissue}_c{cluster}_r0_lam{lam:g}.npz",
                          genes=np.array(genes), dense_64_kernel=kernel)
-    genes = gene_table(trials, epochs=4)
+            val = rng.uniform(0, 0.4, 5)
+            lasso.append(({"tissue": tissue, "cluster": cluster, "replicate": 0},
+                          LassoFit(genes, np.full(5, 0.01), np.zeros((5, 7)), np.zeros(5), val, val - 0.1)))
+    genes = gene_table(trials, epochs=4, lasso=lasso)
     write_results(folder, genes, [], "fake")
     return genes
 
@@ -39,9 +44,14 @@ def test_plots_draw_the_results(tmp_path):
     chosen = report.chosen_rows(genes)
     assert set(chosen["lambda"]) == {0.01}  # the planted winner on validation
     np.testing.assert_array_equal(drawn["Liver", "selected λ"], chosen[chosen.tissue == "Liver"].test_r2)
+    lasso = genes[genes.model == "lasso"]
+    assert len(lasso) == 20 and lasso["lambda"].isna().all()
+    np.testing.assert_array_equal(drawn["Liver", "lasso"], lasso[lasso.tissue == "Liver"].test_r2)
     curve = report.plot_lambda_curve(genes, tmp_path / "b.png")
-    expected = genes[genes.tissue == "Kidney_Left"].groupby("lambda").val_r2.mean()
+    kidney = genes[genes.tissue == "Kidney_Left"]
+    expected = kidney[kidney.model == "mtlrank"].groupby("lambda").val_r2.mean()
     assert curve["Kidney_Left"] == pytest.approx(expected.to_dict())
+    assert curve["Kidney_Left", "lasso"] == pytest.approx(kidney[kidney.model == "lasso"].val_r2.mean())
     pairs = report.plot_selected_vs_zero(genes, tmp_path / "c.png")
     assert len(pairs) == 20 and (pairs.test_r2_selected.to_numpy() != pairs.test_r2_zero.to_numpy()).all()
     values = report.plot_singular_values(genes, tmp_path / "models", tmp_path / "d.png")

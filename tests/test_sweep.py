@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 
 from mtlrank_ray import ray_data
-from mtlrank_ray.cluster_data import ClusterData
+from mtlrank_ray.baseline import LassoFit, fit_lasso
+from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.results import gene_table, selected_table, write_results
-from mtlrank_ray.sweep import trial_grid
+from mtlrank_ray.sweep import run_lasso, trial_grid
 
 from conftest import SMALL_SETTINGS
 
@@ -58,19 +59,33 @@ def fake_trials():
     return trials
 
 
+def fake_lasso():
+    """The lasso of the same two groups; it beats every λ on validation in cluster 0."""
+    return [({"tissue": "Liver", "cluster": cluster, "replicate": 0},
+             LassoFit([f"g{cluster}a", f"g{cluster}b"], np.array([0.1, 0.01]), np.zeros((2, 3)),
+                      np.zeros(2), np.array([val, val]), np.array([val - 0.2, val - 0.2])))
+            for cluster, val in ((0, 0.9), (1, 0.1))]
+
+
 def test_results_tables():
-    genes = gene_table(fake_trials(), epochs=4)
-    assert list(genes.columns) == ["tissue", "cluster", "gene", "replicate", "lambda", "val_r2",
-                                   "test_r2", "best_epoch", "epochs_run", "stopped_early"]
-    assert len(genes) == 8 and genes.stopped_early.sum() == 2
+    genes = gene_table(fake_trials(), epochs=4, lasso=fake_lasso())
+    assert list(genes.columns) == ["tissue", "cluster", "gene", "replicate", "model", "lambda",
+                                   "alpha", "val_r2", "test_r2", "best_epoch", "epochs_run",
+                                   "stopped_early"]
+    assert len(genes) == 12 and genes.stopped_early.sum() == 2
+    lasso = genes[genes.model == "lasso"]
+    assert len(lasso) == 4 and lasso["lambda"].isna().all() and lasso.best_epoch.isna().all()
+    assert lasso.alpha.tolist() == [0.1, 0.01, 0.1, 0.01]
     selected = selected_table(genes).set_index("cluster")
-    assert selected.loc[0, "lambda"] == 0.0 and selected.loc[1, "lambda"] == 0.1
+    assert selected.loc[0, "lambda"] == 0.0 and selected.loc[1, "lambda"] == 0.1  # λ only
     assert selected.loc[1, "mean_test_r2"] == pytest.approx(0.25)
     assert selected.loc[1, "lambda0_mean_test_r2"] == pytest.approx(0.15)
+    assert selected.loc[0, "lasso_mean_val_r2"] == pytest.approx(0.9)
+    assert selected.loc[1, "lasso_mean_test_r2"] == pytest.approx(-0.1)
 
 
 def test_results_files_are_replaced_not_appended(tmp_path):
-    genes = gene_table(fake_trials(), epochs=4)
+    genes = gene_table(fake_trials(), epochs=4, lasso=fake_lasso())
     previous = os.umask(0o022)
     try:
         for _ in range(2):
@@ -78,18 +93,20 @@ def test_results_files_are_replaced_not_appended(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "gene_r2.csv").stat().st_mode & 0o777 == 0o644  # the umask's, not private
-    assert len(pd.read_parquet(tmp_path / "gene_r2.parquet")) == 8
-    assert len(pd.read_csv(tmp_path / "gene_r2.csv")) == 8
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "gene_r2.parquet"), genes)
+    assert len(pd.read_csv(tmp_path / "gene_r2.csv")) == 12
     assert len(pd.read_csv(tmp_path / "selected.csv")) == 2
     assert summary.loc[0, "test_r2_selected"] == pytest.approx(genes.query(
         "(cluster == 0 and `lambda` == 0) or (cluster == 1 and `lambda` == 0.1)").test_r2.mean())
+    assert summary.loc[0, "test_r2_lasso"] == pytest.approx(0.3)
+    assert summary.loc[0, "trials"] == 4 and summary.loc[0, "stopped_early"] == 1
     assert "| Liver |" in (tmp_path / "summary.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "gene_r2.csv", "gene_r2.parquet", "selected.csv", "summary.md"]  # no temporary files
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    genes = gene_table(fake_trials(), epochs=4)
+    genes = gene_table(fake_trials(), epochs=4, lasso=fake_lasso())
     write_results(tmp_path, genes, [], "first")
     before = (tmp_path / "gene_r2.csv").read_text()
     monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
@@ -97,3 +114,20 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         write_results(tmp_path, genes.assign(test_r2=0.0), [], "second")
     assert (tmp_path / "gene_r2.csv").read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_lasso_tasks_fit_every_group_as_the_baseline_does_locally(local_ray, store):
+    config = config_from_dict({"search": {"replicates": 2, "lambdas": [0.0, 0.1]}})
+    blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
+    fits = run_lasso(blocks, config)
+    assert [tuple(group.values()) for group, _ in fits] == [
+        ("Liver", cluster, replicate) for cluster in range(4) for replicate in range(2)]
+    group, fit = fits[3]  # cluster 1, replicate 1
+    search = config.search
+    data = ClusterData.from_tissue(load_tissue(store, "Liver"), 1)
+    split = split_cells(len(data.expression), search.test_fraction, search.val_fraction,
+                        search.seed, 1)
+    expected = fit_lasso(data, split, config.training.standardize, search.lasso_alphas)
+    assert fit.genes == expected.genes
+    np.testing.assert_array_equal(fit.coef, expected.coef)
+    np.testing.assert_array_equal(fit.test_r2, expected.test_r2)

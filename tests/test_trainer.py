@@ -5,11 +5,12 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import r2_score
 
-from mtlrank_ray.cluster_data import ClusterData, epoch_batches, prepare_splits, split_cells
+from mtlrank_ray.cluster_data import (ClusterData, epoch_batches, prepare_splits, r2_scores,
+                                      split_cells)
 from mtlrank_ray.config import TrainingConfig, config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.errors import TrainingError
-from mtlrank_ray.trainer import ClusterTrainer, Trial, r2_scores
+from mtlrank_ray.trainer import ClusterTrainer, Trial
 
 from conftest import SMALL_SETTINGS
 

@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--out", type=Path, required=True, help="the aligned store folder")
     prepare.set_defaults(run=_prepare)
 
+    lasso = commands.add_parser("lasso", parents=[common],
+                                help="write DATA/results/r2/lasso_r2.csv, the lasso list the "
+                                     "gene selection reads (the notebook's lasso step)")
+    _data_arguments(lasso)
+    lasso.add_argument("--jobs", type=int, default=None,
+                       help="genes fitted at once (default: the machine's cores)")
+    lasso.set_defaults(run=_lasso)
+
     rank = commands.add_parser("rank", parents=[common],
                                help="TF rankings and the consensus network of a finished sweep")
     rank.add_argument("out", type=Path, help="the run folder tune.py wrote")
@@ -129,6 +137,16 @@ def _prepare(args) -> None:
     _print_reports(reports, args.out)
 
 
+def _lasso(args) -> None:
+    from .data.lasso_list import write_lasso_list
+    from .results import markdown_table
+
+    path, rows = write_lasso_list(args.data, load_config(args.config), args.tissue, args.jobs)
+    print(f"lasso list: {path} ({len(rows)} genes written)")
+    summary = rows.groupby("tissue").r2.agg(genes="size", mean_r2="mean", median_r2="median")
+    print(markdown_table(summary.reset_index()))
+
+
 def _tune(args) -> None:
     if args.demo:
         args.data = DEMO_DATA
@@ -143,7 +161,8 @@ def _tune(args) -> None:
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
     from .ray_data import materialize_tissue
-    from .results import collect, gene_table, markdown_table, write_atomically, write_results
+    from .data.store import write_atomically
+    from .results import collect, gene_table, markdown_table, write_results
     from .sweep import EXPERIMENT, export_models, resumable, run_lasso, run_sweep
 
     if args.resume:

@@ -30,7 +30,7 @@ from .config import load_config
 from .data import load_tissue
 from .errors import InputError
 from .trainer import Trial
-from .results import write_atomically
+from .data.store import write_atomically
 
 
 def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:

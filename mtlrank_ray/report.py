@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import InputError  # noqa: E402
-from .results import (GROUP, LASSO, networks, selected_table, tissue_summary,  # noqa: E402
-                      write_atomically)
+from .data.store import write_atomically  # noqa: E402
+from .results import GROUP, LASSO, networks, selected_table, tissue_summary  # noqa: E402
 from .trainer import Trial  # noqa: E402
 
 

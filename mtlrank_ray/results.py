@@ -16,14 +16,13 @@ Written to the run folder, each file atomically (a re-run replaces them):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .baseline import LassoFit
-from .data.store import sibling
+from .data.store import write_atomically
 
 GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "val_r2",
                 "test_r2", "best_epoch", "epochs_run", "stopped_early"]
@@ -127,13 +126,3 @@ def markdown_table(table: pd.DataFrame) -> str:
     lines = [list(map(str, table.columns)), ["---"] * len(table.columns), *cells]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
-
-def write_atomically(path: Path, write) -> None:
-    """Call write(temporary path) beside `path`, then rename it into place."""
-    temporary = sibling(Path(path), "tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -25,16 +25,24 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 
-def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.DataFrame | None,
-                 tissue: str, settings: GenesConfig, velocity_file: str,
-                 lasso_file: str = "the lasso list") -> pd.Index:
+def eligible_genes(velocity: pd.DataFrame, expression_genes: pd.Index, tissue: str,
+                   settings: GenesConfig, velocity_file: str) -> pd.Index:
+    """Velocity genes, in the file's column order, with velocity in more than
+    `min_cells` cells and a column in the expression matrix."""
     counts = velocity.notna().sum(axis=0)
     empty = counts.index[counts == 0]
     if len(empty):
         log.warning("tissue %s: %d genes in %s have no velocity in any cell and are skipped "
                     "(%s)", tissue, len(empty), velocity_file, ", ".join(empty[:5]))
+    passing = counts.index[counts > settings.min_cells_for(tissue)]
+    return passing[passing.isin(expression_genes)]
+
+
+def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.DataFrame | None,
+                 tissue: str, settings: GenesConfig, velocity_file: str,
+                 lasso_file: str = "the lasso list") -> pd.Index:
+    passing = eligible_genes(velocity, expression_genes, tissue, settings, velocity_file)
     min_cells = settings.min_cells_for(tissue)
-    passing = np.intersect1d(expression_genes, counts.index[counts > min_cells])
     if lasso is None:
         listed = velocity.columns
     else:

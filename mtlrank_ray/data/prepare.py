@@ -61,6 +61,14 @@ def open_source(root: Path, config: Config) -> Source:
     return ScveloFiles(root, config.data)
 
 
+def existing_root(data_dir: str | Path) -> Path:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError(f"data folder {root} does not exist; pass the folder that holds "
+                         "data/ (and optionally results/).")
+    return root
+
+
 def choose_tissues(requested: str, available: list[str]) -> list[str]:
     if requested == "all":
         return available
@@ -74,10 +82,7 @@ def choose_tissues(requested: str, available: list[str]) -> list[str]:
 
 def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
                   tissues: str = "all") -> list[TissueReport]:
-    root, out = Path(data_dir), Path(out)
-    if not root.is_dir():
-        raise InputError(f"data folder {root} does not exist; pass the folder that holds "
-                         "data/ (and optionally results/).")
+    root, out = existing_root(data_dir), Path(out)
     source = open_source(root, config)
     chosen = choose_tissues(tissues, source.tissues())
     tf_ids = read_tf_list(root / TF_LIST)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -187,3 +188,14 @@ def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
         activity_mean=pd.read_parquet(folder / "activity_mean.parquet").to_numpy(np.float32),
         activity_sum=pd.read_parquet(folder / "activity_sum.parquet").to_numpy(np.float32),
     )
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call write(temporary path) beside `path`, then rename it into place."""
+    temporary = sibling(Path(path), "tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

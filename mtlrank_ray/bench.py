@@ -13,6 +13,9 @@ Every figure is measured in this run, on synthetic data of the stated sizes:
                          1,600 TFs, per gene; ranking_s_500_genes: that x 500
                          (clusters are independent), against the paper's ~300 s
                          of deep SHAP per gene and replicate
+    lasso_s_per_gene_replicate  the lasso baseline (alpha grid of the defaults,
+                         chosen on validation) on the same cluster, per gene;
+                         lasso_s_500_genes: that x 500
     peak_rss_over_input  one epoch on 50,000 cells x 1,600 TFs, 25 genes: peak
                          resident memory minus the resident memory after
                          imports, over the float32 expression matrix (320 MB);
@@ -120,6 +123,15 @@ def ranking_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
     return median_time(lambda: tf_scores(*args), 1) / n_genes
 
 
+def lasso_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
+    """Seconds per gene of the lasso baseline over one cluster's splits."""
+    from .baseline import fit_lasso
+    from .config import SearchConfig
+    data = synthetic_cluster(n_cells, n_tfs, n_genes)
+    split = split_cells(n_cells, 0.1, 0.1, seed=0, replicate=0)
+    return median_time(lambda: fit_lasso(data, split, "train", SearchConfig().lasso_alphas), 1) / n_genes
+
+
 def memory_bytes(field: str) -> int:
     """VmRSS (resident now) or VmHWM (peak) of this process. Not getrusage's
     ru_maxrss: after exec it keeps the peak of the parent that spawned us."""
@@ -166,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     per_gene = ranking_time(cells * 2 // 5, large_tfs, genes)
     print(f"ranking_s_per_gene_replicate: {per_gene:.3f}")
     print(f"ranking_s_500_genes: {per_gene * 500:.0f}")
+    lasso = lasso_time(cells * 2 // 5, large_tfs, genes)
+    print(f"lasso_s_per_gene_replicate: {lasso:.3f}")
+    print(f"lasso_s_500_genes: {lasso * 500:.0f}")
     # Peak memory varies a little between runs (allocator caching, compilation): median of 3.
     ratios = sorted(float(subprocess.run(
         [sys.executable, "-m", "mtlrank_ray.bench", "--memory-probe", str(cells), str(large_tfs),

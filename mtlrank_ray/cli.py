@@ -177,7 +177,7 @@ def _tune(args) -> None:
         store = str((out / "store").resolve())
         blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
         grid = run_sweep(blocks, config, out, resume=args.resume)
-        lasso = run_lasso(blocks, config)
+        lasso, lasso_failed = run_lasso(blocks, config)
     finally:
         ray.shutdown()
     export_models(grid, lasso, out / "models")
@@ -185,16 +185,18 @@ def _tune(args) -> None:
     if not trials:
         raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
-             f"{len(trials)} trials, {len(failed)} failed.")
-    summary = write_results(out, gene_table(trials, config.training.epochs, lasso), failed, about)
+             f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines, "
+             f"{len(lasso_failed)} failed.")
+    summary = write_results(out, gene_table(trials, config.training.epochs, lasso),
+                            failed + lasso_failed, about)
     write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
     _rank_and_print(out, top=50)
     _report(argparse.Namespace(out=out))
-    if failed:
-        raise TrainingError(f"{len(failed)} trials failed (listed in {out / 'summary.md'}); "
-                            f"Tune's logs are in {out / EXPERIMENT}")
+    if failed or lasso_failed:
+        raise TrainingError(f"{len(failed)} trials and {len(lasso_failed)} lasso baselines failed "
+                            f"(listed in {out / 'summary.md'}); Tune's logs are in {out / EXPERIMENT}")
 
 
 def _report(args) -> None:

@@ -115,7 +115,7 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
             "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 and the "
             "lasso beside it"]
     if failed:
-        text += ["", "## Failed trials\n", *[f"- {name}" for name in failed]]
+        text += ["", "## Failed trials and baselines\n", *[f"- {name}" for name in failed]]
     write_atomically(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))
     return summary
 

@@ -176,8 +176,10 @@ def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, sea
     return fit_lasso(data, split, standardize, search["lasso_alphas"])
 
 
-def run_lasso(blocks: dict[str, ray_data.TissueBlocks], config: Config) -> list[tuple[dict, LassoFit]]:
-    """The lasso baseline of every (tissue, cluster, replicate): (group, fit) pairs."""
+def run_lasso(blocks: dict[str, ray_data.TissueBlocks],
+              config: Config) -> tuple[list[tuple[dict, LassoFit]], list[str]]:
+    """The lasso baseline of every (tissue, cluster, replicate): (group, fit) pairs, and
+    a line per group that failed (the networks' results are kept either way)."""
     groups = list(dict.fromkeys(group_of({"trial": spec}) for spec in
                                 trial_grid(list(blocks.values()), config)))
     task = _lasso_task.options(num_cpus=config.resources.cpu)
@@ -185,12 +187,18 @@ def run_lasso(blocks: dict[str, ray_data.TissueBlocks], config: Config) -> list[
     pending = {task.remote(blocks[tissue], cluster, replicate, search, config.training.standardize):
                {"tissue": tissue, "cluster": cluster, "replicate": replicate}
                for tissue, cluster, replicate in groups}
-    fits = []
+    fits, failed = [], []
     while pending:
         (done,), _ = ray.wait(list(pending))
-        fits.append((pending.pop(done), ray.get(done)))
-        log.info("lasso baseline: %d of %d (tissue, cluster, replicate) done", len(fits), len(groups))
-    return sorted(fits, key=lambda pair: tuple(pair[0].values()))
+        group = pending.pop(done)
+        try:
+            fits.append((group, ray.get(done)))
+        except ray.exceptions.RayTaskError as exc:
+            failed.append(f"lasso {group}: {exc.cause!r}")
+            log.error("lasso baseline of %s failed: %r", group, exc.cause)
+        log.info("lasso baseline: %d of %d (tissue, cluster, replicate) done",
+                 len(groups) - len(pending), len(groups))
+    return sorted(fits, key=lambda pair: tuple(pair[0].values())), failed
 
 
 def export_models(results: tune.ResultGrid, lasso: list[tuple[dict, LassoFit]], folder: Path) -> int:

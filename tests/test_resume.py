@@ -53,10 +53,11 @@ def test_killed_driver_resumes_every_trial_once(small_atlas_template, tmp_path):
     for name, text in before.items():
         assert after[name] == text  # trials finished before the kill were not run again
     genes = pd.read_parquet(out / "gene_r2.parquet")
-    key = ["tissue", "cluster", "replicate", "lambda", "gene"]
+    key = ["tissue", "cluster", "replicate", "model", "lambda", "gene"]
     assert not genes.duplicated(key).any()
-    assert len(genes) == 2 * 16 * 2 and (genes.epochs_run == EPOCHS).all()
-    assert genes.test_r2.notna().all()
+    networks = genes[genes.model == "mtlrank"]
+    assert len(networks) == 2 * 16 * 2 and (networks.epochs_run == EPOCHS).all()
+    assert (genes.model == "lasso").sum() == 2 * 16 and genes.test_r2.notna().all()
 
 
 def test_resume_without_a_sweep_says_so(small_atlas_template, tmp_path, capsys):

@@ -119,7 +119,8 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_lasso_tasks_fit_every_group_as_the_baseline_does_locally(local_ray, store):
     config = config_from_dict({"search": {"replicates": 2, "lambdas": [0.0, 0.1]}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    fits = run_lasso(blocks, config)
+    fits, failed = run_lasso(blocks, config)
+    assert not failed
     assert [tuple(group.values()) for group, _ in fits] == [
         ("Liver", cluster, replicate) for cluster in range(4) for replicate in range(2)]
     group, fit = fits[3]  # cluster 1, replicate 1
@@ -131,3 +132,11 @@ def test_lasso_tasks_fit_every_group_as_the_baseline_does_locally(local_ray, sto
     assert fit.genes == expected.genes
     np.testing.assert_array_equal(fit.coef, expected.coef)
     np.testing.assert_array_equal(fit.test_r2, expected.test_r2)
+
+
+def test_a_failed_lasso_baseline_is_reported_not_raised(local_ray, store):
+    config = config_from_dict({"search": {"replicates": 1, "val_fraction": 0.001}})
+    blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
+    fits, failed = run_lasso(blocks, config)  # one validation cell: R² is undefined
+    assert fits == [] and len(failed) == 4
+    assert "cells with velocity in the val split; R² needs at least 2" in failed[0]

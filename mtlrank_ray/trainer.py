@@ -16,6 +16,7 @@ uninterrupted one would on the CPU.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,18 @@ class TrainResult:
     best_epoch: int
     epochs_run: int
     history: list[dict] = field(default_factory=list)
+
+
+class _TracePerTrainer(logging.Filter):
+    """Each trainer traces its own step and evaluation once, by design; in a worker
+    that trains trial after trial TensorFlow counts those traces together and warns
+    of excessive retracing. Drop that one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_TracePerTrainer())
 
 
 def configure_runtime(cpus: float) -> None:

@@ -1,5 +1,7 @@
 """The training loop: splits, batches, reports, early stop, resume, errors."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -174,3 +176,18 @@ def test_the_loaded_expression_is_shared_with_tensorflow_not_copied(tissue):
         assert trainer.expression[5, 3].numpy() == tissue_value + 1.0
     finally:
         tissue.expression[5, 3] = tissue_value
+
+
+def test_a_worker_training_trial_after_trial_is_not_told_it_retraces(tissue):
+    """Each trainer traces once by design; TensorFlow's excessive-retracing warning
+    about consecutive trainers in one worker would only alarm users."""
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for cluster in (0, 1, 2, 3, 0, 1, 2):
+            make_trainer(tissue, cluster=cluster).fit(1)
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [m for m in seen if "retracing" in m]

@@ -173,10 +173,12 @@ def _tune(args) -> None:
                        logging_level=logging.WARNING if args.quiet else logging.INFO)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")
+    if args.quiet:  # Ray Data keeps its own logger at INFO
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         store = str((out / "store").resolve())
         blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
-        grid = run_sweep(blocks, config, out, resume=args.resume)
+        grid = run_sweep(blocks, config, out, resume=args.resume, verbose=0 if args.quiet else 1)
         lasso, lasso_failed = run_lasso(blocks, config)
     finally:
         ray.shutdown()

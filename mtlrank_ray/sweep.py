@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import ray
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 from ray.util.metrics import Gauge
 
 from . import ray_data
@@ -114,6 +115,14 @@ def _metrics(epoch: EpochReport, genes: list[str]) -> dict:
             "best_test_r2": epoch.best_test_r2.tolist()}
 
 
+class _TensorBoardNumbers(TBXLoggerCallback):
+    """Tune's TensorBoard logs without the reported gene names, which are not a
+    number TensorBoard can plot (Tune would warn of an invalid value)."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != "genes"})
+
+
 def storage_root(config: Config, out: Path) -> str:
     """Where Tune keeps the sweep (in EXPERIMENT/): `run.storage_path` (s3://... on a
     cluster) or the run folder."""
@@ -129,11 +138,12 @@ def resumable(config: Config, out: Path) -> str:
 
 
 def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
-              resume: bool = False) -> tune.ResultGrid:
+              resume: bool = False, verbose: int = 1) -> tune.ResultGrid:
     """Run every trial over the tissues' materialized blocks; Ray must be initialized.
 
     With `resume`, an interrupted sweep at the same place continues: finished
     trials are kept, unfinished and failed ones go on from their last checkpoint.
+    `verbose` is Tune's progress output (0: none; 1: a status table as trials go).
     """
     settings = {"training": dataclasses.asdict(config.training),
                 "search": dataclasses.asdict(config.search), "cpu": config.resources.cpu}
@@ -162,7 +172,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_root(config, out),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-                                  verbose=1),
+                                  callbacks=[_TensorBoardNumbers()], verbose=verbose),
     )
     return tuner.fit()
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import model
+from .cluster_data import pad_cells
 
 CHUNK = 256  # cells per gene per step
 
@@ -56,15 +57,11 @@ def tf_scores(weights: dict[str, np.ndarray], expression: np.ndarray, act_mean: 
     a, c = model.first_layer_coefficients(weights, tf.constant(act_mean), tf.constant(act_sum),
                                           standardization.shift, standardization.scale,
                                           standardization.constant)
-    length = -(-max(len(idx) for idx in cells) // CHUNK) * CHUNK
-    padded = np.zeros((len(cells), length), np.int32)
-    mask = np.zeros((len(cells), length, 1), np.float32)
-    for g, idx in enumerate(cells):
-        padded[g, :len(idx)], mask[g, :len(idx)] = idx, 1.0
+    padded, mask = pad_cells(cells, CHUNK)
     scores = np.zeros((len(cells), expression.shape[1]))
     table = tf.constant(expression)
-    for start in range(0, length, CHUNK):
+    for start in range(0, padded.shape[1], CHUNK):
         part = slice(start, start + CHUNK)
         contribution, _ = _contributions(weights, table, padded[:, part], a, c)
-        scores += tf.reduce_sum(tf.abs(contribution) * mask[:, part], axis=1).numpy()
+        scores += tf.reduce_sum(tf.abs(contribution) * mask[:, part, None], axis=1).numpy()
     return scores

@@ -26,10 +26,15 @@ DEMO_DATA = Path("demo")
 SMOKE_CONFIG = Path("tune_configs/smoke.yaml")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _common_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    return common
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = _common_flags()
     parser = argparse.ArgumentParser(prog="mtlrank-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -73,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def tune_main(argv: list[str] | None = None) -> int:
     """`python tune.py`: prepare the aligned store if needed, run the sweep over
     (tissue, cluster, replicate, λ) on Ray, and write the results."""
-    parser = argparse.ArgumentParser(prog="tune.py", description=tune_main.__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    parser = argparse.ArgumentParser(prog="tune.py", description=tune_main.__doc__,
+                                     parents=[_common_flags()])
     _data_arguments(parser, demo=True)
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default: runs/<config name>): results, OUT/store "

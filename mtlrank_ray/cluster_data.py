@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import SearchConfig
 from .data.store import AlignedTissue
 from .errors import InputError
 
@@ -71,6 +72,11 @@ def split_cells(n_cells: int, test_fraction: float, val_fraction: float, seed: i
     n_val = int(np.ceil(val_fraction * (n_cells - n_test)))
     test, val, train = np.split(order, [n_test, n_test + n_val])
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def replicate_split(search: SearchConfig, n_cells: int, replicate: int) -> dict[str, np.ndarray]:
+    """The split the sweep's settings give one replicate (the same for every cluster and λ)."""
+    return split_cells(n_cells, search.test_fraction, search.val_fraction, search.seed, replicate)
 
 
 def prepare_splits(data: ClusterData, split: dict[str, np.ndarray], standardize: str) -> dict[str, GeneSplit]:
@@ -153,13 +159,21 @@ def epoch_batches(train: GeneSplit, batch_size: int, rng: np.random.Generator):
     return cells, targets, list(zip(bounds[:-1], bounds[1:]))
 
 
+def pad_cells(cells: list[np.ndarray], chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's cell indices padded to a common multiple of `chunk`, and the 0/1 mask
+    of the real ones: (G, length) each."""
+    length = -(-max(len(c) for c in cells) // chunk) * chunk
+    padded_cells = np.zeros((len(cells), length), np.int32)
+    mask = np.zeros((len(cells), length), np.float32)
+    for g, idx in enumerate(cells):
+        padded_cells[g, :len(idx)], mask[g, :len(idx)] = idx, 1.0
+    return padded_cells, mask
+
+
 def padded(split: GeneSplit, chunk: int):
-    """Each gene's cells and targets padded to a common length, with a 0/1 mask."""
-    length = max(len(c) for c in split.cells)
-    length = -(-length // chunk) * chunk
-    cells = np.zeros((len(split.cells), length), np.int32)
-    targets = np.zeros((len(split.cells), length), np.float32)
-    mask = np.zeros((len(split.cells), length), np.float32)
-    for g, (idx, y) in enumerate(zip(split.cells, split.target)):
-        cells[g, :len(idx)], targets[g, :len(idx)], mask[g, :len(idx)] = idx, y, 1.0
+    """A split's cells and targets padded to a common length, with a 0/1 mask."""
+    cells, mask = pad_cells(split.cells, chunk)
+    targets = np.zeros(cells.shape, np.float32)
+    for g, y in enumerate(split.target):
+        targets[g, :len(y)] = y
     return cells, targets, mask

@@ -25,7 +25,7 @@ from sklearn.metrics import average_precision_score
 
 from .attribution import tf_scores
 from .baseline import LassoFit, lasso_name
-from .cluster_data import SPLITS, ClusterData, prepare_splits, split_cells
+from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
 from .config import load_config
 from .data import load_tissue
 from .errors import InputError
@@ -71,10 +71,8 @@ def _cluster_scores(out: Path, config, data: ClusterData, trial: Trial) -> np.nd
             raise InputError(f"{path} was trained on other genes than the store's cluster "
                              f"{trial.cluster}; rerun the sweep.")
         weights = {k: saved[k] for k in saved.files if k != "genes"}
-    search = config.search
-    split = split_cells(len(data.expression), search.test_fraction, search.val_fraction,
-                        search.seed, trial.replicate)
-    splits = prepare_splits(data, split, "train")
+    splits = prepare_splits(data, replicate_split(config.search, len(data.expression),
+                                                  trial.replicate), "train")
     cells = [np.sort(np.concatenate([splits[s].cells[g] for s in SPLITS]))
              for g in range(len(data.genes))]
     return tf_scores(weights, data.expression, data.act_mean, data.act_sum,

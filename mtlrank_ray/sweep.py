@@ -14,7 +14,6 @@ same blocks and splits.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -31,8 +30,8 @@ from ray.util.metrics import Gauge
 from . import ray_data
 from .asha import GroupedASHA
 from .baseline import LassoFit, fit_lasso, lasso_name
-from .cluster_data import split_cells
-from .config import Config, TrainingConfig
+from .cluster_data import replicate_split
+from .config import Config, SearchConfig
 from .data.store import install, sibling
 from .errors import InputError
 from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime, load_best_weights
@@ -44,10 +43,17 @@ METRIC = "mean_val_r2"
 log = logging.getLogger(__name__)
 
 
-def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
-    return [{"tissue": tissue.name, "cluster": cluster, "replicate": replicate, "lam": lam}
+def groups(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
+    """Every (tissue, cluster, replicate): the λ values of one group compete, and each
+    group gets one lasso baseline."""
+    return [{"tissue": tissue.name, "cluster": cluster, "replicate": replicate}
             for tissue in tissues for cluster in ray_data.tissue_clusters(tissue)
-            for replicate in range(config.search.replicates) for lam in config.search.lambdas]
+            for replicate in range(config.search.replicates)]
+
+
+def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
+    return [{**group, "lam": lam} for group in groups(tissues, config)
+            for lam in config.search.lambdas]
 
 
 def group_of(config: dict) -> tuple:
@@ -64,12 +70,10 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
     configure_runtime(settings["cpu"])
     spec = Trial(**config["trial"])
-    training = TrainingConfig(**settings["training"])
-    search = settings["search"]
+    training, search = settings["training"], settings["search"]
     data = ray_data.cluster_data(tissues[spec.tissue], spec.cluster)
-    split = split_cells(len(data.expression), search["test_fraction"], search["val_fraction"],
-                        search["seed"], spec.replicate)
-    trainer = ClusterTrainer(data, spec, training, split, search["seed"])
+    split = replicate_split(search, len(data.expression), spec.replicate)
+    trainer = ClusterTrainer(data, spec, training, split, search.seed)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -145,8 +149,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     trials are kept, unfinished and failed ones go on from their last checkpoint.
     `verbose` is Tune's progress output (0: none; 1: a status table as trials go).
     """
-    settings = {"training": dataclasses.asdict(config.training),
-                "search": dataclasses.asdict(config.search), "cpu": config.resources.cpu}
+    settings = {"training": config.training, "search": config.search, "cpu": config.resources.cpu}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
@@ -178,26 +181,22 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
 
 
 @ray.remote
-def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, search: dict,
+def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, search: SearchConfig,
                 standardize: str) -> LassoFit:
     data = ray_data.cluster_data(tissue, cluster)
-    split = split_cells(len(data.expression), search["test_fraction"], search["val_fraction"],
-                        search["seed"], replicate)
-    return fit_lasso(data, split, standardize, search["lasso_alphas"])
+    split = replicate_split(search, len(data.expression), replicate)
+    return fit_lasso(data, split, standardize, search.lasso_alphas)
 
 
 def run_lasso(blocks: dict[str, ray_data.TissueBlocks],
               config: Config) -> tuple[list[tuple[dict, LassoFit]], list[str]]:
     """The lasso baseline of every (tissue, cluster, replicate): (group, fit) pairs, and
     a line per group that failed (the networks' results are kept either way)."""
-    groups = list(dict.fromkeys(group_of({"trial": spec}) for spec in
-                                trial_grid(list(blocks.values()), config)))
     task = _lasso_task.options(num_cpus=config.resources.cpu)
-    search = dataclasses.asdict(config.search)
-    pending = {task.remote(blocks[tissue], cluster, replicate, search, config.training.standardize):
-               {"tissue": tissue, "cluster": cluster, "replicate": replicate}
-               for tissue, cluster, replicate in groups}
-    fits, failed = [], []
+    pending = {task.remote(blocks[group["tissue"]], group["cluster"], group["replicate"],
+                           config.search, config.training.standardize): group
+               for group in groups(list(blocks.values()), config)}
+    total, fits, failed = len(pending), [], []
     while pending:
         (done,), _ = ray.wait(list(pending))
         group = pending.pop(done)
@@ -207,7 +206,7 @@ def run_lasso(blocks: dict[str, ray_data.TissueBlocks],
             failed.append(f"lasso {group}: {exc.cause!r}")
             log.error("lasso baseline of %s failed: %r", group, exc.cause)
         log.info("lasso baseline: %d of %d (tissue, cluster, replicate) done",
-                 len(groups) - len(pending), len(groups))
+                 total - len(pending), total)
     return sorted(fits, key=lambda pair: tuple(pair[0].values())), failed
 
 

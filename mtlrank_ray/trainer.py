@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import tensorflow as tf
 
 from . import model
 from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits, r2_scores
-from .data.store import is_aligned, sibling
+from .data.store import is_aligned, write_atomically
 from .config import TrainingConfig
 from .errors import TrainingError
 
@@ -235,11 +234,7 @@ class ClusterTrainer:
                    "counters": np.array([self.epoch, self.best_epoch, int(self.step_count.numpy())]),
                    "state": np.array(json.dumps({"batch_rng": self.batch_rng.bit_generator.state,
                                                  "history": self.history, "genes": self.data.genes}))}
-        path = Path(path)
-        temporary = sibling(path, "tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(temporary, path)
+        write_atomically(Path(path), lambda temporary: _savez(temporary, arrays))
 
     def restore(self, path: str | Path) -> None:
         with np.load(path) as saved:
@@ -262,6 +257,11 @@ def load_best_weights(path: str | Path) -> dict[str, np.ndarray]:
     """The best epoch's weights from a state saved by `ClusterTrainer.save`."""
     with np.load(path) as saved:
         return {name.split("/", 1)[1]: saved[name] for name in saved.files if name.startswith("best/")}
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # a handle: given a path, numpy would append ".npz"
+        np.savez(handle, **arrays)
 
 
 def _shared_tensor(array: np.ndarray) -> tf.Tensor:

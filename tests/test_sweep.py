@@ -127,7 +127,7 @@ def test_lasso_tasks_fit_every_group_as_the_baseline_does_locally(local_ray, sto
     search = config.search
     data = ClusterData.from_tissue(load_tissue(store, "Liver"), 1)
     split = split_cells(len(data.expression), search.test_fraction, search.val_fraction,
-                        search.seed, 1)
+                        search.seed, 1)  # spelled out: the tasks' split is the trainer's
     expected = fit_lasso(data, split, config.training.standardize, search.lasso_alphas)
     assert fit.genes == expected.genes
     np.testing.assert_array_equal(fit.coef, expected.coef)

@@ -216,13 +216,12 @@ def _rank(args) -> None:
 
 
 def _rank_and_print(out: Path, top: int) -> None:
-    from .rankings import rank_run, ranking_quality
+    from .rankings import rank_run
     from .results import markdown_table
 
-    rankings, network = rank_run(out, top)
+    _, network, quality = rank_run(out, top)
     print(f"\nTF rankings: {out}/rankings.parquet; network (top {top} in every replicate): "
           f"{out}/network.csv, {len(network)} edges")
-    quality = ranking_quality(out, rankings)
     if quality is not None:
         print("ranking quality against the planted regulators:")
         print(markdown_table(quality))

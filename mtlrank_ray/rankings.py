@@ -33,7 +33,12 @@ from .trainer import Trial
 from .data.store import write_atomically
 
 
-def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
+METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
+
+
+def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """(rankings, network, ranking quality or None without a planted truth), each
+    also written to the run folder. Each tissue is read from the store once."""
     out = Path(out)
     for needed in ("selected.csv", "config.yaml", "models", "store"):
         if not (out / needed).exists():
@@ -41,24 +46,42 @@ def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
                              "finished (it writes selected.csv, config.yaml, models/, store/).")
     config = load_config(out / "config.yaml")
     selected = pd.read_csv(out / "selected.csv")
-    rows = []
+    truth = _planted_truth(out)
+    frames, scored, pearson_done = [], {method: [] for method in METHODS}, set()
     for tissue_name, chosen in selected.groupby("tissue"):
         tissue = load_tissue(out / "store", tissue_name)
         for pick in chosen.to_dict("records"):
             trial = Trial(tissue_name, pick["cluster"], pick["replicate"], pick["lambda"])
             data = ClusterData.from_tissue(tissue, trial.cluster)
             scores = _cluster_scores(out, config, data, trial)
-            for g, gene in enumerate(data.genes):
-                order = np.argsort(-scores[g], kind="stable")
-                ranks = np.empty(len(order), int)
-                ranks[order] = np.arange(1, len(order) + 1)
-                rows += [(tissue_name, gene, trial.replicate, tf, score, rank)
-                         for tf, score, rank in zip(tissue.tfs, scores[g], ranks)]
-    rankings = pd.DataFrame(rows, columns=["tissue", "gene", "replicate", "tf", "score", "rank"])
+            frames.append(_ranking_rows(tissue_name, data.genes, trial.replicate, tissue.tfs, scores))
+            if truth is not None:
+                with_pearson = (tissue_name, trial.cluster) not in pearson_done
+                pearson_done.add((tissue_name, trial.cluster))
+                _score_against_truth(scored, truth, out / "models", trial, data, tissue.tfs,
+                                     scores, with_pearson)
+    rankings = pd.concat(frames, ignore_index=True)
     network = consensus_network(rankings, top)
     write_atomically(out / "rankings.parquet", lambda p: rankings.to_parquet(p, index=False))
     write_atomically(out / "network.csv", lambda p: network.to_csv(p, index=False))
-    return rankings, network
+    quality = None
+    if truth is not None:
+        quality = pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
+                                 "mean_precision_at_10": np.mean([v[1] for v in values]),
+                                 "rankings": len(values)} for m, values in scored.items() if values])
+        write_atomically(out / "ranking_quality.csv", lambda p: quality.to_csv(p, index=False))
+    return rankings, network, quality
+
+
+def _ranking_rows(tissue: str, genes: list[str], replicate: int, tfs: np.ndarray,
+                  scores: np.ndarray) -> pd.DataFrame:
+    """Rows (tissue, gene, replicate, tf, score, rank) of a cluster's (G, T) scores."""
+    n_genes, n_tfs = scores.shape
+    ranks = np.empty((n_genes, n_tfs), np.int64)
+    np.put_along_axis(ranks, np.argsort(-scores, axis=1, kind="stable"),
+                      np.broadcast_to(np.arange(1, n_tfs + 1), (n_genes, n_tfs)), axis=1)
+    return pd.DataFrame({"tissue": tissue, "gene": np.repeat(genes, n_tfs), "replicate": replicate,
+                         "tf": np.tile(tfs, n_genes), "score": scores.ravel(), "rank": ranks.ravel()})
 
 
 def _cluster_scores(out: Path, config, data: ClusterData, trial: Trial) -> np.ndarray:
@@ -90,54 +113,43 @@ def consensus_network(rankings: pd.DataFrame, top: int) -> pd.DataFrame:
         ["tissue", "gene", "mean_rank"], ignore_index=True)
 
 
-def ranking_quality(out: Path, rankings: pd.DataFrame) -> pd.DataFrame | None:
-    """Mean per-gene average precision and precision at 10 against the planted
-    regulators: ours, the lasso baseline's |coefficients| and |Pearson| (None without
-    a truth)."""
-    out = Path(out)
+def _planted_truth(out: Path) -> pd.Series | None:
+    """{gene: set of true TFs} of data with a planted truth (the demo's truth/)."""
     manifest = json.loads(next((out / "store").glob("*/manifest.json")).read_text())
     truth_file = Path(manifest["data_root"]) / "truth" / "regulators.csv"
-    if not truth_file.is_file():
-        return None
-    truth = pd.read_csv(truth_file).groupby("gene").tf.apply(set)
-    scored: dict[str, list] = {"mtlrank (DeepLIFT)": [], "abs lasso coefficient": [],
-                               "abs Pearson": []}
-    def quality(labels, score):
-        top10 = np.argsort(-score, kind="stable")[:10]
-        return average_precision_score(labels, score), labels[top10].mean()
-
-    for tissue_name, ranked in rankings.groupby("tissue"):
-        tissue = load_tissue(out / "store", tissue_name)
-        lasso: dict[tuple[int, int], dict | None] = {}  # per (cluster, replicate)
-        for gene, per_gene in ranked.groupby("gene"):
-            if gene not in truth.index:
-                continue
-            labels = np.isin(tissue.tfs, list(truth[gene]))
-            column = list(tissue.genes).index(gene)
-            for replicate, part in per_gene.groupby("replicate"):  # one model per replicate
-                scores = part.set_index("tf").loc[tissue.tfs, "score"].to_numpy()
-                scored["mtlrank (DeepLIFT)"].append(quality(labels, scores))
-                key = int(tissue.clusters[column]), int(replicate)
-                if key not in lasso:
-                    lasso[key] = _lasso_coefficients(out / "models", tissue_name, *key)
-                if lasso[key] is not None:
-                    scored["abs lasso coefficient"].append(quality(labels, np.abs(lasso[key][gene])))
-            cells = ~np.isnan(tissue.velocity[:, column])
-            x, y = tissue.expression[cells], tissue.velocity[cells, column]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                pearson = np.nan_to_num(np.abs(np.corrcoef(x.T, y)[-1, :-1]))
-            scored["abs Pearson"].append(quality(labels, pearson))
-    table = pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
-                           "mean_precision_at_10": np.mean([v[1] for v in values]),
-                           "rankings": len(values)} for m, values in scored.items() if values])
-    write_atomically(out / "ranking_quality.csv", lambda p: table.to_csv(p, index=False))
-    return table
+    return pd.read_csv(truth_file).groupby("gene").tf.apply(set) if truth_file.is_file() else None
 
 
-def _lasso_coefficients(models: Path, tissue: str, cluster: int, replicate: int) -> dict | None:
-    """{gene: coefficients over the tissue's TFs} of one lasso baseline file, if any."""
-    path = models / f"{lasso_name(tissue, cluster, replicate)}.npz"
-    if not path.is_file():
-        return None
-    fit = LassoFit.load(path)
-    return dict(zip(fit.genes, fit.coef))
+def _score_against_truth(scored: dict[str, list], truth: pd.Series, models: Path, trial: Trial,
+                         data: ClusterData, tfs: np.ndarray, scores: np.ndarray,
+                         with_pearson: bool) -> None:
+    """Append (average precision, precision at 10) per gene of one cluster and replicate:
+    ours, the lasso baseline's |coefficients| and (once per gene) |Pearson|."""
+    lasso_path = models / f"{lasso_name(trial.tissue, trial.cluster, trial.replicate)}.npz"
+    lasso = None
+    if lasso_path.is_file():
+        fit = LassoFit.load(lasso_path)
+        lasso = dict(zip(fit.genes, fit.coef))
+    for g, gene in enumerate(data.genes):
+        if gene not in truth.index:
+            continue
+        labels = np.isin(tfs, list(truth[gene]))
+        scored["mtlrank (DeepLIFT)"].append(_precision(labels, scores[g]))
+        if lasso is not None:
+            scored["abs lasso coefficient"].append(_precision(labels, np.abs(lasso[gene])))
+        if with_pearson:
+            cells = ~np.isnan(data.velocity[:, g])
+            scored["abs Pearson"].append(_precision(labels, _abs_pearson(
+                data.expression[cells].astype(np.float64), data.velocity[cells, g].astype(np.float64))))
+
+
+def _precision(labels: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    top10 = np.argsort(-score, kind="stable")[:10]
+    return average_precision_score(labels, score), labels[top10].mean()
+
+
+def _abs_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|Pearson correlation| of each column of x with y; 0 for a constant column."""
+    x, y = x - x.mean(axis=0), y - y.mean()
+    norms = np.sqrt(np.sum(x ** 2, axis=0) * np.sum(y ** 2))
+    return np.abs(np.divide(x.T @ y, norms, out=np.zeros(x.shape[1]), where=norms > 0))

@@ -9,7 +9,7 @@ from mtlrank_ray.attribution import contributions
 from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import TrainingConfig, config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.rankings import consensus_network
+from mtlrank_ray.rankings import _abs_pearson, _ranking_rows, consensus_network
 from mtlrank_ray.trainer import ClusterTrainer, Trial
 
 from conftest import SMALL_SETTINGS
@@ -47,3 +47,16 @@ def test_consensus_network_keeps_tfs_in_the_top_k_of_every_replicate():
     network = consensus_network(rankings, top=2)
     assert network.tf.tolist() == ["a", "b"] and network.mean_rank.tolist() == [1.5, 1.5]
     assert consensus_network(rankings, top=3).tf.tolist() == ["a", "b"]  # c and d are not in both
+
+
+def test_rank_rows_and_pearson_equal_their_references():
+    scores = np.array([[0.5, 2.0, 0.5, 1.0], [3.0, 0.0, 1.0, 2.0]])
+    rows = _ranking_rows("Liver", ["g1", "g2"], 1, np.array(list("abcd")), scores)
+    assert rows.tf.tolist() == list("abcdabcd") and rows.gene.tolist() == ["g1"] * 4 + ["g2"] * 4
+    assert rows["rank"].tolist() == [3, 1, 4, 2, 1, 4, 3, 2]  # ties: the earlier TF ranks higher
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 5)), rng.normal(size=200)
+    x[:, 2] = 1.0  # a constant TF: correlation 0, not NaN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.nan_to_num(np.abs(np.corrcoef(x.T, y)[-1, :-1]))
+    np.testing.assert_allclose(_abs_pearson(x, y), expected, atol=1e-12)

@@ -140,8 +140,8 @@ def write_report(out: Path) -> Path:
     if (out / "models").is_dir() and (genes["lambda"] == 0).any():
         plot_singular_values(genes, out / "models", folder / "singular_values.png")
         plots.append("singular_values.png")
-    tables = {"Per tissue": tissue_summary(genes, selected_table(genes)),
-              "λ chosen on validation": selected_table(genes)}
+    selected = selected_table(genes)
+    tables = {"Per tissue": tissue_summary(genes, selected), "λ chosen on validation": selected}
     if (out / "ranking_quality.csv").is_file():
         tables["TF ranking quality against the planted regulators"] = pd.read_csv(
             out / "ranking_quality.csv")

@@ -65,9 +65,9 @@ def fit_lasso(data: ClusterData, split: dict[str, np.ndarray], standardize: str,
         fits = [_fit_gene(data.expression, splits, g, grid) for g in range(len(data.genes))]
     unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
     if unconverged:
-        log.warning("lasso baseline: %d of %d paths (genes %s...) hit the iteration limit at "
-                    "small alphas; their R² is the last iterate's", unconverged,
-                    len(data.genes), data.genes[0])
+        log.warning("lasso baseline, the cluster of gene %s: %d of %d genes' paths hit the "
+                    "iteration limit at small alphas; their R² is the last iterate's",
+                    data.genes[0], unconverged, len(data.genes))
     alpha, coef, intercept, val_r2, test_r2 = (np.array(v) for v in zip(*fits))
     return LassoFit(data.genes, alpha, coef.astype(np.float32), intercept, val_r2, test_r2)
 

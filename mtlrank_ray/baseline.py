@@ -60,10 +60,12 @@ def fit_lasso(data: ClusterData, split: dict[str, np.ndarray], standardize: str,
               alphas: list[float]) -> LassoFit:
     splits = prepare_splits(data, split, standardize)
     grid = np.sort(np.asarray(alphas, np.float64))[::-1]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        fits = [_fit_gene(data.expression, splits, g, grid) for g in range(len(data.genes))]
-    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    fits, unconverged = [], 0
+    for g in range(len(data.genes)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            fits.append(_fit_gene(data.expression, splits, g, grid))
+        unconverged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
     if unconverged:
         log.warning("lasso baseline, the cluster of gene %s: %d of %d genes' paths hit the "
                     "iteration limit at small alphas; their R² is the last iterate's",

@@ -8,16 +8,23 @@ and its rule (at a rung, stop a trial whose metric is below the
 (1 - 1/reduction_factor) quantile of those recorded before it at that rung),
 but records and compares per group. A missing or non-finite metric never
 counts as good: such a trial is stopped at its rung and not recorded.
+
+Tune saves a scheduler nowhere: a resumed sweep takes it from tuner.pkl, as it
+was when the sweep was created. Its rung records travel instead in a Tune
+callback (`GroupedASHA.records_keeper()`), whose state Tune saves with every
+experiment snapshot and gives back on resume; the callback and the scheduler
+are pickled together in tuner.pkl, so the restored callback still holds the
+restored scheduler.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from collections import defaultdict
 from typing import Callable, Hashable
 
 import numpy as np
+from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 
@@ -70,12 +77,27 @@ class GroupedASHA(FIFOScheduler):
         return (f"Grouped ASHA: {self.num_stopped} stopped, rungs at {self._milestones} of "
                 f"{self._max_t}, {len({g for g, _ in self._recorded})} groups")
 
-    def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"recorded": dict(self._recorded), "num_stopped": self.num_stopped}, handle)
+    def records_keeper(self) -> Callback:
+        """The callback to pass to Tune beside this scheduler, so that a resumed
+        sweep keeps its rung records."""
+        return _RungRecords(self)
 
-    def restore(self, checkpoint_path: str):
-        with open(checkpoint_path, "rb") as handle:
-            state = pickle.load(handle)
+    def state(self) -> dict:
+        """The rung records (Tune pickles callback state, so the keys stay tuples)."""
+        return {"recorded": dict(self._recorded), "num_stopped": self.num_stopped}
+
+    def load_state(self, state: dict) -> None:
         self._recorded = defaultdict(dict, state["recorded"])
         self.num_stopped = state["num_stopped"]
+
+
+class _RungRecords(Callback):
+    def __init__(self, scheduler: GroupedASHA):
+        self._scheduler = scheduler
+
+    def get_state(self) -> dict | None:
+        state = self._scheduler.state()
+        return state if state["recorded"] else None
+
+    def set_state(self, state: dict) -> None:
+        self._scheduler.load_state(state)

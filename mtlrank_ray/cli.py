@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare = commands.add_parser("prepare", parents=[common],
                                   help="align inputs, select and cluster genes, write the store")
     _data_arguments(prepare)
-    prepare.add_argument("--out", type=Path, required=True, help="the aligned store folder")
+    prepare.add_argument("--out", required=True,
+                         help="the aligned store: a folder or a URI such as s3://bucket/prefix")
     prepare.set_defaults(run=_prepare)
 
     lasso = commands.add_parser("lasso", parents=[common],
@@ -160,27 +161,29 @@ def _tune(args) -> None:
             log.info("demo atlas written to %s", DEMO_DATA)
     config = load_config(args.config)
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
-    reports = prepare_store(args.data, config, out / "store", args.tissue)
-    _print_reports(reports, out / "store")
+    store = config.run.store(out)
+    reports = prepare_store(args.data, config, store, args.tissue)
+    _print_reports(reports, store)
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
     from .ray_data import materialize_tissue
     from .data.store import write_atomically
     from .results import collect, gene_table, markdown_table, write_results
-    from .sweep import EXPERIMENT, export_models, resumable, run_lasso, run_sweep
+    from .sweep import EXPERIMENT, check_storage, export_models, resumable, run_lasso, run_sweep
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
+    # Without --address, a Ray of this run's own: never one named by a stale address file.
     # A cluster joined with --address has its own dashboard; locally it is opt-in.
     local = {} if args.address else {"include_dashboard": args.dashboard}
-    context = ray.init(address=args.address, **local,
+    context = ray.init(address=args.address or "local", **local,
                        logging_level=logging.WARNING if args.quiet else logging.INFO)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")
     if args.quiet:  # Ray Data keeps its own logger at INFO
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
-        store = str((out / "store").resolve())
+        check_storage(config, out)
         blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
         grid = run_sweep(blocks, config, out, resume=args.resume, verbose=0 if args.quiet else 1)
         lasso, lasso_failed = run_lasso(blocks, config)
@@ -227,7 +230,7 @@ def _rank_and_print(out: Path, top: int) -> None:
         print(markdown_table(quality))
 
 
-def _print_reports(reports: list[TissueReport], store: Path) -> None:
+def _print_reports(reports: list[TissueReport], store: str | Path) -> None:
     print(f"aligned store: {store}")
     print(f"{'tissue':<16}{'cells':>8}{'TFs':>6}{'genes':>7}{'clusters':>10}  store")
     for r in reports:

@@ -95,9 +95,20 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where the sweep keeps its trials and how it survives failures."""
-    storage_path: str | None = None  # Tune's storage (s3://... on a cluster); None: the run folder
+    """Where the sweep keeps its store and trials, and how it survives failures."""
+    # Storage every node sees (s3://bucket/prefix on a cluster): a run folder RUN keeps
+    # its aligned store and Tune's trials in <storage_path>/<RUN's name>/. None: in RUN.
+    storage_path: str | None = None
     max_failures: int = field(default=2, metadata=_NON_NEGATIVE)  # retries of a crashed trial
+
+    def root(self, out: str | Path) -> str:
+        """Where the run folder `out` keeps its store and Tune's trials."""
+        if self.storage_path:
+            return f"{self.storage_path.rstrip('/')}/{Path(out).resolve().name}"
+        return str(Path(out).resolve())
+
+    def store(self, out: str | Path) -> str:
+        return f"{self.root(out)}/store"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ using the training split's standardization. Written to the run folder:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from .config import load_config
 from .data import load_tissue
 from .errors import InputError
 from .trainer import Trial
-from .data.store import write_atomically
+from .data.store import read_manifest, write_atomically
 
 
 METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
@@ -40,16 +39,17 @@ def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     """(rankings, network, ranking quality or None without a planted truth), each
     also written to the run folder. Each tissue is read from the store once."""
     out = Path(out)
-    for needed in ("selected.csv", "config.yaml", "models", "store"):
+    for needed in ("selected.csv", "config.yaml", "models"):
         if not (out / needed).exists():
             raise InputError(f"{out / needed} is missing; rank a folder that `python tune.py` "
-                             "finished (it writes selected.csv, config.yaml, models/, store/).")
+                             "finished (it writes selected.csv, config.yaml, models/).")
     config = load_config(out / "config.yaml")
+    store = config.run.store(out)
     selected = pd.read_csv(out / "selected.csv")
-    truth = _planted_truth(out)
+    truth = _planted_truth(store, selected.tissue.iloc[0])
     frames, scored, pearson_done = [], {method: [] for method in METHODS}, set()
     for tissue_name, chosen in selected.groupby("tissue"):
-        tissue = load_tissue(out / "store", tissue_name)
+        tissue = load_tissue(store, tissue_name)
         for pick in chosen.to_dict("records"):
             trial = Trial(tissue_name, pick["cluster"], pick["replicate"], pick["lambda"])
             data = ClusterData.from_tissue(tissue, trial.cluster)
@@ -113,9 +113,11 @@ def consensus_network(rankings: pd.DataFrame, top: int) -> pd.DataFrame:
         ["tissue", "gene", "mean_rank"], ignore_index=True)
 
 
-def _planted_truth(out: Path) -> pd.Series | None:
+def _planted_truth(store: str, tissue: str) -> pd.Series | None:
     """{gene: set of true TFs} of data with a planted truth (the demo's truth/)."""
-    manifest = json.loads(next((out / "store").glob("*/manifest.json")).read_text())
+    manifest = read_manifest(store, tissue)
+    if manifest is None:
+        raise InputError(f"the run's store {store} has no tissue {tissue}; rerun the sweep.")
     truth_file = Path(manifest["data_root"]) / "truth" / "regulators.csv"
     return pd.read_csv(truth_file).groupby("gene").tf.apply(set) if truth_file.is_file() else None
 

@@ -33,7 +33,7 @@ import ray
 import ray.data
 
 from .cluster_data import ClusterData
-from .data.store import aligned_empty
+from .data.store import aligned_empty, is_uri
 
 DATASETS = {"expression": ("expression",), "velocity": ("velocity",),
             "activity": ("activity_mean", "activity_sum")}
@@ -51,17 +51,39 @@ class TissueBlocks:
 
 
 def materialize_tissue(store: str, tissue: str) -> TissueBlocks:
+    """Read a tissue of the store (a local folder or a URI) into the object store.
+
+    A store on shared storage (s3://...) is read by Ray Data's read tasks on any
+    node. A local store exists on the driver's node only: the driver reads it
+    and puts the blocks itself, asking for no CPU (cluster.yaml's head, where the
+    driver runs, has none; Ray Data's tasks would ask for one and could run on
+    a node that cannot see the folder)."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # blocks in store row order
-    options = {}
-    if "://" not in store:  # a local path exists on this node only: read it here
-        options["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
-    refs = [(name, tuple(ray.data.read_parquet([f"{store}/{tissue}/{f}.parquet" for f in files],
-                                               **options).materialize().to_arrow_refs()))
-            for name, files in DATASETS.items()]
-    refs += [(name, (ray.put(pq.read_table(f"{store}/{tissue}/{name}.parquet")),))
-             for name in INDEX_TABLES]
+    folder = f"{store.rstrip('/')}/{tissue}"
+    if is_uri(store):
+        refs = [(name, tuple(ray.data.read_parquet([f"{folder}/{f}.parquet" for f in files])
+                             .materialize().to_arrow_refs()))
+                for name, files in DATASETS.items()]
+    else:
+        refs = [(name, _put_blocks([f"{folder}/{f}.parquet" for f in files]))
+                for name, files in DATASETS.items()]
+    refs += [(name, (ray.put(pq.read_table(f"{folder}/{name}.parquet")),)) for name in INDEX_TABLES]
     return TissueBlocks(tissue, tuple(refs))
+
+
+def _put_blocks(paths: list[str]) -> tuple:
+    """Parquet files as blocks of consecutive rows near Ray Data's target block size."""
+    target = ray.data.DataContext.get_current().target_max_block_size
+    refs = []
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        meta = parquet.metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        rows = max(1, target * meta.num_rows // max(1, size))
+        refs += [ray.put(pa.Table.from_batches([batch.replace_schema_metadata()]))
+                 for batch in parquet.iter_batches(rows)]
+    return tuple(refs)
 
 
 def _table(refs: list) -> pa.Table:

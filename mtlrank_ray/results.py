@@ -31,15 +31,17 @@ NETWORK, LASSO = "mtlrank", "lasso"
 
 
 def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
-    """(trial spec, last reported metrics) of every trial that reported, and a line
-    per failed trial, from a Tune ResultGrid."""
+    """(trial spec, last reported metrics) of every trial that finished, and a line
+    per failed trial, from a Tune ResultGrid. A trial that failed after reporting
+    (its retries spent) is only listed: its last report is not a result, and its
+    λ is never selected."""
     trials, failed = [], []
     for result in results:
         spec = result.config["trial"]
-        if result.metrics and "genes" in result.metrics:
+        if result.error or not result.metrics or "genes" not in result.metrics:
+            failed.append(f"{spec}: {type(result.error).__name__ if result.error else 'no result'}")
+        else:
             trials.append((spec, result.metrics))
-        if result.error or not result.metrics:
-            failed.append(f"{spec}: {result.error}")
     return trials, failed
 
 

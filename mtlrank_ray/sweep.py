@@ -17,22 +17,24 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.util.metrics import Gauge
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import ray_data
 from .asha import GroupedASHA
 from .baseline import LassoFit, fit_lasso, lasso_name
 from .cluster_data import replicate_split
 from .config import Config, SearchConfig
-from .data.store import install, sibling
+from .data.store import filesystem, install, sibling
 from .errors import InputError
 from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime, load_best_weights
 
@@ -127,18 +129,58 @@ class _TensorBoardNumbers(TBXLoggerCallback):
         super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != "genes"})
 
 
-def storage_root(config: Config, out: Path) -> str:
-    """Where Tune keeps the sweep (in EXPERIMENT/): `run.storage_path` (s3://... on a
-    cluster) or the run folder."""
-    return (config.run.storage_path or str(Path(out).resolve())).rstrip("/")
+def experiment_path(config: Config, out: Path) -> str:
+    """Where Tune keeps the sweep: EXPERIMENT/ in the run's root (config.run.root)."""
+    return f"{config.run.root(out)}/{EXPERIMENT}"
 
 
 def resumable(config: Config, out: Path) -> str:
     """The interrupted sweep's path, or an error saying there is none."""
-    path = f"{storage_root(config, out)}/{EXPERIMENT}"
+    path = experiment_path(config, out)
     if not tune.Tuner.can_restore(path):
         raise InputError(f"there is no sweep to resume at {path}; run without --resume")
     return path
+
+
+@ray.remote(num_cpus=0)
+def _sees(path: str) -> str | None:
+    """None if the file at `path` is visible on the node this runs on, else why not."""
+    try:
+        fs, inner = filesystem(path)
+        return None if fs.get_file_info(inner).type == pafs.FileType.File else "no such file there"
+    except OSError as exc:
+        return str(exc).splitlines()[0]
+
+
+def check_storage(config: Config, out: Path) -> None:
+    """Refuse, before any trial, a run root (the store when it is remote, and Tune's
+    trials) that some node of the cluster cannot see: as Ray's own storage check
+    does, but before the first checkpoint of every trial fails. A file written
+    here must be visible from every node, so nodes on one machine or sharing a
+    mount pass. (Nodes an autoscaler starts later are not checked.)"""
+    root = config.run.root(out)
+    fs, path = filesystem(root)
+    marker = f".visible-{uuid.uuid4().hex[:12]}"
+    where = (f"run.storage_path {config.run.storage_path}" if config.run.storage_path
+             else f"the run folder {root} (run.storage_path is not set)")
+    try:
+        fs.create_dir(path)
+        with fs.open_output_stream(f"{path}/{marker}") as handle:
+            handle.write(b"every node must see this file")
+    except OSError as exc:
+        raise InputError(f"cannot write to {where}: {str(exc).splitlines()[0]}") from None
+    try:
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        probes = [_sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node["NodeID"], soft=False)).remote(f"{root}/{marker}") for node in nodes]
+        for node, problem in zip(nodes, ray.get(probes)):
+            if problem:
+                raise InputError(
+                    f"{where} is not visible from Ray node {node['NodeManagerAddress']} "
+                    f"({problem}); the nodes share no disk: set run.storage_path to storage "
+                    "every node reaches, e.g. s3://your-bucket/mtlrank (README, 'Run on a cluster')")
+    finally:
+        fs.delete_file(f"{path}/{marker}")
 
 
 def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
@@ -156,14 +198,17 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     if resume:
         return tune.Tuner.restore(resumable(config, out), trainable=trainable,
                                   resume_errored=True).fit()
-    if not config.run.storage_path:
-        shutil.rmtree(Path(out) / EXPERIMENT, ignore_errors=True)  # a re-run replaces the last
+    fs, path = filesystem(experiment_path(config, out))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)  # a re-run replaces the last
     # Keeping one checkpoint per trial forces a state snapshot per epoch: expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    callbacks = [_TensorBoardNumbers()]
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
                                 grace_period=config.asha.grace_period,
                                 reduction_factor=config.asha.reduction_factor, time_attr="epoch")
+        callbacks.append(scheduler.records_keeper())
     else:
         scheduler = tune.schedulers.FIFOScheduler()
     tuner = tune.Tuner(
@@ -172,10 +217,10 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
                                     max_concurrent_trials=config.resources.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_root(config, out),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=config.run.root(out),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-                                  callbacks=[_TensorBoardNumbers()], verbose=verbose),
+                                  callbacks=callbacks, verbose=verbose),
     )
     return tuner.fit()
 

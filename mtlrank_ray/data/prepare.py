@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ def choose_tissues(requested: str, available: list[str]) -> list[str]:
 
 def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
                   tissues: str = "all") -> list[TissueReport]:
-    root, out = existing_root(data_dir), Path(out)
+    """Build the aligned store at `out`, a local folder or a URI (s3://bucket/prefix)."""
+    root = existing_root(data_dir)
     source = open_source(root, config)
     chosen = choose_tissues(tissues, source.tissues())
     tf_ids = read_tf_list(root / TF_LIST)
@@ -90,10 +92,15 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
     lasso = read_lasso(root / LASSO)
     references = [root / TF_LIST, root / ID_MAP] + ([root / LASSO] if lasso is not None else [])
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    store.remove_leftovers(out)
-    staging = out / f".staging-{uuid.uuid4().hex[:8]}"
+    remote = store.is_uri(out)
+    out = str(out) if remote else Path(out)
+    created = not remote and not out.exists()
+    if remote:
+        staging = Path(tempfile.mkdtemp(prefix="mtlrank-staging-"))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        store.remove_leftovers(out)
+        staging = out / f".staging-{uuid.uuid4().hex[:8]}"
     checksums: dict[Path, str] = {}
     reports, staged = [], []
     try:
@@ -102,8 +109,8 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
                       for p in source.input_files(tissue) + references}
             settings = _settings(config, tissue, lasso_used=lasso is not None)
             fingerprint = store.fingerprint(inputs, settings)
-            existing = store.read_manifest(out / tissue)
-            if store.is_current(out / tissue, existing, fingerprint):
+            existing = _storage_call(out, lambda: store.read_manifest(out, tissue))
+            if _storage_call(out, lambda: store.is_current(out, tissue, existing, fingerprint)):
                 reports.append(TissueReport(tissue, "reused", "inputs and settings unchanged",
                                             existing["shapes"]))
                 log.info("tissue %s: store is current, reused", tissue)
@@ -125,12 +132,25 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
             log.info("tissue %s: %s in %.1f s", tissue, aligned.shapes(),
                      time.perf_counter() - started)
         for tissue in staged:
-            store.install(staging / tissue, out / tissue)
+            _storage_call(out, lambda: store.publish(staging / tissue, out, tissue))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out.iterdir()):
             out.rmdir()
     return reports
+
+
+def _storage_call(out: str | Path, call):
+    """Run a store read or write; a storage error (unreachable endpoint, missing
+    bucket or credentials) becomes one line naming the store."""
+    try:
+        return call()
+    except OSError as exc:
+        if not store.is_uri(out):
+            raise
+        raise InputError(f"cannot use the store at {out}: {str(exc).splitlines()[0]} (check the "
+                         "bucket and AWS_ENDPOINT_URL / AWS credentials; README, 'Run on a "
+                         "cluster')") from None
 
 
 def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataFrame,

@@ -10,10 +10,16 @@
     STORE/<tissue>/manifest.json          shapes, input checksums, settings, config,
                                           package versions, fingerprint
 
-A tissue folder is written whole into a staging folder and renamed into
-place, so a reader sees the old tissue or the new one, never a mix. The
-fingerprint covers the input files' checksums and the settings that shape
-the tissue; a tissue whose fingerprint matches is reused.
+STORE is a local folder or a URI such as s3://bucket/prefix (any filesystem
+pyarrow opens from a URI; S3 endpoint and credentials come from the standard
+AWS variables). A tissue is written whole into a local staging folder first.
+Locally it is renamed into place, so a reader sees the old tissue or the new
+one, never a mix. On object storage, which has no rename, the old manifest is
+deleted first and the new one uploaded last: a tissue without a manifest is
+not a tissue, so a reader sees the old tissue, the new one or none, and the
+next `prepare` rebuilds one that an interrupted upload left without. The
+fingerprint covers the input files' checksums and the settings that shape the
+tissue; a tissue whose fingerprint matches is reused.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
 from ..errors import InputError
 
@@ -96,16 +103,34 @@ def fingerprint(inputs: dict[str, str], settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def read_manifest(folder: Path) -> dict | None:
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path in it) of a local folder or a URI."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def read_manifest(store: str | Path, tissue: str) -> dict | None:
+    fs, root = filesystem(store)
     try:
-        return json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        with fs.open_input_stream(f"{root}/{tissue}/{MANIFEST}") as handle:
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a damaged manifest: the tissue is rebuilt
         return None
 
 
-def is_current(folder: Path, manifest: dict | None, fingerprint: str) -> bool:
-    return (manifest is not None and manifest.get("fingerprint") == fingerprint
-            and all((folder / name).is_file() for name in manifest.get("files", {}).values()))
+def is_current(store: str | Path, tissue: str, manifest: dict | None, fingerprint: str) -> bool:
+    if manifest is None or manifest.get("fingerprint") != fingerprint:
+        return False
+    fs, root = filesystem(store)
+    infos = fs.get_file_info([f"{root}/{tissue}/{name}" for name in manifest.get("files", {}).values()])
+    return all(info.type == pafs.FileType.File for info in infos)
 
 
 def write_tissue(folder: Path, tissue: AlignedTissue, manifest: dict) -> None:
@@ -148,32 +173,56 @@ def install(staged: Path, target: Path) -> None:
         staged.rename(target)
 
 
+def publish(staged: Path, store: str | Path, tissue: str) -> None:
+    """Put a tissue staged locally into the store (see the module's docstring)."""
+    if not is_uri(store):
+        install(staged, Path(store) / tissue)
+        return
+    fs, root = filesystem(store)
+    folder = f"{root}/{tissue}"
+    if fs.get_file_info(f"{folder}/{MANIFEST}").type == pafs.FileType.File:
+        fs.delete_file(f"{folder}/{MANIFEST}")
+    fs.create_dir(folder)
+    for path in sorted(staged.iterdir(), key=lambda p: p.name == MANIFEST):  # manifest last
+        pafs.copy_files(str(path), f"{folder}/{path.name}", destination_filesystem=fs)
+    shutil.rmtree(staged)
+
+
 def remove_leftovers(store: Path) -> None:
-    """Staging and retired folders a killed run left behind (one writer at a time)."""
+    """Staging and retired folders a killed run left behind in a local store (one
+    writer at a time)."""
     for path in store.glob(".staging-*"):
         shutil.rmtree(path, ignore_errors=True)
     for path in store.glob(".retired-*"):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def store_tissues(store: Path) -> list[str]:
-    return sorted(p.parent.name for p in Path(store).glob(f"*/{MANIFEST}")
-                  if not p.parent.name.startswith("."))
+def store_tissues(store: str | Path) -> list[str]:
+    fs, root = filesystem(store)
+    try:
+        folders = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return []
+    names = [info.base_name for info in folders
+             if info.type == pafs.FileType.Directory and not info.base_name.startswith(".")]
+    return sorted(name for name in names if read_manifest(store, name) is not None)
 
 
 def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
-    """Read one tissue of an aligned store back into arrays."""
-    folder = Path(store) / tissue
-    if read_manifest(folder) is None:
+    """Read one tissue of an aligned store (a folder or a URI) back into arrays."""
+    if read_manifest(store, tissue) is None:
         raise InputError(f"{store} holds no prepared tissue '{tissue}' (it has: "
-                         f"{', '.join(store_tissues(Path(store))) or 'none'}); run "
+                         f"{', '.join(store_tissues(store)) or 'none'}); run "
                          "`mtlrank-ray prepare` for it first.")
-    frame = pd.read_parquet(folder / "expression.parquet")
+    fs, root = filesystem(store)
+
+    def read(name: str) -> pd.DataFrame:
+        return pd.read_parquet(f"{root}/{tissue}/{name}.parquet", filesystem=fs)
+
+    frame = read("expression")
     expression = aligned_empty(frame.shape)
     expression[...] = frame.to_numpy()
-    velocity = pd.read_parquet(folder / "velocity.parquet")
-    genes = pd.read_parquet(folder / "genes.parquet")
-    tfs = pd.read_parquet(folder / "tfs.parquet")
+    genes, tfs = read("genes"), read("tfs")
     return AlignedTissue(
         name=tissue,
         barcodes=frame.index.to_numpy(),
@@ -184,9 +233,9 @@ def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
         clusters=genes["cluster"].to_numpy(),
         n_cells=genes["n_cells"].to_numpy(),
         expression=expression,
-        velocity=velocity.to_numpy(np.float32),
-        activity_mean=pd.read_parquet(folder / "activity_mean.parquet").to_numpy(np.float32),
-        activity_sum=pd.read_parquet(folder / "activity_sum.parquet").to_numpy(np.float32),
+        velocity=read("velocity").to_numpy(np.float32),
+        activity_mean=read("activity_mean").to_numpy(np.float32),
+        activity_sum=read("activity_sum").to_numpy(np.float32),
     )
 
 

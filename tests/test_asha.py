@@ -1,6 +1,7 @@
 """Grouped ASHA: λ values compete only within their (tissue, cluster, replicate)."""
 
 import math
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -64,13 +65,15 @@ def test_rungs_and_last_epoch():
     assert asha._milestones == [2, 4]
 
 
-def test_scheduler_state_survives_save_and_restore(tmp_path):
+def test_rung_records_travel_through_the_tune_callback_state():
     asha = scheduler()
+    assert asha.records_keeper().get_state() is None  # nothing to save yet
     asha.on_trial_result(None, trial("Liver", 0, 0.0), {"epoch": 1, "score": 0.9})
-    asha.save(str(tmp_path / "state.pkl"))
+    state = pickle.loads(pickle.dumps(asha.records_keeper().get_state()))  # as Tune saves it
     restored = scheduler()
-    restored.restore(str(tmp_path / "state.pkl"))
+    restored.records_keeper().set_state(state)
     assert restored.on_trial_result(None, trial("Liver", 0, 0.1), {"epoch": 1, "score": 0.1}) == STOP
+    assert scheduler().on_trial_result(None, trial("Liver", 0, 0.1), {"epoch": 1, "score": 0.1}) == CONTINUE
 
 
 def curve(config):

@@ -1,57 +1,167 @@
-"""The sweep on several Ray nodes started on this machine, and GPU placement."""
+"""The sweep on a cluster shaped like cluster.yaml's (mtlrank_ray.local_cluster):
+a head with no CPU, two GPU worker nodes that share no /tmp with the driver or
+each other, and a real S3 server (SeaweedFS) for the store and Tune's trials."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pandas as pd
 import pytest
-import ray
-from ray.cluster_utils import Cluster
+from pyarrow import fs as pafs
 
-from mtlrank_ray import ray_data
-from mtlrank_ray.config import config_from_dict
-from mtlrank_ray.data import prepare_store
-from mtlrank_ray.results import collect, gene_table
-from mtlrank_ray.sweep import run_sweep
+from mtlrank_ray.local_cluster import ClusterUnavailable, LocalCluster
 
-from conftest import SMALL_SETTINGS
+from conftest import REPO, SMALL_SETTINGS, write_config
 
-MB = 1024 ** 2
-
-
-def sweep_settings(**resources):
-    return config_from_dict({**SMALL_SETTINGS, "training": {"epochs": 2, "batch_size": 64},
-                             "search": {"lambdas": [0.0, 0.01], "replicates": 1},
-                             "asha": {"enabled": False}, "resources": resources})
+pytestmark = pytest.mark.slow
+TESTS = REPO / "tests"
 
 
 @pytest.fixture(scope="module")
-def three_nodes(small_atlas_template, tmp_path_factory):
-    """A head with 1 CPU, a node with 1 CPU and 1 GPU, a node with 1 CPU."""
-    store = tmp_path_factory.mktemp("nodes") / "store"
-    prepare_store(small_atlas_template, sweep_settings(), store, tissues="Liver")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "object_store_memory": 150 * MB, "include_dashboard": False})
-    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=150 * MB)
-    cluster.add_node(num_cpus=1, object_store_memory=150 * MB)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR")
-    blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    yield blocks, gpu_node.node_id
-    ray.shutdown()
-    cluster.shutdown()
+def cluster(tmp_path_factory):
+    try:
+        cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"this machine cannot host a faithful local cluster: {exc}")
+    yield cluster
+    cluster.stop()
 
 
-@pytest.mark.slow
-def test_gpu_trials_run_on_the_gpu_node(three_nodes, tmp_path):
-    blocks, gpu_node = three_nodes
-    trials, failed = collect(run_sweep(blocks, sweep_settings(cpu=0.5, gpu=0.5), tmp_path))
-    assert not failed and len(trials) == 4 * 2
-    assert {metrics["node"] for _, metrics in trials} == {gpu_node}
+def sweep_config(tmp_path, cluster, **settings):
+    prefix = f"runs-{uuid.uuid4().hex[:8]}"
+    return write_config(tmp_path / "cluster.yaml", {
+        **SMALL_SETTINGS, "training": {"epochs": 4, "batch_size": 64},
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False},
+        "resources": {"cpu": 1, "gpu": 0.5}, "run": {"storage_path": cluster.storage(prefix)},
+        **settings})
 
 
-@pytest.mark.slow
-def test_a_three_node_sweep_spreads_and_completes(three_nodes, tmp_path):
-    blocks, _ = three_nodes
-    trials, failed = collect(run_sweep(blocks, sweep_settings(cpu=1), tmp_path))
-    assert not failed
-    assert len({metrics["node"] for _, metrics in trials}) >= 2
-    genes = gene_table(trials, epochs=2, lasso=[])
-    assert len(genes) == 16 * 2 and not genes.duplicated(["cluster", "lambda", "gene"]).any()
-    assert genes.test_r2.notna().all() and (genes.epochs_run == 2).all()
+def tune_command(data, config, cluster, *extra):
+    return [sys.executable, str(REPO / "tune.py"), "--data", str(data), "--tissue", "all",
+            "--config", str(config), "--address", cluster.address, "--out", "run", "-q", *extra]
+
+
+def driver_env(cluster):
+    """The driver's environment as a user's shell on the head would have it."""
+    env = {**os.environ, **cluster.env()}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def trial_reports(cluster, config_path) -> dict[str, list[dict]]:
+    """Trial name -> the results it reported, read from Tune's storage on S3."""
+    import yaml
+
+    storage = yaml.safe_load(config_path.read_text())["run"]["storage_path"]
+    s3, root = pafs.FileSystem.from_uri(f"{storage}/run/sweep")
+    os.environ.update(cluster.env())
+    reports = {}
+    for info in s3.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.base_name == "result.json":
+            with s3.open_input_stream(info.path) as handle:
+                lines = handle.read().decode().splitlines()
+            reports[info.path.split("/")[-2]] = [json.loads(line) for line in lines if line]
+    return reports
+
+
+def assert_complete(run, epochs):
+    genes = pd.read_parquet(run / "gene_r2.parquet")
+    key = ["tissue", "cluster", "replicate", "model", "lambda", "gene"]
+    assert not genes.duplicated(key).any()
+    networks = genes[genes.model == "mtlrank"]
+    assert len(networks) == 2 * 16 * 2 and (networks.epochs_run == epochs).all()
+    assert (genes.model == "lasso").sum() == 2 * 16 and genes.test_r2.notna().all()
+
+
+def test_the_sweep_runs_on_gpu_workers_with_store_and_trials_on_s3(cluster, small_atlas_template,
+                                                                  tmp_path):
+    config = sweep_config(tmp_path, cluster)
+    done = subprocess.run(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
+                          env=driver_env(cluster), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_complete(tmp_path / "run", epochs=4)
+    assert "s3://" in done.stdout.split("aligned store: ")[1].splitlines()[0]
+    assert not (tmp_path / "run" / "store").exists()  # the store lives on S3
+    nodes = {reports[-1]["node"] for reports in trial_reports(cluster, config).values()}
+    workers = {node_id for ip, node_id in cluster.alive_nodes().items() if ip != cluster.head.ip}
+    assert nodes and nodes <= workers  # never the head; GPU trials only where GPUs are
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
+
+
+def test_a_run_folder_the_workers_cannot_see_is_refused_before_any_trial(
+        cluster, small_atlas_template, tmp_path):
+    config = sweep_config(tmp_path, cluster, run={"storage_path": None})
+    done = subprocess.run(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
+                          env=driver_env(cluster), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the run folder") and "is not visible from Ray node 127.77.0." in error
+    assert "run.storage_path" in error and "s3://" in error and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "sweep").exists()
+
+
+def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluster, tmp_path):
+    def driver(storage, *extra, **popen):
+        return subprocess.Popen([sys.executable, str(TESTS / "asha_resume_driver.py"), cluster.address,
+                                 storage, *extra], env=driver_env(cluster), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                start_new_session=True, **popen)
+
+    whole = driver(cluster.storage(f"asha-{uuid.uuid4().hex[:8]}"))
+    storage = cluster.storage(f"asha-{uuid.uuid4().hex[:8]}")
+    expected = json.loads(whole.communicate(timeout=300)[0].splitlines()[-1])
+    assert expected["0.0"] == 6 and all(expected[k] == 1 for k in expected if k != "0.0")
+
+    os.environ.update(cluster.env())
+    s3, root = pafs.FileSystem.from_uri(f"{storage}/asha")
+    interrupted = driver(storage)
+    deadline = time.time() + 300
+    while True:  # trials run one at a time: a third that reported means two are done
+        results = [i for i in s3.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+                   if i.base_name == "result.json" and i.size]
+        if len(results) >= 3:
+            break
+        assert interrupted.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(interrupted.pid, signal.SIGKILL)
+    interrupted.wait()
+    resumed = driver(storage, "--resume")
+    assert json.loads(resumed.communicate(timeout=300)[0].splitlines()[-1]) == expected
+
+
+def test_a_lost_worker_node_costs_no_trial_and_no_result(cluster, small_atlas_template, tmp_path):
+    config = sweep_config(tmp_path, cluster, training={"epochs": 8, "batch_size": 32})
+    driver = subprocess.Popen(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
+                              env=driver_env(cluster), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lost = cluster.nodes[0]
+    lost_id = cluster.alive_nodes()[lost.ip]
+    deadline = time.time() + 600
+    while True:  # at least two trials finished, and one running on the node to lose
+        reports = trial_reports(cluster, config)
+        finished = [r for r in reports.values() if r[-1]["epoch"] == 8]
+        running_there = [name for name, r in reports.items()
+                         if r[-1]["epoch"] < 8 and r[-1]["node"] == lost_id]
+        if len(finished) >= 2 and running_there:
+            break
+        assert driver.poll() is None, driver.stderr.read()[-3000:]
+        assert time.time() < deadline, "no trial ran on the node to lose"
+        time.sleep(0.5)
+    lost.kill()
+    try:
+        _, stderr = driver.communicate(timeout=900)
+    finally:
+        cluster.nodes.remove(lost)
+        cluster.add_worker(len(cluster.nodes) + 1)  # a replacement, as an autoscaler would
+    assert driver.returncode == 0, stderr[-3000:]
+    assert_complete(tmp_path / "run", epochs=8)
+    reports = trial_reports(cluster, config)
+    for name in running_there:  # went on from their checkpoints, on another node
+        epochs = [r["epoch"] for r in reports[name]]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 8, (name, epochs)
+        assert reports[name][-1]["node"] != lost_id

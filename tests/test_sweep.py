@@ -1,6 +1,8 @@
 """Ray Data blocks, the trial grid and the results tables."""
 
 import os
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from mtlrank_ray.baseline import LassoFit, fit_lasso
 from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.results import gene_table, selected_table, write_results
+from mtlrank_ray.results import collect, gene_table, selected_table, write_results
 from mtlrank_ray.sweep import run_lasso, trial_grid
 
 from conftest import SMALL_SETTINGS
@@ -140,3 +142,14 @@ def test_a_failed_lasso_baseline_is_reported_not_raised(local_ray, store):
     fits, failed = run_lasso(blocks, config)  # one validation cell: R² is undefined
     assert fits == [] and len(failed) == 4
     assert "cells with velocity in the val split; R² needs at least 2" in failed[0]
+
+
+def test_a_trial_that_failed_after_reporting_is_listed_never_selected():
+    spec = {"tissue": "Liver", "cluster": 0, "replicate": 0}
+    metrics = {"genes": ["g1"], "best_val_r2": [0.9], "best_test_r2": [0.8], "best_epoch": 2, "epoch": 2}
+    failed_late = SimpleNamespace(config={"trial": {**spec, "lam": 0.1}}, error=RuntimeError("node lost"),
+                                  metrics={**metrics, "best_val_r2": [0.99]})
+    finished = SimpleNamespace(config={"trial": {**spec, "lam": 0.0}}, error=None, metrics=metrics)
+    trials, failed = collect([failed_late, finished])
+    assert [t[0]["lam"] for t in trials] == [0.0] and len(failed) == 1 and "0.1" in failed[0]
+    assert selected_table(gene_table(trials, epochs=2, lasso=[]))["lambda"].tolist() == [0.0]

@@ -1,0 +1,62 @@
+"""A Tune run of grouped ASHA over fixed metric curves, for test_cluster: a driver
+to run whole, or to SIGKILL and run again with --resume.
+
+    python asha_resume_driver.py ADDRESS STORAGE [--resume]
+
+Trials run one at a time in grid order; trial λ reports 0.9 - λ every epoch, so
+with its rung records ASHA lets λ = 0 run every epoch and stops every other λ
+at the first rung. It prints {λ: epochs run} as JSON when the run is done.
+"""
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from mtlrank_ray.asha import GroupedASHA
+from mtlrank_ray.sweep import group_of
+
+LAMBDAS = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
+EPOCHS = 6
+
+
+def curve(config):
+    spec = config["trial"]
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            start = int((Path(folder) / "epoch").read_text())
+    for epoch in range(start + 1, EPOCHS + 1):
+        time.sleep(0.3)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "epoch").write_text(str(epoch))
+            tune.report({"epoch": epoch, "score": 0.9 - spec["lam"]},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def main(address: str, storage: str, resume: bool) -> None:
+    ray.init(address=address, logging_level="ERROR")
+    trainable = tune.with_resources(curve, {"cpu": 1})
+    if resume:
+        tuner = tune.Tuner.restore(f"{storage}/asha", trainable=trainable, resume_errored=True)
+    else:
+        scheduler = GroupedASHA(group_of, "score", max_t=EPOCHS, grace_period=1, reduction_factor=2,
+                                time_attr="epoch")
+        grid = [{"tissue": "T", "cluster": 0, "replicate": 0, "lam": lam} for lam in LAMBDAS]
+        tuner = tune.Tuner(
+            trainable, param_space={"trial": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+            run_config=tune.RunConfig(storage_path=storage, name="asha", verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      callbacks=[scheduler.records_keeper()]))
+    results = tuner.fit()
+    print(json.dumps({str(r.config["trial"]["lam"]): r.metrics["epoch"] for r in results}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], "--resume" in sys.argv)

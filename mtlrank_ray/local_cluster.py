@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None
             break
         time.sleep(0.3)
     tail = log.read_text()[-2000:] if log and log.exists() else ""
-    raise ClusterUnavailable(f"{what} did not come up in {timeout:.0f} s\n{tail}")
+    raise RuntimeError(f"{what} did not come up in {timeout:.0f} s\n{tail}")
 
 
 def stop_groups(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
@@ -139,14 +140,20 @@ class S3Server:
         _wait(self._bucket_ready, 60, "the S3 server (SeaweedFS)", self.process, log)
         return self
 
+    def filesystem(self):
+        """A pyarrow filesystem on this server (paths are bucket/key, without s3://)."""
+        from pyarrow import fs
+
+        return fs.S3FileSystem(endpoint_override=self.endpoint, allow_bucket_creation=True,
+                               access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                               secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                               region="us-east-1", connect_timeout=2, request_timeout=5)
+
     def _bucket_ready(self) -> bool:
         from pyarrow import fs
 
         try:
-            s3 = fs.S3FileSystem(endpoint_override=self.endpoint, allow_bucket_creation=True,
-                                 access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                 secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                                 region="us-east-1", connect_timeout=2, request_timeout=5)
+            s3 = self.filesystem()
             s3.create_dir(BUCKET)
             return s3.get_file_info(BUCKET).type == fs.FileType.Directory
         except OSError:
@@ -184,14 +191,17 @@ class LocalCluster:
     head: Node | None = None
     nodes: list[Node] = field(default_factory=list)
     port: int = 0
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def address(self) -> str:
         return f"{HEAD_IP}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        """Variables for the driver (and every node): the S3 endpoint and credentials."""
-        return self.s3.env() if self.s3 else {}
+        """Variables for the driver (and every node): the S3 endpoint and credentials,
+        and the cluster's Ray authentication token (Ray 2.60's token auth, on)."""
+        return {**(self.s3.env() if self.s3 else {}), "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token}
 
     def storage(self, prefix: str) -> str:
         return f"s3://{BUCKET}/{prefix}"
@@ -260,15 +270,15 @@ class LocalCluster:
         return Node(ip, process, log)
 
     def alive_nodes(self) -> dict[str, str]:
-        """node IP -> node id of the nodes the head counts alive."""
-        from ray._raylet import GcsClient
-
-        try:
-            infos = GcsClient(address=self.address).get_all_node_info(timeout=5)
-        except Exception:  # the head is not up yet
-            return {}
-        return {info.node_manager_address: node_id.hex() for node_id, info in infos.items()
-                if info.state == 0}  # GcsNodeInfo.ALIVE
+        """node IP -> node id of the nodes the head counts alive (asked from a separate
+        process, which holds the cluster's token)."""
+        ask = ("import json; from ray._raylet import GcsClient; "
+               f"infos = GcsClient(address='{self.address}').get_all_node_info(timeout=5); "
+               "print(json.dumps({i.node_manager_address: n.hex() for n, i in infos.items() "
+               "if i.state == 0}))")  # 0: GcsNodeInfo.ALIVE
+        answer = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True,
+                                env=self._node_env(), timeout=60)
+        return json.loads(answer.stdout) if answer.returncode == 0 else {}
 
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
         processes = [n.process for n in [self.head, *self.nodes] if n]
@@ -276,7 +286,7 @@ class LocalCluster:
               log=self.folder / "head.log")
         for process in processes:
             if process.poll() is not None:
-                raise ClusterUnavailable(f"a Ray node exited: see {self.folder}/*.log")
+                raise RuntimeError(f"a Ray node exited: see {self.folder}/*.log")
 
     def stop(self) -> None:
         stop_groups([node.process for node in [*self.nodes, self.head] if node is not None])

@@ -12,6 +12,7 @@ import uuid
 
 import pandas as pd
 import pytest
+import yaml
 from pyarrow import fs as pafs
 
 from mtlrank_ray.local_cluster import ClusterUnavailable, LocalCluster
@@ -55,17 +56,15 @@ def driver_env(cluster):
 
 def trial_reports(cluster, config_path) -> dict[str, list[dict]]:
     """Trial name -> the results it reported, read from Tune's storage on S3."""
-    import yaml
-
     storage = yaml.safe_load(config_path.read_text())["run"]["storage_path"]
-    s3, root = pafs.FileSystem.from_uri(f"{storage}/run/sweep")
-    os.environ.update(cluster.env())
+    s3, root = cluster.s3.filesystem(), f"{storage.removeprefix('s3://')}/run/sweep"
     reports = {}
     for info in s3.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
         if info.base_name == "result.json":
             with s3.open_input_stream(info.path) as handle:
                 lines = handle.read().decode().splitlines()
-            reports[info.path.split("/")[-2]] = [json.loads(line) for line in lines if line]
+            if lines:
+                reports[info.path.split("/")[-2]] = [json.loads(line) for line in lines if line]
     return reports
 
 
@@ -117,8 +116,7 @@ def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluste
     expected = json.loads(whole.communicate(timeout=300)[0].splitlines()[-1])
     assert expected["0.0"] == 6 and all(expected[k] == 1 for k in expected if k != "0.0")
 
-    os.environ.update(cluster.env())
-    s3, root = pafs.FileSystem.from_uri(f"{storage}/asha")
+    s3, root = cluster.s3.filesystem(), f"{storage.removeprefix('s3://')}/asha"
     interrupted = driver(storage)
     deadline = time.time() + 300
     while True:  # trials run one at a time: a third that reported means two are done
@@ -140,28 +138,31 @@ def test_a_lost_worker_node_costs_no_trial_and_no_result(cluster, small_atlas_te
                               env=driver_env(cluster), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     lost = cluster.nodes[0]
-    lost_id = cluster.alive_nodes()[lost.ip]
-    deadline = time.time() + 600
-    while True:  # at least two trials finished, and one running on the node to lose
-        reports = trial_reports(cluster, config)
-        finished = [r for r in reports.values() if r[-1]["epoch"] == 8]
-        running_there = [name for name, r in reports.items()
-                         if r[-1]["epoch"] < 8 and r[-1]["node"] == lost_id]
-        if len(finished) >= 2 and running_there:
-            break
-        assert driver.poll() is None, driver.stderr.read()[-3000:]
-        assert time.time() < deadline, "no trial ran on the node to lose"
-        time.sleep(0.5)
-    lost.kill()
     try:
+        lost_id = cluster.alive_nodes()[lost.ip]
+        deadline = time.time() + 600
+        while True:  # at least two trials finished, and one running on the node to lose
+            reports = trial_reports(cluster, config)
+            finished = [r for r in reports.values() if r[-1]["epoch"] == 8]
+            running_there = [name for name, r in reports.items()
+                             if r[-1]["epoch"] < 8 and r[-1]["node"] == lost_id]
+            if len(finished) >= 2 and running_there:
+                break
+            assert driver.poll() is None, driver.stderr.read()[-3000:]
+            assert time.time() < deadline, "no trial ran on the node to lose"
+            time.sleep(0.5)
+        lost.kill()
         _, stderr = driver.communicate(timeout=900)
     finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
         cluster.nodes.remove(lost)
         cluster.add_worker(len(cluster.nodes) + 1)  # a replacement, as an autoscaler would
     assert driver.returncode == 0, stderr[-3000:]
     assert_complete(tmp_path / "run", epochs=8)
     reports = trial_reports(cluster, config)
-    for name in running_there:  # went on from their checkpoints, on another node
+    for name in running_there:  # went on from a checkpoint (never from epoch 1), elsewhere
         epochs = [r["epoch"] for r in reports[name]]
-        assert epochs == sorted(set(epochs)) and epochs[-1] == 8, (name, epochs)
-        assert reports[name][-1]["node"] != lost_id
+        assert sorted(set(epochs)) == list(range(1, 9)) and epochs.count(1) == 1, (name, epochs)
+        assert reports[name][0]["node"] == lost_id and reports[name][-1]["node"] != lost_id

@@ -90,8 +90,8 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dashboard", action="store_true",
                         help="start the Ray dashboard with a local Ray and print its address")
     parser.add_argument("--address", default=None,
-                        help="join a running Ray cluster ('auto' or HOST:PORT) instead of "
-                             "starting Ray on this machine")
+                        help="join a running Ray cluster ('auto' or HOST:PORT; default: "
+                             "RAY_ADDRESS if set) instead of starting a Ray of this run's own")
     parser.set_defaults(run=_tune)
     return _run(parser, argv)
 
@@ -173,10 +173,12 @@ def _tune(args) -> None:
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
-    # Without --address, a Ray of this run's own: never one named by a stale address file.
-    # A cluster joined with --address has its own dashboard; locally it is opt-in.
-    local = {} if args.address else {"include_dashboard": args.dashboard}
-    context = ray.init(address=args.address or "local", **local,
+    # --address (or RAY_ADDRESS, which `ray job submit` sets) joins a cluster; without
+    # either, a Ray of this run's own, never one named by a stale address file. A joined
+    # cluster has its own dashboard; locally it is opt-in.
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    local = {} if address else {"include_dashboard": args.dashboard}
+    context = ray.init(address=address or "local", **local,
                        logging_level=logging.WARNING if args.quiet else logging.INFO)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")

@@ -1,8 +1,9 @@
 """Aligned tissues as Ray Datasets: Arrow blocks in the object store.
 
-A tissue's matrices are read from the store with `ray.data.read_parquet` (from
-shared storage such as s3:// by any node; from a local path on the driver's
-node) and materialized once, before any trial starts, as three datasets:
+A tissue's matrices are read from the store (from shared storage such as s3://
+by Ray Data's read tasks on any node; from a local folder by the driver, which
+puts the blocks itself) and materialized once, before any trial starts, as
+three datasets:
 
 - expression: one row per cell, in store order: a float32 column per TF and
   `barcode`;

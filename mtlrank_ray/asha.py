@@ -7,7 +7,9 @@ keeps ASHA's rungs (grace_period · reduction_factor^k epochs, below max_t)
 and its rule (at a rung, stop a trial whose metric is below the
 (1 - 1/reduction_factor) quantile of those recorded before it at that rung),
 but records and compares per group. A missing or non-finite metric never
-counts as good: such a trial is stopped at its rung and not recorded.
+counts as good: such a trial is stopped at its rung and not recorded. A trial
+that reports a rung again (restarted from an earlier checkpoint) gets the
+decision it got there the first time.
 
 Tune saves a scheduler nowhere: a resumed sweep takes it from tuner.pkl, as it
 was when the sweep was created. Its rung records travel instead in a Tune
@@ -41,7 +43,8 @@ class GroupedASHA(FIFOScheduler):
         while milestone < max_t:
             self._milestones.append(milestone)
             milestone *= reduction_factor
-        self._recorded: dict[tuple, dict[str, float]] = defaultdict(dict)
+        self._recorded: dict[tuple, dict[str, float]] = defaultdict(dict)  # (group, rung) -> values
+        self._decisions: dict[tuple[str, int], str] = {}  # (trial id, rung) -> decision
         self.num_stopped = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -53,20 +56,20 @@ class GroupedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         if done >= self._max_t:
             return TrialScheduler.STOP
-        decision = self._decide(self._group_of(trial.config), trial.trial_id, done,
-                                result.get(self._metric))
-        self.num_stopped += decision == TrialScheduler.STOP
-        return decision
-
-    def _decide(self, group: Hashable, trial_id: str, done: float, value) -> str:
         reached = [m for m in self._milestones if m <= done]
         if not reached:
             return TrialScheduler.CONTINUE
-        recorded = self._recorded[group, reached[-1]]
-        if trial_id in recorded:
-            return TrialScheduler.CONTINUE  # decided at this rung already
+        key = (trial.trial_id, reached[-1])
+        if key not in self._decisions:  # a trial that reports a rung again gets its first decision
+            self._decisions[key] = self._decide(self._group_of(trial.config), trial.trial_id,
+                                                reached[-1], result.get(self._metric))
+            self.num_stopped += self._decisions[key] == TrialScheduler.STOP
+        return self._decisions[key]
+
+    def _decide(self, group: Hashable, trial_id: str, rung: int, value) -> str:
         if value is None or not math.isfinite(value):
             return TrialScheduler.STOP
+        recorded = self._recorded[group, rung]
         value = self._sign * float(value)
         cutoff = (np.percentile(list(recorded.values()), (1 - 1 / self._rf) * 100)
                   if recorded else None)
@@ -83,11 +86,13 @@ class GroupedASHA(FIFOScheduler):
         return _RungRecords(self)
 
     def state(self) -> dict:
-        """The rung records (Tune pickles callback state, so the keys stay tuples)."""
-        return {"recorded": dict(self._recorded), "num_stopped": self.num_stopped}
+        """Rung records and decisions (Tune pickles callback state: keys stay tuples)."""
+        return {"recorded": dict(self._recorded), "decisions": dict(self._decisions),
+                "num_stopped": self.num_stopped}
 
     def load_state(self, state: dict) -> None:
         self._recorded = defaultdict(dict, state["recorded"])
+        self._decisions = dict(state["decisions"])
         self.num_stopped = state["num_stopped"]
 
 

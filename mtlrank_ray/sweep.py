@@ -142,6 +142,33 @@ def resumable(config: Config, out: Path) -> str:
     return path
 
 
+def restore_missing_checkpoints(path: str) -> int:
+    """Make every trial of the sweep at `path` restorable; returns how many were mended.
+
+    Tune deletes a trial's superseded checkpoint as soon as the next one is
+    registered, before the next experiment snapshot stops naming it: a driver
+    killed in between leaves a snapshot that names a deleted checkpoint, and
+    that trial fails on resume. The trial's newest checkpoint is copied where
+    the snapshot looks (the trainer's state in it holds its own epoch, so
+    training goes on from there)."""
+    mended = 0
+    for trial in tune.ExperimentAnalysis(path).trials:
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            continue
+        fs = checkpoint.filesystem
+        if fs.get_file_info(checkpoint.path).type != pafs.FileType.NotFound:
+            continue
+        folder = checkpoint.path.rsplit("/", 1)[0]
+        saved = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(folder))
+                       if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        if saved:
+            fs.create_dir(checkpoint.path)
+            pafs.copy_files(saved[-1], checkpoint.path, source_filesystem=fs, destination_filesystem=fs)
+            mended += 1
+    return mended
+
+
 @ray.remote(num_cpus=0)
 def _sees(path: str) -> str | None:
     """None if the file at `path` is visible on the node this runs on, else why not."""
@@ -196,8 +223,11 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         tune.with_parameters(train_trial, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     if resume:
-        return tune.Tuner.restore(resumable(config, out), trainable=trainable,
-                                  resume_errored=True).fit()
+        path = resumable(config, out)
+        if restore_missing_checkpoints(path):
+            log.info("resume: trials whose last snapshotted checkpoint was gone go on from "
+                     "their newest one")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     fs, path = filesystem(experiment_path(config, out))
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)  # a re-run replaces the last

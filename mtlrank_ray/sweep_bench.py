@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         write_demo(root / "demo", SPEC)
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
         try:
             for replicates in (1, 2):
                 config = config_from_dict(settings(replicates))

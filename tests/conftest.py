@@ -45,7 +45,7 @@ def local_ray():
     """Ray on this machine, 2 CPUs; workers can import the test modules."""
     tests = str(Path(__file__).parent)
     path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()

@@ -28,7 +28,8 @@ def record_one_epoch():
 @pytest.mark.slow
 def test_trial_metrics_reach_the_prometheus_endpoint():
     port = free_port()
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", _metrics_export_port=port)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR",
+             _metrics_export_port=port)
     try:
         task = record_one_epoch.remote()
         deadline, text = time.time() + 60, ""

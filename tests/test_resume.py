@@ -6,10 +6,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray import tune
+
+from mtlrank_ray.sweep import restore_missing_checkpoints
 
 from conftest import REPO, SMALL_SETTINGS, write_config
 
@@ -67,3 +72,32 @@ def test_resume_without_a_sweep_says_so(small_atlas_template, tmp_path, capsys):
                       "--out", str(tmp_path / "run"), "--resume", "-q"])
     assert code == 2
     assert "there is no sweep to resume" in capsys.readouterr().err
+
+
+def counting(config):
+    """Four epochs with a checkpoint each; fails once after the third (a lost driver's
+    trial, in effect)."""
+    start = 0
+    if tune.get_checkpoint():
+        with tune.get_checkpoint().as_directory() as folder:
+            start = int((Path(folder) / "epoch").read_text())
+    for epoch in range(start + 1, 5):
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "epoch").write_text(str(epoch))
+            tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+        if epoch == 3 and not Path(config["failed_once"]).exists():
+            Path(config["failed_once"]).touch()
+            raise RuntimeError("lost")
+
+
+def test_resume_mends_a_checkpoint_deleted_after_the_last_snapshot(local_ray, tmp_path):
+    tune.Tuner(counting, param_space={"failed_once": str(tmp_path / "failed")},
+               run_config=tune.RunConfig(storage_path=str(tmp_path), name="sweep", verbose=0)).fit()
+    (trial,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+    named = trial / "checkpoint_000002"  # what the snapshot names: the third epoch's
+    assert restore_missing_checkpoints(str(tmp_path / "sweep")) == 0  # all there
+    named.rename(trial / "checkpoint_000003")  # Tune deleted it after a newer one came
+    assert restore_missing_checkpoints(str(tmp_path / "sweep")) == 1
+    (result,) = tune.Tuner.restore(str(tmp_path / "sweep"), trainable=counting,
+                                   resume_errored=True).fit()
+    assert result.error is None and result.metrics["epoch"] == 4

@@ -192,6 +192,7 @@ class LocalCluster:
     nodes: list[Node] = field(default_factory=list)
     port: int = 0
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    temp_dir: Path | None = None  # the head's Ray session files
 
     @property
     def address(self) -> str:
@@ -292,7 +293,7 @@ class LocalCluster:
         stop_groups([node.process for node in [*self.nodes, self.head] if node is not None])
         if self.s3 is not None:
             self.s3.stop()
-        if getattr(self, "temp_dir", None):
+        if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -358,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     exports = " ".join(f"{k}={v}" for k, v in cluster.env().items())
     print(f"Ray cluster at {cluster.address}: a head without CPUs and {args.workers} worker nodes "
           f"with private /tmp; S3 at {cluster.s3.endpoint}, bucket {BUCKET}; logs in {folder}.\n"
-          f"In another shell:\n    export {exports}\n"
-          f"    python tune.py --demo --address {cluster.address} --config CONFIG\n"
-          f"with CONFIG's run.storage_path set to {cluster.storage('runs')}. Ctrl-C stops the cluster.")
+          f"In another shell, in this checkout:\n    export {exports}\n"
+          f"    python tune.py --demo --tissue all --config tune_configs/local_cluster.yaml "
+          f"--address {cluster.address}\nCtrl-C stops the cluster.", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:

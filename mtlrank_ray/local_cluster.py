@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
           f"In another shell, in this checkout:\n    export {exports}\n"
           f"    python tune.py --demo --tissue all --config tune_configs/local_cluster.yaml "
           f"--address {cluster.address}\nCtrl-C stops the cluster.", flush=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
+        signal.signal(stop_signal, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)

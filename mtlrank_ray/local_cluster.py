@@ -317,7 +317,9 @@ def enter_private_tmp(keep: list[str], command: list[str]) -> None:
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)
     for path, fd in held.items():
         os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", path], check=True, pass_fds=(fd,))
+        # --no-canonicalize: the held directory, not its old path (now under the new tmpfs)
+        subprocess.run(["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", path],
+                       check=True, pass_fds=(fd,))
         os.close(fd)
     os.chdir("/")
     os.execvp(command[0], command)
@@ -328,8 +330,10 @@ def check_namespaces() -> None:
     if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
         raise ClusterUnavailable("needs Linux with `unshare` (util-linux) for a private /tmp per node")
     with tempfile.NamedTemporaryFile(dir="/tmp", prefix="mtlrank-probe-") as marker:
-        probe = subprocess.run(private_tmp_command(["test", "!", "-e", marker.name]),
-                               capture_output=True, text=True, timeout=60)
+        # The host's /tmp hidden, this interpreter and package still there.
+        probe = subprocess.run(private_tmp_command([
+            sys.executable, "-c", f"import os, sys, mtlrank_ray; sys.exit(os.path.exists({marker.name!r}))"]),
+            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         raise ClusterUnavailable("cannot give a process a private /tmp (unshare --mount): "
                                  f"{probe.stderr.strip()[-300:] or 'the host /tmp stayed visible'}")

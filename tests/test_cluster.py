@@ -112,6 +112,25 @@ def test_the_readme_demo_sweep_runs_on_gpu_workers_with_store_and_trials_on_s3(c
     assert (run / "report" / "index.html").is_file() and (run / "rankings.parquet").is_file()
 
 
+def test_prepare_writes_a_store_to_s3_that_the_next_prepare_reuses(cluster, small_atlas_template,
+                                                                   small_config, tmp_path):
+    store = cluster.storage(f"prep-{uuid.uuid4().hex[:8]}")
+    command = [shutil.which("mtlrank-ray", path=os.path.dirname(sys.executable)), "prepare",
+               "--data", str(small_atlas_template), "--config", str(small_config), "--out", store, "-q"]
+    first, second = (subprocess.run(command, cwd=tmp_path, env=driver_env(cluster), capture_output=True,
+                                    text=True, timeout=300) for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    assert first.stdout.count(" built (") == 2 and second.stdout.count(" reused (") == 2
+    s3 = cluster.s3.filesystem()
+    listed = {info.path.split("/", 2)[2] for info in
+              s3.get_file_info(pafs.FileSelector(store.removeprefix("s3://"), recursive=True))}
+    assert {"Liver/manifest.json", "Liver/expression.parquet", "Kidney_Left/velocity.parquet"} <= listed
+    unreachable = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                 env={**driver_env(cluster), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    assert unreachable.stderr.strip().splitlines()[-1].startswith(f"error: cannot use the store at {store}")
+
+
 def test_a_run_folder_the_workers_cannot_see_is_refused_before_any_trial(
         cluster, small_atlas_template, tmp_path):
     config = sweep_config(tmp_path, cluster, run={"storage_path": None})

@@ -102,7 +102,7 @@ class _RungRecords(Callback):
 
     def get_state(self) -> dict | None:
         state = self._scheduler.state()
-        return state if state["recorded"] else None
+        return state if state["decisions"] else None  # None: nothing to save yet
 
     def set_state(self, state: dict) -> None:
         self._scheduler.load_state(state)

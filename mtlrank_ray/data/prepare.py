@@ -9,6 +9,7 @@ leaves the store as it was.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import shutil
@@ -109,8 +110,10 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
                       for p in source.input_files(tissue) + references}
             settings = _settings(config, tissue, lasso_used=lasso is not None)
             fingerprint = store.fingerprint(inputs, settings)
-            existing = _storage_call(out, lambda: store.read_manifest(out, tissue))
-            if _storage_call(out, lambda: store.is_current(out, tissue, existing, fingerprint)):
+            with _store_errors(out):
+                existing = store.read_manifest(out, tissue)
+                current = store.is_current(out, tissue, existing, fingerprint)
+            if current:
                 reports.append(TissueReport(tissue, "reused", "inputs and settings unchanged",
                                             existing["shapes"]))
                 log.info("tissue %s: store is current, reused", tissue)
@@ -131,8 +134,9 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
             reports.append(TissueReport(tissue, "built", reason, aligned.shapes()))
             log.info("tissue %s: %s in %.1f s", tissue, aligned.shapes(),
                      time.perf_counter() - started)
-        for tissue in staged:
-            _storage_call(out, lambda: store.publish(staging / tissue, out, tissue))
+        with _store_errors(out):
+            for tissue in staged:
+                store.publish(staging / tissue, out, tissue)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out.iterdir()):
@@ -140,11 +144,12 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
     return reports
 
 
-def _storage_call(out: str | Path, call):
-    """Run a store read or write; a storage error (unreachable endpoint, missing
-    bucket or credentials) becomes one line naming the store."""
+@contextlib.contextmanager
+def _store_errors(out: str | Path):
+    """A storage error of a remote store (unreachable endpoint, missing bucket or
+    credentials) becomes one line naming the store."""
     try:
-        return call()
+        yield
     except OSError as exc:
         if not store.is_uri(out):
             raise

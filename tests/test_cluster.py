@@ -2,6 +2,7 @@
 a head with no CPU, two GPU worker nodes that share no /tmp with the driver or
 each other, and a real S3 server (SeaweedFS) for the store and Tune's trials."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,9 +42,10 @@ def drivers():
     started = []
     yield started
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):  # it may end between poll and kill
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def sweep_config(tmp_path, cluster, **settings):

@@ -30,6 +30,16 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 
+def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """ASHA's rungs: grace_period · reduction_factor^k epochs, below max_t; with the
+    last epoch, the only epochs at which a trial can be stopped."""
+    milestones, milestone = [], grace_period
+    while milestone < max_t:
+        milestones.append(milestone)
+        milestone *= reduction_factor
+    return milestones
+
+
 class GroupedASHA(FIFOScheduler):
     def __init__(self, group_of: Callable[[dict], Hashable], metric: str, max_t: int,
                  grace_period: int, reduction_factor: int, time_attr: str = "training_iteration",
@@ -38,11 +48,7 @@ class GroupedASHA(FIFOScheduler):
         self._group_of, self._metric, self._time_attr = group_of, metric, time_attr
         self._sign = 1.0 if mode == "max" else -1.0
         self._max_t, self._rf = max_t, reduction_factor
-        self._milestones = []
-        milestone = grace_period
-        while milestone < max_t:
-            self._milestones.append(milestone)
-            milestone *= reduction_factor
+        self._milestones = rungs(grace_period, reduction_factor, max_t)
         self._recorded: dict[tuple, dict[str, float]] = defaultdict(dict)  # (group, rung) -> values
         self._decisions: dict[tuple[str, int], str] = {}  # (trial id, rung) -> decision
         self.num_stopped = 0

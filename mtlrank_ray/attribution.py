@@ -59,7 +59,7 @@ def tf_scores(weights: dict[str, np.ndarray], expression: np.ndarray, act_mean: 
                                           standardization.constant)
     padded, mask = pad_cells(cells, CHUNK)
     scores = np.zeros((len(cells), expression.shape[1]))
-    table = tf.constant(expression)
+    table = model.shared_tensor(expression)
     for start in range(0, padded.shape[1], CHUNK):
         part = slice(start, start + CHUNK)
         contribution, _ = _contributions(weights, table, padded[:, part], a, c)

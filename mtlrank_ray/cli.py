@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                                help="TF rankings and the consensus network of a finished sweep")
     rank.add_argument("out", type=Path, help="the run folder tune.py wrote")
     rank.add_argument("--top", type=int, default=50, help="network: TFs in the top K of every replicate")
+    rank.add_argument("--lambda", dest="lam", type=float, default=None,
+                      help="rank every group's model of this λ instead of the selected one (fetched "
+                           "from the sweep's storage); writes rankings_lambda<λ>.parquet and "
+                           "network_lambda<λ>.csv")
     rank.set_defaults(run=_rank)
 
     report = commands.add_parser("report", parents=[common],
@@ -166,10 +170,14 @@ def _tune(args) -> None:
     _print_reports(reports, store)
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
-    from .ray_data import materialize_tissue
     from .data.store import write_atomically
-    from .results import collect, gene_table, markdown_table, write_results
-    from .sweep import EXPERIMENT, check_storage, export_models, resumable, run_lasso, run_sweep
+    from .group_tasks import GroupsFinished, GroupTasks
+    from .ray_data import materialize_tissue
+    from .rankings import concat_rankings, write_rankings
+    from .results import collect, gene_table, markdown_table, selected_table, write_results
+    from .sweep import (EXPERIMENT, check_storage, experiment_path, export_models, groups,
+                        model_location, resumable, run_sweep)
+    from .trainer import Trial
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
@@ -184,30 +192,46 @@ def _tune(args) -> None:
         print(f"Ray dashboard: http://{context.dashboard_url}")
     if args.quiet:  # Ray Data keeps its own logger at INFO
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+    experiment = experiment_path(config, out)
     try:
         check_storage(config, out)
-        blocks = {r.tissue: materialize_tissue(store, r.tissue) for r in reports}
-        grid = run_sweep(blocks, config, out, resume=args.resume, verbose=0 if args.quiet else 1)
-        lasso, lasso_failed = run_lasso(blocks, config)
+        blocks = {r.tissue: materialize_tissue(store, r.tissue, config.resources.cpu) for r in reports}
+        # Baselines and rankings run beside the trials, on the CPUs they leave free.
+        tasks = GroupTasks(blocks, config, lambda group, lam: model_location(experiment, Trial(*group, lam)))
+        tasks.add_lasso(groups(list(blocks.values()), config))
+        GroupsFinished.tasks = tasks
+        try:
+            grid = run_sweep(blocks, config, out, resume=args.resume, verbose=0 if args.quiet else 1,
+                             callbacks=(GroupsFinished(),))
+        finally:
+            GroupsFinished.tasks = None
+        trials, failed = collect(grid)
+        if not trials:
+            raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
+        chosen = selected_table(gene_table(trials, config.training.epochs, []))
+        for row in chosen.to_dict("records"):  # groups not ranked yet (resumed, or a trial failed)
+            tasks.add_ranking((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])
+        tasks.finish()
     finally:
         ray.shutdown()
-    export_models(grid, lasso, out / "models")
-    trials, failed = collect(grid)
-    if not trials:
-        raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
+    lasso = sorted(tasks.lasso.items())
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
-             f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines, "
-             f"{len(lasso_failed)} failed.")
+             f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines; "
+             f"{len(tasks.failed)} baselines and rankings failed.")
     summary = write_results(out, gene_table(trials, config.training.epochs, lasso),
-                            failed + lasso_failed, about)
+                            failed + tasks.failed, about)
     write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
+    export_models(chosen, tasks.lasso, experiment, out / "models")
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
-    _rank_and_print(out, top=50)
+    ranked = [tasks.rankings[key] for row in chosen.to_dict("records")
+              if (key := ((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])) in tasks.rankings]
+    _print_rankings(out, 50, *write_rankings(out, concat_rankings(ranked), top=50)[1:])
     _report(argparse.Namespace(out=out))
-    if failed or lasso_failed:
-        raise TrainingError(f"{len(failed)} trials and {len(lasso_failed)} lasso baselines failed "
-                            f"(listed in {out / 'summary.md'}); Tune's logs are in {out / EXPERIMENT}")
+    if failed or tasks.failed:
+        raise TrainingError(f"{len(failed)} trials and {len(tasks.failed)} baselines or rankings "
+                            f"failed (listed in {out / 'summary.md'}); Tune's logs are in "
+                            f"{out / EXPERIMENT}")
 
 
 def _report(args) -> None:
@@ -217,16 +241,17 @@ def _report(args) -> None:
 
 
 def _rank(args) -> None:
-    _rank_and_print(args.out, args.top)
-
-
-def _rank_and_print(out: Path, top: int) -> None:
     from .rankings import rank_run
+
+    _, network, quality = rank_run(args.out, args.top, args.lam)
+    _print_rankings(args.out, args.top, network, quality, "" if args.lam is None else f"_lambda{args.lam:g}")
+
+
+def _print_rankings(out: Path, top: int, network, quality, suffix: str = "") -> None:
     from .results import markdown_table
 
-    _, network, quality = rank_run(out, top)
-    print(f"\nTF rankings: {out}/rankings.parquet; network (top {top} in every replicate): "
-          f"{out}/network.csv, {len(network)} edges")
+    print(f"\nTF rankings: {out}/rankings{suffix}.parquet; network (top {top} in every replicate): "
+          f"{out}/network{suffix}.csv, {len(network)} edges")
     if quality is not None:
         print("ranking quality against the planted regulators:")
         print(markdown_table(quality))

@@ -100,6 +100,12 @@ class RunSettings:
     # its aligned store and Tune's trials in <storage_path>/<RUN's name>/. None: in RUN.
     storage_path: str | None = None
     max_failures: int = field(default=2, metadata=_NON_NEGATIVE)  # retries of a crashed trial
+    # A trial saves its whole state (weights, best weights, Adam's moments: ~4x the
+    # model) when either interval has passed since its last save; null turns one off.
+    # A crashed trial goes on from its last save. On a GPU an epoch can take about as
+    # long as writing its state, so the default saves by time, not by epoch.
+    checkpoint_every_epochs: int | None = field(default=None, metadata=_POSITIVE)
+    checkpoint_every_s: float | None = field(default=300.0, metadata=_POSITIVE)
 
     def root(self, out: str | Path) -> str:
         """Where the run folder `out` keeps its store and Tune's trials."""

@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from .data.store import is_aligned
+
 HIDDEN = (64, 32, 16)
 DENSE = ("dense_64", "dense_32", "dense_16", "output")
 SHARED = ("dense_64", "dense_32")  # the kernels the trace norm couples across genes
@@ -155,3 +157,30 @@ def loss(weights, expression, cells, a, c, target, lam, l1):
     if l1:
         total += l1 * l1_norm(weights)
     return total, mse
+
+
+class _WritableAlias:
+    """A writable array interface over a read-only array's memory, holding the array
+    alive: DLPack as TensorFlow reads it cannot mark a buffer read-only, and an
+    object-store array (shared by every worker of a node) is read-only. TensorFlow
+    never writes to an input tensor, so the alias is never written."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.__array_interface__ = {**array.__array_interface__, "data": (array.ctypes.data, False)}
+
+
+def shared_tensor(array: np.ndarray) -> tf.Tensor:
+    """The tissue's expression matrix as a tensor without a host copy.
+
+    An aligned, C-ordered float32 array (the store's loader and Ray's object store
+    give such arrays) becomes a CPU tensor over the same memory; on a GPU host it
+    is copied from there straight to the device. Anything else is copied."""
+    if array.dtype != np.float32 or not is_aligned(array):
+        return tf.constant(array)
+    view = array if array.flags.writeable else np.asarray(_WritableAlias(array))
+    host = tf.experimental.dlpack.from_dlpack(view.__dlpack__())
+    if not tf.config.list_logical_devices("GPU"):
+        return host
+    with tf.device("/GPU:0"):
+        return tf.identity(host)

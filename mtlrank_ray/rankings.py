@@ -1,17 +1,23 @@
-"""TF rankings and the regulatory network from a finished sweep.
+"""TF rankings and the regulatory network from a sweep.
 
 For every (tissue, cluster, replicate), the model of the λ chosen on
-validation (selected.csv, models/) scores each TF for each gene by its summed
-|DeepLIFT contribution| over the gene's cells with velocity (all splits),
-using the training split's standardization. Written to the run folder:
+validation scores each TF for each gene by its summed |DeepLIFT contribution|
+over the gene's cells with velocity (all splits), using the training split's
+standardization (`group_rankings`, run as a Ray task during the sweep as soon
+as a group's trials are done, or here by `rank_run` on a finished run
+folder). Written to the run folder:
 
-    rankings.parquet   tissue, gene, replicate, tf, score, rank (1 = strongest)
+    rankings.parquet   tissue, cluster, gene, replicate, tf, score, rank (1 = strongest);
+                       tissue, gene and tf categorical
     network.csv        tissue, gene, tf, mean_rank: TFs in the top K of every replicate
                        (the paper's consensus step; K = 50 by default)
     ranking_quality.csv  on data with a planted truth (the demo's truth/), mean per-gene
                        average precision and precision at 10 of our rankings, of the
                        lasso baseline's |coefficients| (same replicates, alpha chosen on
                        validation) and of |Pearson correlation| over the gene's cells
+
+`rank_run(RUN, lam=X)` ranks the models of one λ instead (fetching them from
+the sweep's storage) and writes rankings_lambda<X>.parquet and network_lambda<X>.csv.
 """
 
 from __future__ import annotations
@@ -25,88 +31,123 @@ from sklearn.metrics import average_precision_score
 from .attribution import tf_scores
 from .baseline import LassoFit, lasso_name
 from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
-from .config import load_config
+from .config import SearchConfig, load_config
 from .data import load_tissue
-from .errors import InputError
-from .trainer import Trial
 from .data.store import read_manifest, write_atomically
+from .errors import InputError
+from .sweep import experiment_path, fetch_models
+from .trainer import Trial, load_model
 
 
 METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
+CATEGORICAL = ("tissue", "gene", "tf")
 
 
-def rank_run(out: Path, top: int = 50) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    """(rankings, network, ranking quality or None without a planted truth), each
-    also written to the run folder. Each tissue is read from the store once."""
+def group_rankings(tissue: str, cluster: int, replicate: int, data: ClusterData, tfs: np.ndarray,
+                   weights: dict[str, np.ndarray], search: SearchConfig) -> pd.DataFrame:
+    """Rows (tissue, cluster, gene, replicate, tf, score, rank) of one model's rankings."""
+    splits = prepare_splits(data, replicate_split(search, len(data.expression), replicate), "train")
+    cells = [np.sort(np.concatenate([splits[s].cells[g] for s in SPLITS]))
+             for g in range(len(data.genes))]
+    scores = tf_scores(weights, data.expression, data.act_mean, data.act_sum,
+                       splits["train"].standardization, cells)
+    return _ranking_rows(tissue, cluster, data.genes, replicate, tfs, scores)
+
+
+def _ranking_rows(tissue: str, cluster: int, genes: list[str], replicate: int, tfs: np.ndarray,
+                  scores: np.ndarray) -> pd.DataFrame:
+    n_genes, n_tfs = scores.shape
+    ranks = np.empty((n_genes, n_tfs), np.int32)
+    np.put_along_axis(ranks, np.argsort(-scores, axis=1, kind="stable"),
+                      np.broadcast_to(np.arange(1, n_tfs + 1, dtype=np.int32), (n_genes, n_tfs)), axis=1)
+    return pd.DataFrame({
+        "tissue": pd.Categorical([tissue] * scores.size),
+        "cluster": np.int32(cluster),
+        "gene": pd.Categorical.from_codes(np.repeat(np.arange(n_genes), n_tfs), categories=genes),
+        "replicate": np.int32(replicate),
+        "tf": pd.Categorical.from_codes(np.tile(np.arange(n_tfs), n_genes), categories=list(tfs)),
+        "score": scores.ravel().astype(np.float32), "rank": ranks.ravel()})
+
+
+def concat_rankings(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The groups' rankings as one table in group order (each group's rows gene by gene,
+    TFs in the store's order), the text columns kept categorical
+    (a plain concat of differing categories would turn them into Python strings)."""
+    if not frames:
+        raise InputError("no group has rankings; rerun the sweep.")
+    for column in CATEGORICAL:
+        union = pd.api.types.union_categoricals([f[column] for f in frames]).categories
+        frames = [f.assign(**{column: f[column].cat.set_categories(union)}) for f in frames]
+    frames = sorted(frames, key=lambda f: (str(f.tissue.iloc[0]), f.cluster.iloc[0], f.replicate.iloc[0]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def rank_run(out: Path, top: int = 50, lam: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                              pd.DataFrame | None]:
+    """Rank the models of a finished run folder (the selected λ, or `lam`) and write
+    the rankings, network and quality; returns them. Each tissue is read once."""
     out = Path(out)
     for needed in ("selected.csv", "config.yaml", "models"):
         if not (out / needed).exists():
             raise InputError(f"{out / needed} is missing; rank a folder that `python tune.py` "
                              "finished (it writes selected.csv, config.yaml, models/).")
     config = load_config(out / "config.yaml")
-    store = config.run.store(out)
     selected = pd.read_csv(out / "selected.csv")
-    truth = _planted_truth(store, selected.tissue.iloc[0])
-    frames, scored, pearson_done = [], {method: [] for method in METHODS}, set()
+    if lam is not None:
+        if lam not in config.search.lambdas:
+            raise InputError(f"λ={lam:g} was not in the sweep of {out} (search.lambdas: "
+                             f"{', '.join(f'{v:g}' for v in config.search.lambdas)}).")
+        selected = selected.assign(**{"lambda": lam})
+        trials = [Trial(r["tissue"], r["cluster"], r["replicate"], lam) for r in selected.to_dict("records")]
+        fetch_models(experiment_path(config, out),
+                     [t for t in trials if not (out / "models" / f"{t.name}.npz").is_file()], out / "models")
+    store = config.run.store(out)
+    frames = []
     for tissue_name, chosen in selected.groupby("tissue"):
         tissue = load_tissue(store, tissue_name)
         for pick in chosen.to_dict("records"):
             trial = Trial(tissue_name, pick["cluster"], pick["replicate"], pick["lambda"])
             data = ClusterData.from_tissue(tissue, trial.cluster)
-            scores = _cluster_scores(out, config, data, trial)
-            frames.append(_ranking_rows(tissue_name, data.genes, trial.replicate, tissue.tfs, scores))
-            if truth is not None:
-                with_pearson = (tissue_name, trial.cluster) not in pearson_done
-                pearson_done.add((tissue_name, trial.cluster))
-                _score_against_truth(scored, truth, out / "models", trial, data, tissue.tfs,
-                                     scores, with_pearson)
-    rankings = pd.concat(frames, ignore_index=True)
+            frames.append(group_rankings(tissue_name, trial.cluster, trial.replicate, data,
+                                         tissue.tfs, _model_weights(out, data, trial), config.search))
+    return write_rankings(out, concat_rankings(frames), top,
+                          suffix="" if lam is None else f"_lambda{lam:g}")
+
+
+def write_rankings(out: Path, rankings: pd.DataFrame, top: int, suffix: str = ""):
+    """Write rankings<suffix>.parquet, network<suffix>.csv and, on data with a planted
+    truth, ranking_quality<suffix>.csv; returns (rankings, network, quality or None)."""
+    out = Path(out)
+    config = load_config(out / "config.yaml")
     network = consensus_network(rankings, top)
-    write_atomically(out / "rankings.parquet", lambda p: rankings.to_parquet(p, index=False))
-    write_atomically(out / "network.csv", lambda p: network.to_csv(p, index=False))
+    write_atomically(out / f"rankings{suffix}.parquet", lambda p: rankings.to_parquet(p, index=False))
+    write_atomically(out / f"network{suffix}.csv", lambda p: network.to_csv(p, index=False))
+    store = config.run.store(out)
+    truth = _planted_truth(store, str(rankings.tissue.iloc[0]))
     quality = None
     if truth is not None:
-        quality = pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
-                                 "mean_precision_at_10": np.mean([v[1] for v in values]),
-                                 "rankings": len(values)} for m, values in scored.items() if values])
-        write_atomically(out / "ranking_quality.csv", lambda p: quality.to_csv(p, index=False))
+        quality = ranking_quality(rankings, truth, out / "models", store)
+        write_atomically(out / f"ranking_quality{suffix}.csv", lambda p: quality.to_csv(p, index=False))
     return rankings, network, quality
 
 
-def _ranking_rows(tissue: str, genes: list[str], replicate: int, tfs: np.ndarray,
-                  scores: np.ndarray) -> pd.DataFrame:
-    """Rows (tissue, gene, replicate, tf, score, rank) of a cluster's (G, T) scores."""
-    n_genes, n_tfs = scores.shape
-    ranks = np.empty((n_genes, n_tfs), np.int64)
-    np.put_along_axis(ranks, np.argsort(-scores, axis=1, kind="stable"),
-                      np.broadcast_to(np.arange(1, n_tfs + 1), (n_genes, n_tfs)), axis=1)
-    return pd.DataFrame({"tissue": tissue, "gene": np.repeat(genes, n_tfs), "replicate": replicate,
-                         "tf": np.tile(tfs, n_genes), "score": scores.ravel(), "rank": ranks.ravel()})
-
-
-def _cluster_scores(out: Path, config, data: ClusterData, trial: Trial) -> np.ndarray:
+def _model_weights(out: Path, data: ClusterData, trial: Trial) -> dict[str, np.ndarray]:
     path = out / "models" / f"{trial.name}.npz"
     if not path.is_file():
         raise InputError(f"{path} is missing: the sweep kept no model for {trial.describe()}; "
                          "rerun it (or --resume it).")
-    with np.load(path) as saved:
-        if list(saved["genes"]) != data.genes:
-            raise InputError(f"{path} was trained on other genes than the store's cluster "
-                             f"{trial.cluster}; rerun the sweep.")
-        weights = {k: saved[k] for k in saved.files if k != "genes"}
-    splits = prepare_splits(data, replicate_split(config.search, len(data.expression),
-                                                  trial.replicate), "train")
-    cells = [np.sort(np.concatenate([splits[s].cells[g] for s in SPLITS]))
-             for g in range(len(data.genes))]
-    return tf_scores(weights, data.expression, data.act_mean, data.act_sum,
-                     splits["train"].standardization, cells)
+    genes, weights = load_model(path.read_bytes())
+    if genes != data.genes:
+        raise InputError(f"{path} was trained on other genes than the store's cluster "
+                         f"{trial.cluster}; rerun the sweep.")
+    return weights
 
 
 def consensus_network(rankings: pd.DataFrame, top: int) -> pd.DataFrame:
-    replicates = rankings.groupby(["tissue", "gene"]).replicate.nunique().rename("replicates")
+    replicates = rankings.groupby(["tissue", "gene"], observed=True).replicate.nunique().rename("replicates")
     inside = rankings[rankings["rank"] <= top]
-    kept = inside.groupby(["tissue", "gene", "tf"]).agg(n=("replicate", "nunique"),
-                                                          mean_rank=("rank", "mean")).reset_index()
+    kept = inside.groupby(["tissue", "gene", "tf"], observed=True).agg(
+        n=("replicate", "nunique"), mean_rank=("rank", "mean")).reset_index()
     kept = kept.merge(replicates.reset_index(), on=["tissue", "gene"])
     kept = kept[kept.n == kept.replicates]
     return kept[["tissue", "gene", "tf", "mean_rank"]].sort_values(
@@ -122,27 +163,36 @@ def _planted_truth(store: str, tissue: str) -> pd.Series | None:
     return pd.read_csv(truth_file).groupby("gene").tf.apply(set) if truth_file.is_file() else None
 
 
-def _score_against_truth(scored: dict[str, list], truth: pd.Series, models: Path, trial: Trial,
-                         data: ClusterData, tfs: np.ndarray, scores: np.ndarray,
-                         with_pearson: bool) -> None:
-    """Append (average precision, precision at 10) per gene of one cluster and replicate:
-    ours, the lasso baseline's |coefficients| and (once per gene) |Pearson|."""
-    lasso_path = models / f"{lasso_name(trial.tissue, trial.cluster, trial.replicate)}.npz"
-    lasso = None
-    if lasso_path.is_file():
-        fit = LassoFit.load(lasso_path)
-        lasso = dict(zip(fit.genes, fit.coef))
-    for g, gene in enumerate(data.genes):
-        if gene not in truth.index:
-            continue
-        labels = np.isin(tfs, list(truth[gene]))
-        scored["mtlrank (DeepLIFT)"].append(_precision(labels, scores[g]))
-        if lasso is not None:
-            scored["abs lasso coefficient"].append(_precision(labels, np.abs(lasso[gene])))
-        if with_pearson:
-            cells = ~np.isnan(data.velocity[:, g])
-            scored["abs Pearson"].append(_precision(labels, _abs_pearson(
-                data.expression[cells].astype(np.float64), data.velocity[cells, g].astype(np.float64))))
+def ranking_quality(rankings: pd.DataFrame, truth: pd.Series, models: Path, store: str) -> pd.DataFrame:
+    """Mean per-gene (average precision, precision at 10) against the true regulators:
+    of our rankings, of the lasso baseline's |coefficients| (same replicates) and of
+    |Pearson| (once per gene)."""
+    scored = {method: [] for method in METHODS}
+    for (tissue_name, cluster, replicate), part in rankings.groupby(
+            ["tissue", "cluster", "replicate"], observed=True):
+        genes = part.gene.astype(str).unique().tolist()
+        scores = part.score.to_numpy().reshape(len(genes), -1)  # rows gene-major, TFs in order
+        tfs = part.tf.iloc[:scores.shape[1]].astype(str).to_numpy()
+        lasso_path = models / f"{lasso_name(tissue_name, cluster, replicate)}.npz"
+        lasso = LassoFit.load(lasso_path) if lasso_path.is_file() else None
+        for g, gene in enumerate(genes):
+            if gene not in truth.index:
+                continue
+            labels = np.isin(tfs, list(truth[gene]))
+            scored["mtlrank (DeepLIFT)"].append(_precision(labels, scores[g]))
+            if lasso is not None:
+                scored["abs lasso coefficient"].append(_precision(labels, np.abs(lasso.coef[g])))
+    for tissue_name in rankings.tissue.unique():
+        tissue = load_tissue(store, str(tissue_name))
+        for g, gene in enumerate(tissue.genes):
+            if gene not in truth.index:
+                continue
+            cells = ~np.isnan(tissue.velocity[:, g])
+            scored["abs Pearson"].append(_precision(np.isin(tissue.tfs, list(truth[gene])), _abs_pearson(
+                tissue.expression[cells].astype(np.float64), tissue.velocity[cells, g].astype(np.float64))))
+    return pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
+                          "mean_precision_at_10": np.mean([v[1] for v in values]),
+                          "rankings": len(values)} for m, values in scored.items() if values])
 
 
 def _precision(labels: np.ndarray, score: np.ndarray) -> tuple[float, float]:

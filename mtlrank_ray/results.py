@@ -46,18 +46,17 @@ def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
 
 
 def gene_table(trials: list[tuple[dict, dict]], epochs: int,
-               lasso: list[tuple[dict, LassoFit]]) -> pd.DataFrame:
+               lasso: list[tuple[tuple, LassoFit]]) -> pd.DataFrame:
     """Rows per gene from (trial spec, last reported metrics) pairs and from the
-    lasso baseline's (group, LassoFit) pairs."""
+    lasso baseline's ((tissue, cluster, replicate), LassoFit) pairs."""
     rows = []
     for spec, metrics in trials:
         for gene, val, test in zip(metrics["genes"], metrics["best_val_r2"], metrics["best_test_r2"]):
             rows.append((spec["tissue"], spec["cluster"], gene, spec["replicate"], NETWORK,
                          spec["lam"], np.nan, val, test, metrics["best_epoch"], metrics["epoch"],
                          metrics["epoch"] < epochs))
-    for group, fit in lasso:
-        rows += [(group["tissue"], group["cluster"], gene, group["replicate"], LASSO, np.nan,
-                  alpha, val, test, None, None, None)
+    for (tissue, cluster, replicate), fit in lasso:
+        rows += [(tissue, cluster, gene, replicate, LASSO, np.nan, alpha, val, test, None, None, None)
                  for gene, alpha, val, test in zip(fit.genes, fit.alpha, fit.val_r2, fit.test_r2)]
     table = pd.DataFrame(rows, columns=GENE_COLUMNS).astype(
         {"best_epoch": "Int64", "epochs_run": "Int64", "stopped_early": "boolean"})

@@ -4,24 +4,33 @@ A trial is a plain function of its config (Ray's function API): it assembles
 its cluster from the tissue's blocks, trains with `ClusterTrainer`, and after
 every epoch reports (`ray.tune.report`) the epoch's mean validation R², the
 training loss and steps/s, plus the best epoch so far with its genes'
-validation and test R², with a checkpoint of the trainer's state. Grouped
-ASHA stops weak λ within each (tissue, cluster, replicate); the last report
-of a stopped trial still holds its best epoch's results.
+validation and test R². Grouped ASHA stops weak λ within each (tissue,
+cluster, replicate); the last report of a stopped trial still holds its best
+epoch's results.
 
-The lasso baseline runs as one Ray task per (tissue, cluster, replicate) on the
-same blocks and splits.
+What a trial writes to storage (`<run root>/sweep/<trial name>/`):
+- `model.npz`, the best weights and genes, at the epochs where the trial can
+  end (ASHA's rungs and the last epoch) when the best epoch changed since the
+  last write: a stopped trial's model is always there, and nothing else is
+  ever fetched to export or rank it;
+- a Tune checkpoint of the whole trainer state when `run.checkpoint_every_epochs`
+  or `run.checkpoint_every_s` has passed (not at the last epoch: the trial is
+  done). A crashed trial goes on from it, exactly as it would have.
+
+The baselines and rankings run beside the trials (`group_tasks`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
+import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import pyarrow.fs as pafs
 import ray
 from ray import tune
@@ -30,42 +39,78 @@ from ray.util.metrics import Gauge
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import ray_data
-from .asha import GroupedASHA
-from .baseline import LassoFit, fit_lasso, lasso_name
+from .asha import GroupedASHA, rungs
+from .baseline import LassoFit, lasso_name
 from .cluster_data import replicate_split
-from .config import Config, SearchConfig
-from .data.store import filesystem, install, sibling
+from .config import Config, RunSettings
+from .data.store import fetch_files, filesystem, install, put_file, sibling
 from .errors import InputError
-from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime, load_best_weights
+from .group_tasks import Group, group_of
+from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime
 
 EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
+MODEL = "model.npz"
 METRIC = "mean_val_r2"
 
 log = logging.getLogger(__name__)
 
 
-def groups(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
+def groups(tissues: list[ray_data.TissueBlocks], config: Config) -> list[Group]:
     """Every (tissue, cluster, replicate): the λ values of one group compete, and each
-    group gets one lasso baseline."""
-    return [{"tissue": tissue.name, "cluster": cluster, "replicate": replicate}
+    group gets one lasso baseline and one ranking."""
+    return [(tissue.name, cluster, replicate)
             for tissue in tissues for cluster in ray_data.tissue_clusters(tissue)
             for replicate in range(config.search.replicates)]
 
 
 def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
-    return [{**group, "lam": lam} for group in groups(tissues, config)
-            for lam in config.search.lambdas]
-
-
-def group_of(config: dict) -> tuple:
-    """The trials that compete: the λ values of one (tissue, cluster, replicate)."""
-    trial = config["trial"]
-    return trial["tissue"], trial["cluster"], trial["replicate"]
+    return [{"tissue": tissue, "cluster": cluster, "replicate": replicate, "lam": lam}
+            for tissue, cluster, replicate in groups(tissues, config) for lam in config.search.lambdas]
 
 
 def trial_name(trial) -> str:
     return Trial(**trial.config["trial"]).name
+
+
+def model_location(experiment: str, trial: Trial) -> str:
+    """Where a trial keeps its model in the sweep's storage."""
+    return f"{experiment}/{trial.name}/{MODEL}"
+
+
+def ending_epochs(config: Config) -> set[int]:
+    """The epochs at which a trial can end: the last, and ASHA's rungs."""
+    ends = {config.training.epochs}
+    if config.asha.enabled:
+        ends |= set(rungs(config.asha.grace_period, config.asha.reduction_factor,
+                          config.training.epochs))
+    return ends
+
+
+class _TrialStorage:
+    """What one trial writes to storage, and how many bytes (see the module's docstring)."""
+
+    def __init__(self, trainer: ClusterTrainer, location: str, run: RunSettings, ends: set[int]):
+        self.trainer, self.location, self.run, self.ends = trainer, location, run, ends
+        self.model_epoch: int | None = None  # the best epoch the stored model holds (None: unknown)
+        self.last_save = time.monotonic()
+        self.bytes_written = 0
+
+    def write_model(self, epoch: EpochReport) -> None:
+        if epoch.epoch in self.ends and epoch.best_epoch != self.model_epoch:
+            payload = self.trainer.best_model()
+            put_file(self.location, payload)
+            self.bytes_written += len(payload)
+            self.model_epoch = epoch.best_epoch
+
+    def checkpoint_due(self, epoch: int, last: int) -> bool:
+        every_epochs, every_s = self.run.checkpoint_every_epochs, self.run.checkpoint_every_s
+        now = time.monotonic()
+        due = epoch < last and ((every_epochs is not None and epoch % every_epochs == 0)
+                                or (every_s is not None and now - self.last_save >= every_s))
+        if due:
+            self.last_save = now
+        return due
 
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
@@ -80,14 +125,21 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder) / STATE)
-
+    storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), settings["run"],
+                            settings["ends"])
     node = ray.get_runtime_context().get_node_id()
 
     def report(epoch: EpochReport) -> None:
         record_metrics(spec, epoch)
+        storage.write_model(epoch)
+        metrics = {**_metrics(epoch, data.genes), "node": node}
+        if not storage.checkpoint_due(epoch.epoch, training.epochs):
+            tune.report({**metrics, "storage_bytes": storage.bytes_written})
+            return
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / STATE)
-            tune.report({**_metrics(epoch, data.genes), "node": node},
+            storage.bytes_written += (Path(folder) / STATE).stat().st_size
+            tune.report({**metrics, "storage_bytes": storage.bytes_written},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     trainer.fit(training.epochs, on_epoch=report)
@@ -211,16 +263,21 @@ def check_storage(config: Config, out: Path) -> None:
 
 
 def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
-              resume: bool = False, verbose: int = 1) -> tune.ResultGrid:
+              resume: bool = False, verbose: int = 1, callbacks: tuple = (),
+              trainable=train_trial) -> tune.ResultGrid:
     """Run every trial over the tissues' materialized blocks; Ray must be initialized.
 
     With `resume`, an interrupted sweep at the same place continues: finished
     trials are kept, unfinished and failed ones go on from their last checkpoint.
     `verbose` is Tune's progress output (0: none; 1: a status table as trials go).
+    `callbacks` are Tune callbacks of a new sweep (a resumed one keeps its own);
+    `trainable` is `train_trial` or, in tests, a wrapper of it.
     """
-    settings = {"training": config.training, "search": config.search, "cpu": config.resources.cpu}
+    settings = {"training": config.training, "search": config.search, "cpu": config.resources.cpu,
+                "run": config.run, "experiment": experiment_path(config, out),
+                "ends": ending_epochs(config)}
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, tissues=blocks, settings=settings),
+        tune.with_parameters(trainable, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     if resume:
         path = resumable(config, out)
@@ -231,9 +288,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     fs, path = filesystem(experiment_path(config, out))
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)  # a re-run replaces the last
-    # Keeping one checkpoint per trial forces a state snapshot per epoch: expected here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    callbacks = [_TensorBoardNumbers()]
+    callbacks = [_TensorBoardNumbers(), *callbacks]
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
                                 grace_period=config.asha.grace_period,
@@ -255,53 +310,53 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     return tuner.fit()
 
 
-@ray.remote
-def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, search: SearchConfig,
-                standardize: str) -> LassoFit:
-    data = ray_data.cluster_data(tissue, cluster)
-    split = replicate_split(search, len(data.expression), replicate)
-    return fit_lasso(data, split, standardize, search.lasso_alphas)
+def used_trials(selected: pd.DataFrame) -> list[Trial]:
+    """The trials whose models the results use: per group, the selected λ and λ = 0
+    (when it has a result)."""
+    trials = []
+    for row in selected.to_dict("records"):
+        group = (row["tissue"], row["cluster"], row["replicate"])
+        trials.append(Trial(*group, row["lambda"]))
+        if row["lambda"] != 0 and pd.notna(row.get("lambda0_mean_val_r2")):
+            trials.append(Trial(*group, 0.0))
+    return trials
 
 
-def run_lasso(blocks: dict[str, ray_data.TissueBlocks],
-              config: Config) -> tuple[list[tuple[dict, LassoFit]], list[str]]:
-    """The lasso baseline of every (tissue, cluster, replicate): (group, fit) pairs, and
-    a line per group that failed (the networks' results are kept either way)."""
-    task = _lasso_task.options(num_cpus=config.resources.cpu)
-    pending = {task.remote(blocks[group["tissue"]], group["cluster"], group["replicate"],
-                           config.search, config.training.standardize): group
-               for group in groups(list(blocks.values()), config)}
-    total, fits, failed = len(pending), [], []
-    while pending:
-        (done,), _ = ray.wait(list(pending))
-        group = pending.pop(done)
-        try:
-            fits.append((group, ray.get(done)))
-        except ray.exceptions.RayTaskError as exc:
-            failed.append(f"lasso {group}: {exc.cause!r}")
-            log.error("lasso baseline of %s failed: %r", group, exc.cause)
-        log.info("lasso baseline: %d of %d (tissue, cluster, replicate) done",
-                 total - len(pending), total)
-    return sorted(fits, key=lambda pair: tuple(pair[0].values())), failed
+def fetch_models(experiment: str, trials: list[Trial], folder: Path) -> None:
+    """Copy the trials' models from the sweep's storage to FOLDER/<trial name>.npz,
+    many at once; each file appears whole. A missing one is an error naming it."""
+    wanted = {model_location(experiment, t): folder / f"{t.name}.npz" for t in trials}
+    staged = {location: sibling(path, "fetch") for location, path in wanted.items()}
+    try:
+        missing = fetch_files(list(staged.items()))
+        for location, temporary in staged.items():
+            if location not in missing:
+                temporary.replace(wanted[location])
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+    if missing:
+        raise InputError(f"{missing[0]} is missing ({len(missing)} models): that trial kept no "
+                         f"model (it failed, or the sweep at {experiment} is gone).")
 
 
-def export_models(results: tune.ResultGrid, lasso: list[tuple[dict, LassoFit]], folder: Path) -> int:
-    """Each trial's best weights and genes as FOLDER/<trial name>.npz, and each lasso
-    baseline as FOLDER/<tissue>_c<cluster>_r<replicate>_lasso.npz; the folder is
-    replaced whole, so it never mixes runs. Returns how many trials were written."""
+def export_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experiment: str,
+                  folder: Path) -> int:
+    """FOLDER/: the models the results use (`used_trials`), fetched from the sweep's
+    storage in parallel, and each lasso baseline as <tissue>_c<cluster>_r<replicate>_lasso.npz.
+    The folder is replaced whole, so it never mixes runs; the other trials' models
+    stay in the sweep's storage (`mtlrank-ray rank RUN --lambda X` fetches them).
+    Returns how many networks were written."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = sibling(folder, "staging")
     staging.mkdir()
-    written = 0
-    for result in results:
-        if result.checkpoint is None or "genes" not in (result.metrics or {}):
-            continue
-        with result.checkpoint.as_directory() as checkpoint:
-            weights = load_best_weights(Path(checkpoint) / STATE)
-        name = Trial(**result.config["trial"]).name
-        np.savez(staging / f"{name}.npz", genes=np.array(result.metrics["genes"]), **weights)
-        written += 1
-    for group, fit in lasso:
-        fit.save(staging / f"{lasso_name(**group)}.npz")
+    trials = used_trials(selected)
+    try:
+        fetch_models(experiment, trials, staging)
+        for group, fit in lasso.items():
+            fit.save(staging / f"{lasso_name(*group)}.npz")
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
     install(staging, folder)
-    return written
+    return len(trials)

@@ -9,12 +9,13 @@ steps/s, and the best epoch so far with its genes' validation and test R²
 (test R² is computed from the best epoch's weights, which are kept), so a
 caller that stops early still holds a complete result. `save` / `restore`
 write and read the whole state (weights, best weights, Adam's moments, the
-batch sampler) as `.npz`; a restored run continues exactly as an
+batch sampler) as `.npz`, and `best_model` gives the best weights alone; a restored run continues exactly as an
 uninterrupted one would on the CPU.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from . import model
 from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits, r2_scores
-from .data.store import is_aligned, write_atomically
+from .data.store import write_atomically
 from .config import TrainingConfig
 from .errors import TrainingError
 
@@ -113,7 +114,7 @@ class ClusterTrainer:
         self.moments = {k: (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
                         for k, v in weights.items()}
         self.step_count = tf.Variable(0, dtype=tf.int64)
-        self.expression = _shared_tensor(data.expression)
+        self.expression = model.shared_tensor(data.expression)
         self.activity = (tf.constant(data.act_mean), tf.constant(data.act_sum))
         self.lam = tf.constant(trial.lam, tf.float32)
         self.epoch = 0
@@ -224,6 +225,12 @@ class ClusterTrainer:
                            self.epoch, list(self.history))
 
     # -- state ----------------------------------------------------------------
+    def best_model(self) -> bytes:
+        """The best epoch's weights and the genes, as a model file's bytes (.npz)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, genes=np.array(self.data.genes), **self.best_weights)
+        return buffer.getvalue()
+
     def save(self, path: str | Path) -> None:
         """Everything needed to continue, as one .npz (written atomically)."""
         arrays = {f"weights/{k}": v.numpy() for k, v in self.weights.items()}
@@ -253,25 +260,15 @@ class ClusterTrainer:
         self.history = state["history"]
 
 
-def load_best_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """The best epoch's weights from a state saved by `ClusterTrainer.save`."""
-    with np.load(path) as saved:
-        return {name.split("/", 1)[1]: saved[name] for name in saved.files if name.startswith("best/")}
+def load_model(payload: bytes) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(genes, weights) of a model file written from `ClusterTrainer.best_model`."""
+    with np.load(io.BytesIO(payload)) as saved:
+        return saved["genes"].tolist(), {k: saved[k] for k in saved.files if k != "genes"}
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as handle:  # a handle: given a path, numpy would append ".npz"
         np.savez(handle, **arrays)
-
-
-def _shared_tensor(array: np.ndarray) -> tf.Tensor:
-    """The expression matrix as a tensor: on a CPU-only host an aligned float32
-    array is shared in place (no second copy of the largest input); otherwise
-    it is copied, to the GPU where there is one."""
-    if (array.dtype == np.float32 and is_aligned(array)
-            and not tf.config.list_logical_devices("GPU")):
-        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-    return tf.constant(array)
 
 
 def _tensors(standardization):

@@ -51,7 +51,7 @@ def test_consensus_network_keeps_tfs_in_the_top_k_of_every_replicate():
 
 def test_rank_rows_and_pearson_equal_their_references():
     scores = np.array([[0.5, 2.0, 0.5, 1.0], [3.0, 0.0, 1.0, 2.0]])
-    rows = _ranking_rows("Liver", ["g1", "g2"], 1, np.array(list("abcd")), scores)
+    rows = _ranking_rows("Liver", 0, ["g1", "g2"], 1, np.array(list("abcd")), scores)
     assert rows.tf.tolist() == list("abcdabcd") and rows.gene.tolist() == ["g1"] * 4 + ["g2"] * 4
     assert rows["rank"].tolist() == [3, 1, 4, 2, 1, 4, 3, 2]  # ties: the earlier TF ranks higher
     rng = np.random.default_rng(0)

@@ -13,7 +13,8 @@ from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.results import collect, gene_table, selected_table, write_results
-from mtlrank_ray.sweep import run_lasso, trial_grid
+from mtlrank_ray.group_tasks import GroupTasks
+from mtlrank_ray.sweep import groups, trial_grid
 
 from conftest import SMALL_SETTINGS
 
@@ -48,6 +49,14 @@ def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, 
     assert grid[0] == {"tissue": "Kidney_Left", "cluster": 0, "replicate": 0, "lam": 0.0}
 
 
+def run_lasso(blocks, config):
+    """The lasso baseline of every group, as the sweep runs it: ((group, fit) pairs, failures)."""
+    tasks = GroupTasks(blocks, config, model_location=None)
+    tasks.add_lasso(groups(list(blocks.values()), config))
+    tasks.finish()
+    return sorted(tasks.lasso.items()), tasks.failed
+
+
 def fake_trials():
     """(spec, last metrics) of two groups; in cluster 1, λ=0.1 wins on validation."""
     trials = []
@@ -63,7 +72,7 @@ def fake_trials():
 
 def fake_lasso():
     """The lasso of the same two groups; it beats every λ on validation in cluster 0."""
-    return [({"tissue": "Liver", "cluster": cluster, "replicate": 0},
+    return [(("Liver", cluster, 0),
              LassoFit([f"g{cluster}a", f"g{cluster}b"], np.array([0.1, 0.01]), np.zeros((2, 3)),
                       np.zeros(2), np.array([val, val]), np.array([val - 0.2, val - 0.2])))
             for cluster, val in ((0, 0.9), (1, 0.1))]
@@ -123,7 +132,7 @@ def test_lasso_tasks_fit_every_group_as_the_baseline_does_locally(local_ray, sto
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
     fits, failed = run_lasso(blocks, config)
     assert not failed
-    assert [tuple(group.values()) for group, _ in fits] == [
+    assert [group for group, _ in fits] == [
         ("Liver", cluster, replicate) for cluster in range(4) for replicate in range(2)]
     group, fit = fits[3]  # cluster 1, replicate 1
     search = config.search

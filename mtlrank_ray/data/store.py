@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -112,6 +113,35 @@ def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     if is_uri(location):
         return pafs.FileSystem.from_uri(str(location))
     return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def put_file(location: str, payload: bytes) -> None:
+    """Write `payload` as the file at `location` (a path or a URI) whole or not at all:
+    in a folder by a rename, on object storage by one upload, which appears at close."""
+    if not is_uri(location):
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda temporary: Path(temporary).write_bytes(payload))
+        return
+    fs, path = filesystem(location)
+    with fs.open_output_stream(path) as handle:
+        handle.write(payload)
+
+
+def fetch_files(pairs: list[tuple[str, Path]], threads: int = 16) -> list[str]:
+    """Copy each (location, local path) pair, many at once (object storage serves
+    parallel requests); returns the locations that do not exist."""
+    def fetch(pair: tuple[str, Path]) -> str | None:
+        fs, path = filesystem(pair[0])
+        try:
+            with fs.open_input_stream(path) as handle:
+                pair[1].write_bytes(handle.read())
+        except FileNotFoundError:
+            return pair[0]
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [missing for missing in pool.map(fetch, pairs) if missing]
 
 
 def read_manifest(store: str | Path, tissue: str) -> dict | None:

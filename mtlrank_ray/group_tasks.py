@@ -1,0 +1,168 @@
+"""Work per (tissue, cluster, replicate) that runs beside the trials, as Ray tasks.
+
+- The lasso baseline of every group, queued when the sweep starts.
+- The TF rankings of a group's chosen λ, queued as soon as every trial of the
+  group has finished (Tune tells `GroupsFinished`), so rankings are done while
+  the cluster is up, not afterwards on the driver.
+
+Tasks are submitted only onto CPUs the trials leave free: the driver checks
+Ray's available CPUs between Tune's steps (trials waiting to start hold
+theirs already), so a baseline never delays a trial; whatever is still queued
+when the last trial ends is submitted then. Each task reads its tissue's
+expression from the node's one shared copy. This module imports no
+TensorFlow: the lasso's workers never load it; the rankings' do, inside the
+task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+import pandas as pd
+import ray
+from ray.tune import Callback
+
+from . import ray_data
+from .baseline import LassoFit, fit_lasso
+from .cluster_data import replicate_split
+from .config import Config, SearchConfig
+from .data.store import filesystem
+
+log = logging.getLogger(__name__)
+
+Group = tuple[str, int, int]  # (tissue, cluster, replicate)
+POLL_S = 1.0  # how often free CPUs are looked up between Tune's steps
+
+
+@ray.remote
+def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, search: SearchConfig,
+                standardize: str) -> LassoFit:
+    data = ray_data.cluster_data(tissue, cluster)
+    split = replicate_split(search, len(data.expression), replicate)
+    return fit_lasso(data, split, standardize, search.lasso_alphas)
+
+
+@ray.remote
+def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, model: str,
+                  search: SearchConfig) -> pd.DataFrame:
+    from .rankings import group_rankings  # TensorFlow: loaded by the rankings' workers only
+    from .trainer import load_model
+
+    fs, path = filesystem(model)
+    with fs.open_input_stream(path) as handle:
+        genes, weights = load_model(handle.read())
+    data = ray_data.cluster_data(tissue, cluster)
+    if genes != data.genes:
+        raise RuntimeError(f"{model} was trained on other genes than cluster {cluster}")
+    return group_rankings(tissue.name, cluster, replicate, data, ray_data.tissue_tfs(tissue),
+                          weights, search)
+
+
+def choose_lambda(mean_val_r2: dict[float, float]) -> float | None:
+    """The λ with the best mean validation R² (ties: the smallest λ), as selected.csv
+    chooses it; None when no λ has a finite value."""
+    finite = {lam: value for lam, value in mean_val_r2.items() if np.isfinite(value)}
+    return max(sorted(finite), key=finite.get) if finite else None
+
+
+class GroupTasks:
+    """The driver's queue of baselines and rankings (see the module's docstring)."""
+
+    def __init__(self, blocks: dict[str, ray_data.TissueBlocks], config: Config,
+                 model_location):
+        self.blocks, self.config, self.model_location = blocks, config, model_location
+        self.cpu = config.resources.cpu
+        self.queue: deque = deque()
+        self.pending: dict = {}  # ObjectRef -> (kind, group, λ)
+        self.lasso: dict[Group, LassoFit] = {}
+        self.rankings: dict[Group, tuple[float, pd.DataFrame]] = {}  # group -> (λ, rows)
+        self.failed: list[str] = []
+        self._polled = 0.0
+
+    def add_lasso(self, groups: list[Group]) -> None:
+        self.queue.extend(("lasso", group, None) for group in groups)
+
+    def add_ranking(self, group: Group, lam: float) -> None:
+        if self.rankings.get(group, (None,))[0] != lam and ("rankings", group, lam) not in self.queue:
+            self.queue.append(("rankings", group, lam))
+
+    def poll(self) -> None:
+        """Submit queued tasks onto the CPUs free now (at most every POLL_S)."""
+        if not self.queue or time.monotonic() - self._polled < POLL_S:
+            return
+        self._polled = time.monotonic()
+        free = int(ray.available_resources().get("CPU", 0.0) // self.cpu)
+        for _ in range(min(free, len(self.queue))):
+            self._submit(*self.queue.popleft())
+        self._collect(timeout=0)
+
+    def finish(self) -> None:
+        """Submit everything still queued and wait for every task."""
+        while self.queue:
+            self._submit(*self.queue.popleft())
+        self._collect(timeout=None)
+
+    def _submit(self, kind: str, group: Group, lam: float | None) -> None:
+        tissue, cluster, replicate = group
+        options = {"num_cpus": self.cpu}
+        if kind == "lasso":
+            ref = _lasso_task.options(**options).remote(
+                self.blocks[tissue], cluster, replicate, self.config.search,
+                self.config.training.standardize)
+        else:
+            ref = _ranking_task.options(**options).remote(
+                self.blocks[tissue], cluster, replicate, self.model_location(group, lam),
+                self.config.search)
+        self.pending[ref] = (kind, group, lam)
+
+    def _collect(self, timeout: float | None) -> None:
+        while self.pending:
+            done, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+            if not done:
+                return
+            kind, group, lam = self.pending.pop(done[0])
+            try:
+                value = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                self.failed.append(f"{kind} {group}: {exc.cause!r}")
+                log.error("%s of %s failed: %r", kind, group, exc.cause)
+                continue
+            if kind == "lasso":
+                self.lasso[group] = value
+                log.info("lasso baseline: %d (tissue, cluster, replicate) done", len(self.lasso))
+            else:
+                self.rankings[group] = (lam, value)
+
+
+class GroupsFinished(Callback):
+    """Queues a group's rankings once all its trials have finished, and submits the
+    queued tasks between Tune's steps. It holds no state (the queue is the
+    driver's `GroupsFinished.tasks`), so the copy Tune restores on --resume works
+    as the original did."""
+
+    tasks: GroupTasks | None = None  # the running sweep's queue, set by the driver
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if GroupsFinished.tasks is not None:
+            GroupsFinished.tasks.poll()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        # Called while `trial` is still RUNNING; it is the group's last when the others
+        # have all terminated.
+        tasks, group = GroupsFinished.tasks, group_of(trial.config)
+        members = [t for t in trials if group_of(t.config) == group]
+        if tasks is None or any(t is not trial and t.status != t.TERMINATED for t in members):
+            return
+        lam = choose_lambda({t.config["trial"]["lam"]: float(np.mean(t.last_result["best_val_r2"]))
+                             for t in members if "best_val_r2" in (t.last_result or {})})
+        if lam is not None:
+            tasks.add_ranking(group, lam)
+
+
+def group_of(config: dict) -> Group:
+    """A trial's group (from its Tune config): the trials that compete."""
+    trial = config["trial"]
+    return trial["tissue"], trial["cluster"], trial["replicate"]

@@ -78,7 +78,7 @@ class GroupTasks:
         self.queue: deque = deque()
         self.pending: dict = {}  # ObjectRef -> (kind, group, λ)
         self.lasso: dict[Group, LassoFit] = {}
-        self.rankings: dict[Group, tuple[float, pd.DataFrame]] = {}  # group -> (λ, rows)
+        self.rankings: dict[tuple[Group, float], pd.DataFrame] = {}  # (group, λ) -> rows
         self.failed: list[str] = []
         self._polled = 0.0
 
@@ -86,7 +86,8 @@ class GroupTasks:
         self.queue.extend(("lasso", group, None) for group in groups)
 
     def add_ranking(self, group: Group, lam: float) -> None:
-        if self.rankings.get(group, (None,))[0] != lam and ("rankings", group, lam) not in self.queue:
+        queued = ("rankings", group, lam) in self.queue or ("rankings", group, lam) in self.pending.values()
+        if (group, lam) not in self.rankings and not queued:
             self.queue.append(("rankings", group, lam))
 
     def poll(self) -> None:
@@ -134,7 +135,7 @@ class GroupTasks:
                 self.lasso[group] = value
                 log.info("lasso baseline: %d (tissue, cluster, replicate) done", len(self.lasso))
             else:
-                self.rankings[group] = (lam, value)
+                self.rankings[group, lam] = value
 
 
 class GroupsFinished(Callback):

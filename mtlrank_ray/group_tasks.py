@@ -80,6 +80,7 @@ class GroupTasks:
         self.lasso: dict[Group, LassoFit] = {}
         self.rankings: dict[tuple[Group, float], pd.DataFrame] = {}  # (group, λ) -> rows
         self.failed: list[str] = []
+        self.submitted: list[tuple[str, Group, float]] = []  # (kind, group, time.monotonic())
         self._polled = 0.0
 
     def add_lasso(self, groups: list[Group]) -> None:
@@ -118,6 +119,7 @@ class GroupTasks:
                 self.blocks[tissue], cluster, replicate, self.model_location(group, lam),
                 self.config.search)
         self.pending[ref] = (kind, group, lam)
+        self.submitted.append((kind, group, time.monotonic()))
 
     def _collect(self, timeout: float | None) -> None:
         while self.pending:

@@ -53,8 +53,8 @@ def sweep_config(tmp_path, cluster, **settings):
     return write_config(tmp_path / "cluster.yaml", {
         **SMALL_SETTINGS, "training": {"epochs": 4, "batch_size": 64},
         "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False},
-        "resources": {"cpu": 1, "gpu": 0.5}, "run": {"storage_path": cluster.storage(prefix)},
-        **settings})
+        "resources": {"cpu": 1, "gpu": 0.5},
+        "run": {"storage_path": cluster.storage(prefix), **settings.pop("run", {})}, **settings})
 
 
 def tune_command(data, config, cluster, *extra):
@@ -171,7 +171,8 @@ def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluste
 
 def test_a_lost_worker_node_costs_no_trial_and_no_result(cluster, small_atlas_template, tmp_path,
                                                          drivers):
-    config = sweep_config(tmp_path, cluster, training={"epochs": 8, "batch_size": 16})
+    config = sweep_config(tmp_path, cluster, training={"epochs": 8, "batch_size": 16},
+                          run={"checkpoint_every_epochs": 1})
     log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while the test polls
     driver = subprocess.Popen(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
                               env=driver_env(cluster), stdout=subprocess.DEVNULL,

@@ -58,7 +58,20 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     # TF rankings of the selected models, the consensus network, and their quality.
     rankings = pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet")
     assert len(rankings) == 2 * 40 * 60 and set(rankings["rank"]) == set(range(1, 61))
-    assert (tmp_path / "runs/smoke/network.csv").is_file() and len(list((tmp_path / "runs/smoke/models").glob("*.npz"))) == 16 + 8
+    assert (tmp_path / "runs/smoke/network.csv").is_file()
+    # models/ holds what the results use: per group the selected λ, λ = 0 and the lasso.
+    selected = pd.read_csv(tmp_path / "runs/smoke/selected.csv")
+    expected = {f"{r['tissue']}_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
+                for r in selected.to_dict("records") for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso"}}
+    assert {p.name for p in (tmp_path / "runs/smoke/models").iterdir()} == expected
+    # Rankings made during the sweep equal those `mtlrank-ray rank` makes afterwards.
+    assert main(["rank", str(tmp_path / "runs/smoke"), "-q"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet"), rankings)
+    # Another λ's models are fetched from the sweep's storage when asked for.
+    assert main(["rank", str(tmp_path / "runs/smoke"), "--lambda", "0.01", "-q"]) == 0
+    assert len(pd.read_parquet(tmp_path / "runs/smoke/rankings_lambda0.01.parquet")) == len(rankings)
+    assert len(list((tmp_path / "runs/smoke/models").glob("*_lam0.01.npz"))) == 8
+    assert main(["rank", str(tmp_path / "runs/smoke"), "--lambda", "0.5", "-q"]) == 2
     quality = pd.read_csv(tmp_path / "runs/smoke/ranking_quality.csv").set_index("method")
     assert set(quality.index) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
     assert quality.loc["mtlrank (DeepLIFT)", "mean_average_precision"] > 0.3  # random: about 0.05

@@ -11,11 +11,14 @@ with one CPU per trial, and prints for each, measured in this run:
     mean_trial_s           sum_trial_s / trials
     parallel_efficiency    sum_trial_s / (wall_s x concurrent trials)
     overhead_per_trial_s   (wall_s x concurrent trials - sum_trial_s) / trials
+
+`--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.atlas_bench`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,10 @@ def settings(replicates: int) -> dict:
 
 
 def main() -> None:
+    if "--atlas" in sys.argv[1:]:
+        from .atlas_bench import main as atlas
+        atlas()
+        return
     cpus = os.cpu_count()
     print(f"cores: {cpus}")
     with tempfile.TemporaryDirectory() as folder:

@@ -9,7 +9,9 @@ and its rule (at a rung, stop a trial whose metric is below the
 but records and compares per group. A missing or non-finite metric never
 counts as good: such a trial is stopped at its rung and not recorded. A trial
 that reports a rung again (restarted from an earlier checkpoint) gets the
-decision it got there the first time.
+decision it got there the first time. Trials for which `never_stop(config)`
+holds (the sweep's λ = 0 baseline) are recorded like any other but always run
+to the end, so the baseline the chosen λ is compared with is never cut short.
 
 Tune saves a scheduler nowhere: a resumed sweep takes it from tuner.pkl, as it
 was when the sweep was created. Its rung records travel instead in a Tune
@@ -43,9 +45,10 @@ def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
 class GroupedASHA(FIFOScheduler):
     def __init__(self, group_of: Callable[[dict], Hashable], metric: str, max_t: int,
                  grace_period: int, reduction_factor: int, time_attr: str = "training_iteration",
-                 mode: str = "max"):
+                 mode: str = "max", never_stop: Callable[[dict], bool] | None = None):
         super().__init__()
         self._group_of, self._metric, self._time_attr = group_of, metric, time_attr
+        self._never_stop = never_stop
         self._sign = 1.0 if mode == "max" else -1.0
         self._max_t, self._rf = max_t, reduction_factor
         self._milestones = rungs(grace_period, reduction_factor, max_t)
@@ -67,9 +70,12 @@ class GroupedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         key = (trial.trial_id, reached[-1])
         if key not in self._decisions:  # a trial that reports a rung again gets its first decision
-            self._decisions[key] = self._decide(self._group_of(trial.config), trial.trial_id,
-                                                reached[-1], result.get(self._metric))
-            self.num_stopped += self._decisions[key] == TrialScheduler.STOP
+            decision = self._decide(self._group_of(trial.config), trial.trial_id,
+                                    reached[-1], result.get(self._metric))
+            if self._never_stop is not None and self._never_stop(trial.config):
+                decision = TrialScheduler.CONTINUE  # recorded, so others are judged against it
+            self._decisions[key] = decision
+            self.num_stopped += decision == TrialScheduler.STOP
         return self._decisions[key]
 
     def _decide(self, group: Hashable, trial_id: str, rung: int, value) -> str:

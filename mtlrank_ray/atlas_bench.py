@@ -229,6 +229,9 @@ def project(trials: int, sweep_s: float, written: float, state: int, model: int,
     ends = len(set(rungs(2, 2, PAPER_EPOCHS)) | {PAPER_EPOCHS})
     before = PAPER_TRIALS * PAPER_EPOCHS * state
     after = PAPER_TRIALS * ends * model
+    print(f"  per trial, 10 epochs: before {PAPER_EPOCHS * state / 1e6:.0f} MB (a state every epoch); "
+          f"after at most {ends * model / 1e6:.0f} MB (a model at each possible end) when it "
+          f"runs under 300 s: ratio {PAPER_EPOCHS * state / (ends * model):.0f}x")
     print(f"  storage before: {PAPER_TRIALS} x {PAPER_EPOCHS} epochs x {state / 1e6:.1f} MB state "
           f"= {before / 1e9:.0f} GB")
     print(f"  storage after, at most: {PAPER_TRIALS} x {ends} possible ends (rungs 2, 4, 8 and 10) x "

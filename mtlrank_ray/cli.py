@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .config import load_config
 from .data.prepare import TissueReport, prepare_store
 from .demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
+from .interrupts import CtrlC, Interrupted
 
 log = logging.getLogger("mtlrank_ray")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow C++ info, and CUDA probing on CPU hosts
@@ -103,7 +105,8 @@ def tune_main(argv: list[str] | None = None) -> int:
 def _data_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
     parser.add_argument("--tissue", default="all", help="all, or tissue keys separated by commas")
     source = parser.add_mutually_exclusive_group(required=not demo)
-    source.add_argument("--data", type=Path, help="data root holding data/ (and results/)")
+    source.add_argument("--data", type=Path, help="data root holding data/ (and results/)"
+                        + ("; default: this folder, when it holds data/" if demo else ""))
     if demo:
         source.add_argument("--demo", action="store_true",
                             help=f"use the demo atlas in {DEMO_DATA}/ (written if missing) "
@@ -114,6 +117,7 @@ def _data_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None
 
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -123,7 +127,31 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as exc:
+        if args.debug:
+            raise
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"\ninterrupted{': ' + hint(exc) if hint else ''}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt_hint(args, config, out: Path):
+    """What to run after Ctrl-C: the same command, with --resume once a sweep exists."""
+    def hint(exc: BaseException) -> str:
+        from .sweep import experiment_path
+        from ray import tune
+
+        if isinstance(exc, Interrupted) and str(exc) == "publish":
+            return f"the results in {out} were written whole first"
+        command = ["python", "tune.py", *[a for a in args.argv if a != "--resume"]]
+        try:
+            resumable = tune.Tuner.can_restore(experiment_path(config, out))
+        except Exception:  # storage unreachable: say the plain command
+            resumable = False
+        verb = "to go on, run" if resumable else "nothing was written; run again with"
+        return f"{verb}: {shlex.join(command + (['--resume'] if resumable else []))}"
+    return hint
 
 
 def _cells(text: str) -> dict[str, int]:
@@ -160,23 +188,36 @@ def _tune(args) -> None:
     if args.demo:
         args.data = DEMO_DATA
         args.config = args.config or SMOKE_CONFIG
-        if not (DEMO_DATA / "truth" / "params.json").is_file():
-            write_demo(DEMO_DATA)
-            log.info("demo atlas written to %s", DEMO_DATA)
+    elif args.data is None:  # the notebook reads data/... from the folder it runs in
+        if not Path("data").is_dir():
+            raise InputError(f"no data/ folder in {Path.cwd()}: run from the folder that holds "
+                             "data/, or pass --data DIR (or --demo for the demo atlas)")
+        args.data = Path(".")
     config = load_config(args.config)
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
-    store = config.run.store(out)
-    reports = prepare_store(args.data, config, store, args.tissue)
-    _print_reports(reports, store)
+    args.interrupt_hint = _interrupt_hint(args, config, out)
+    ctrl_c = CtrlC()
+    with ctrl_c.handling():
+        if args.demo and not (DEMO_DATA / "truth" / "params.json").is_file():
+            write_demo(DEMO_DATA)
+            log.info("demo atlas written to %s", DEMO_DATA)
+        store = config.run.store(out)
+        reports = prepare_store(args.data, config, store, args.tissue)
+        _print_reports(reports, store)
+        swept = _sweep_on_ray(args, config, out, store, reports, ctrl_c)
+        with ctrl_c.during("publish"):
+            _publish(args, config, out, *swept)
+
+
+def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueReport], ctrl_c: CtrlC):
+    """Run the sweep with its baselines and rankings: (trials, failed trials, the
+    selected λ per group, the GroupTasks with the baselines and rankings)."""
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
-    from .data.store import write_atomically
     from .group_tasks import GroupsFinished, GroupTasks
     from .ray_data import materialize_tissue
-    from .rankings import concat_rankings, write_rankings
-    from .results import collect, gene_table, markdown_table, selected_table, write_results
-    from .sweep import (EXPERIMENT, check_storage, experiment_path, export_models, groups,
-                        model_location, resumable, run_sweep)
+    from .results import collect, gene_table, selected_table
+    from .sweep import EXPERIMENT, check_storage, experiment_path, groups, model_location, resumable, run_sweep
     from .trainer import Trial
 
     if args.resume:
@@ -201,8 +242,9 @@ def _tune(args) -> None:
         tasks.add_lasso(groups(list(blocks.values()), config))
         GroupsFinished.tasks = tasks
         try:
-            grid = run_sweep(blocks, config, out, resume=args.resume, verbose=0 if args.quiet else 1,
-                             callbacks=(GroupsFinished(),))
+            with ctrl_c.during("sweep"):
+                grid = run_sweep(blocks, config, out, resume=args.resume,
+                                 verbose=0 if args.quiet else 1, callbacks=(GroupsFinished(),))
         finally:
             GroupsFinished.tasks = None
         trials, failed = collect(grid)
@@ -214,14 +256,25 @@ def _tune(args) -> None:
         tasks.finish()
     finally:
         ray.shutdown()
+    return trials, failed, chosen, tasks
+
+
+def _publish(args, config, out: Path, trials, failed, chosen, tasks) -> None:
+    """Write the results, models, rankings and report to the run folder."""
+    from .data.store import write_atomically
+    from .rankings import concat_rankings, write_rankings
+    from .results import gene_table, markdown_table, write_results
+    from .sweep import EXPERIMENT, experiment_path, export_models
+
     lasso = sorted(tasks.lasso.items())
+    out.mkdir(parents=True, exist_ok=True)  # with run.storage_path, nothing was written here yet
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
              f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines; "
              f"{len(tasks.failed)} baselines and rankings failed.")
     summary = write_results(out, gene_table(trials, config.training.epochs, lasso),
                             failed + tasks.failed, about)
     write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
-    export_models(chosen, tasks.lasso, experiment, out / "models")
+    export_models(chosen, tasks.lasso, experiment_path(config, out), out / "models")
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
     ranked = [tasks.rankings[key] for row in chosen.to_dict("records")

@@ -52,9 +52,21 @@ class ClusterUnavailable(RuntimeError):
 
 
 def free_port(ip: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((ip, 0))
-        return probe.getsockname()[1]
+    return free_ports(ip, 1)[0]
+
+
+def free_ports(ip: str, count: int) -> list[int]:
+    """`count` distinct free ports: the probes stay bound until all are chosen (ports
+    probed one after another can repeat, and Ray refuses a node whose components share
+    a port)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((ip, 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None = None,
@@ -230,22 +242,25 @@ class LocalCluster:
         env.pop("RAY_ADDRESS", None)
         return env
 
-    def _ports(self, ip: str) -> list[str]:
-        names = ("node-manager", "object-manager", "metrics-export", "dashboard-agent-grpc",
+    def _ports(self, ip: str, *head: str) -> list[str]:
+        """`--<name>-port=` flags of a node's components (and the head's `head` ones),
+        all distinct."""
+        names = (*head, "node-manager", "object-manager", "metrics-export", "dashboard-agent-grpc",
                  "dashboard-agent-listen", "runtime-env-agent")
-        return [f"--{name}-port={free_port(ip)}" for name in names]
+        return [f"--{name}{'-' if name else ''}port={port}"
+                for name, port in zip(names, free_ports(ip, len(names)))]
 
     def _start_head(self) -> None:
-        self.port = free_port(HEAD_IP)
+        ports = self._ports(HEAD_IP, "", "dashboard", "ray-client-server")
+        self.port = int(ports[0].split("=")[1])
         # A short temp dir: Ray's socket paths must fit in 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mtlr-"))
         command = [self._ray(), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
-                   f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
+                   "--num-cpus=0", "--num-gpus=0",
                    f"--object-store-memory={self.object_store_mb * 2**20}",
                    f"--temp-dir={self.temp_dir}", f"--include-dashboard={str(self.dashboard).lower()}",
-                   f"--dashboard-host={HEAD_IP}", f"--dashboard-port={free_port(HEAD_IP)}",
-                   f"--ray-client-server-port={free_port(HEAD_IP)}", "--disable-usage-stats",
-                   *self._worker_ports(0), *self._ports(HEAD_IP)]
+                   f"--dashboard-host={HEAD_IP}", "--disable-usage-stats",
+                   *self._worker_ports(0), *ports]
         self.head = self._launch(command, HEAD_IP, "head")
         self.wait_for_nodes(1)
 

@@ -30,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import ray
@@ -65,8 +66,18 @@ def groups(tissues: list[ray_data.TissueBlocks], config: Config) -> list[Group]:
 
 
 def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
-    return [{"tissue": tissue, "cluster": cluster, "replicate": replicate, "lam": lam}
-            for tissue, cluster, replicate in groups(tissues, config) for lam in config.search.lambdas]
+    """Every trial, group by group; within a group the λ values in a seeded random
+    order, whatever order the config lists them in: trials start in grid order, and
+    under early stopping the first to reach a rung are never stopped there."""
+    lambdas = sorted(config.search.lambdas)
+    return [{"tissue": tissue, "cluster": cluster, "replicate": replicate, "lam": float(lam)}
+            for index, (tissue, cluster, replicate) in enumerate(groups(tissues, config))
+            for lam in np.random.default_rng([config.search.seed, index]).permutation(lambdas)]
+
+
+def is_baseline(config: dict) -> bool:
+    """λ = 0, the independent per-gene networks: always trained to the last epoch."""
+    return config["trial"]["lam"] == 0
 
 
 def trial_name(trial) -> str:
@@ -125,8 +136,8 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder) / STATE)
-    storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), settings["run"],
-                            settings["ends"])
+    ends = settings["ends"] if not spec.lam else {training.epochs}  # λ = 0 is never stopped
+    storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), settings["run"], ends)
     node = ray.get_runtime_context().get_node_id()
 
     def report(epoch: EpochReport) -> None:
@@ -292,7 +303,8 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
                                 grace_period=config.asha.grace_period,
-                                reduction_factor=config.asha.reduction_factor, time_attr="epoch")
+                                reduction_factor=config.asha.reduction_factor, time_attr="epoch",
+                                never_stop=is_baseline)
         callbacks.append(scheduler.records_keeper())
     else:
         scheduler = tune.schedulers.FIFOScheduler()

@@ -57,6 +57,19 @@ def test_missing_or_non_finite_metric_never_counts_as_good(bad):
     assert asha.on_trial_result(None, trial("Liver", 0, 1.0), {"epoch": 1, "score": -4.0}) == CONTINUE
 
 
+def test_the_baseline_runs_to_the_end_and_still_counts():
+    asha = scheduler(never_stop=lambda config: config["trial"]["lam"] == 0)
+    strong, baseline, weak = (trial("Liver", 0, lam) for lam in (0.01, 0.0, 0.1))
+    assert asha.on_trial_result(None, strong, {"epoch": 1, "score": 0.9}) == CONTINUE
+    assert asha.on_trial_result(None, baseline, {"epoch": 1, "score": 0.2}) == CONTINUE
+    assert asha.on_trial_result(None, weak, {"epoch": 1, "score": 0.3}) == STOP  # against both
+    assert asha.on_trial_result(None, baseline, {"epoch": 2, "score": 0.2}) == CONTINUE  # rung 2, first
+    assert asha.on_trial_result(None, baseline, {"epoch": 8, "score": 0.2}) == STOP  # the last epoch
+    plain = scheduler()  # what λ = 0 got before: stopped behind a stronger λ at the first rung
+    plain.on_trial_result(None, strong, {"epoch": 1, "score": 0.9})
+    assert plain.on_trial_result(None, baseline, {"epoch": 1, "score": 0.2}) == STOP
+
+
 def test_rungs_and_last_epoch():
     asha = scheduler(grace_period=2)
     t = trial("Liver", 0, 0.0)

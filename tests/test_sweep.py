@@ -46,7 +46,13 @@ def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, 
     grid = trial_grid(tissues, config)
     assert len(grid) == 2 * 4 * 2 * 3
     assert len({tuple(t.values()) for t in grid}) == len(grid)
-    assert grid[0] == {"tissue": "Kidney_Left", "cluster": 0, "replicate": 0, "lam": 0.0}
+    assert grid[0]["tissue"] == "Kidney_Left" and grid[0]["cluster"] == 0 and grid[0]["replicate"] == 0
+    # Trials start in grid order, and the first at a rung is never stopped there: within a
+    # group the λ come in a seeded random order, whatever order the config lists them in.
+    reordered = config_from_dict({"search": {"replicates": 2, "lambdas": [1.0, 0.0, 0.1]}})
+    assert trial_grid(tissues, reordered) == grid == trial_grid(tissues, config)
+    firsts = [grid[i]["lam"] for i in range(0, len(grid), 3)]
+    assert len(set(firsts)) > 1  # no λ always starts first
 
 
 def run_lasso(blocks, config):

@@ -1,0 +1,77 @@
+"""Ctrl-C during `tune.py`, handled so that a run folder never contradicts itself.
+
+- During the sweep, the first Ctrl-C asks Tune to stop as it does on its own
+  signal (SIGUSR1): running trials stop, every trial keeps its last
+  checkpoint and the experiment's state is saved, so `--resume` goes on from
+  there. The later phases (baselines, results, rankings, report) are skipped.
+- While results are published, the first Ctrl-C is held until the whole set
+  is written, so the previous results stay whole or are replaced as one set.
+- In any other phase (preparing and loading the data, the baselines), the
+  first Ctrl-C stops at once; nothing has been written to the run's results.
+- A second Ctrl-C always stops at once.
+
+The caller then exits with status 130 and one line saying how to go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from contextlib import contextmanager
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; raised once the current phase has stopped cleanly."""
+
+
+class _TuneInterruptLines(logging.Filter):
+    """Tune's own lines about an interrupted run name its Python API (Tuner.restore),
+    not this tool's --resume: the caller prints its own line instead."""
+
+    HIDDEN = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.HIDDEN)
+
+
+class CtrlC:
+    def __init__(self):
+        self.count = 0
+        self.phase = "other"
+
+    @contextmanager
+    def handling(self):
+        """Install the handler (and keep Tune's own SIGINT handler out) for the block."""
+        previous = signal.signal(signal.SIGINT, self._handle)
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards SIGUSR1 to Tune
+        hidden = _TuneInterruptLines()
+        logging.getLogger("ray.tune").addFilter(hidden)
+        logging.getLogger("ray.tune.tune").addFilter(hidden)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            logging.getLogger("ray.tune").removeFilter(hidden)
+            logging.getLogger("ray.tune.tune").removeFilter(hidden)
+
+    @contextmanager
+    def during(self, phase: str):
+        """Run a block as `phase` ("sweep" or "publish"); raises Interrupted after a
+        sweep stopped by Ctrl-C or a publish that held one."""
+        self.phase = phase
+        try:
+            yield
+        finally:
+            self.phase = "other"
+        if self.count:
+            raise Interrupted(phase)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        if self.phase == "sweep" and callable(signal.getsignal(signal.SIGUSR1)):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop, once its loop handles it
+        elif self.phase != "publish":
+            raise KeyboardInterrupt

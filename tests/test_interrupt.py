@@ -1,0 +1,106 @@
+"""Ctrl-C as a terminal sends it: SIGINT to the whole process group of `python tune.py`."""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, SMALL_SETTINGS, write_config
+
+pytestmark = pytest.mark.slow
+EPOCHS = 6
+
+
+def finished(sweep: Path) -> dict[str, str]:
+    """Trial folder -> result.json text, for trials that reported their last epoch."""
+    done = {}
+    for result in sweep.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines and json.loads(lines[-1])["epoch"] == EPOCHS:
+            done[result.parent.name] = result.read_text()
+    return done
+
+
+@pytest.fixture
+def folder(small_atlas_template, tmp_path):
+    shutil.copy(REPO / "tune.py", tmp_path)
+    write_config(tmp_path / "sweep.yaml", {
+        **SMALL_SETTINGS, "training": {"epochs": EPOCHS, "batch_size": 64},
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
+    return tmp_path
+
+
+def command(folder, data):
+    return [sys.executable, "tune.py", "--data", str(data), "--config", "sweep.yaml", "--out", "run", "-q"]
+
+
+def start(folder, args, log):
+    return subprocess.Popen(args, cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)  # a process group of its own, as a shell's job
+
+
+def ctrl_c(process) -> int:
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        return process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def results(run: Path) -> dict[str, bytes]:
+    files = ["gene_r2.csv", "selected.csv", "summary.md", "rankings.parquet", "network.csv"]
+    return {name: (run / name).read_bytes() for name in files} | {
+        f"models/{p.name}": p.read_bytes() for p in sorted((run / "models").iterdir())}
+
+
+def test_ctrl_c_mid_sweep_keeps_the_last_results_whole_and_resume_finishes_once(
+        folder, small_atlas_template):
+    args = command(folder, small_atlas_template)
+    assert subprocess.run(args, cwd=folder, capture_output=True, timeout=600).returncode == 0
+    before = results(folder / "run")
+    driver = start(folder, args, folder / "log")  # the same sweep again, interrupted
+    deadline = time.time() + 300
+    while len(finished(folder / "run" / "sweep")) < 3:
+        assert driver.poll() is None and time.time() < deadline, (folder / "log").read_text()[-3000:]
+        time.sleep(0.2)
+    assert ctrl_c(driver) == 130
+    output = (folder / "log").read_text()
+    assert "Traceback" not in output and "Tuner.restore" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("interrupted: to go on, run: python tune.py ") and last.endswith("--resume")
+    assert results(folder / "run") == before  # nothing of the interrupted run was published
+    kept = finished(folder / "run" / "sweep")
+    assert 3 <= len(kept) < 16
+    resumed = subprocess.run(shlex.split(last.split("run: ", 1)[1]), cwd=folder,
+                             executable=sys.executable, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = finished(folder / "run" / "sweep")
+    assert len(after) == 16 and all(after[name] == text for name, text in kept.items())
+    genes = pd.read_csv(folder / "run" / "gene_r2.csv")
+    assert not genes.duplicated(["tissue", "cluster", "replicate", "model", "lambda", "gene"]).any()
+    assert len(genes) == 2 * 16 * 3  # every gene once per λ and once for the lasso
+
+
+def test_ctrl_c_while_the_data_loads_stops_at_once_and_writes_nothing(folder, small_atlas_template):
+    driver = start(folder, command(folder, small_atlas_template), folder / "log")
+    deadline = time.time() + 120
+    while "aligned store:" not in (folder / "log").read_text():  # prepared; Ray and the data next
+        assert driver.poll() is None and time.time() < deadline, (folder / "log").read_text()[-3000:]
+        time.sleep(0.05)
+    started = time.time()
+    assert ctrl_c(driver) == 130
+    assert time.time() - started < 60
+    output = (folder / "log").read_text()
+    assert "Traceback" not in output, output[-3000:]
+    assert "interrupted:" in output.strip().splitlines()[-1]
+    assert not (folder / "run" / "gene_r2.csv").exists() and not (folder / "run" / "models").exists()

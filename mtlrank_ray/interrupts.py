@@ -26,13 +26,19 @@ class Interrupted(Exception):
 
 
 class _TuneInterruptLines(logging.Filter):
-    """Tune's own lines about an interrupted run name its Python API (Tuner.restore),
-    not this tool's --resume: the caller prints its own line instead."""
+    """Once interrupted, Tune's own lines about the stopped run (its Python API,
+    Tuner.restore, to go on; the trials that never started) are dropped: the
+    caller prints one line with this tool's --resume instead."""
 
-    HIDDEN = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+    HIDDEN = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete",
+              "Failed to fetch metrics")
+
+    def __init__(self, ctrl_c: "CtrlC"):
+        super().__init__()
+        self.ctrl_c = ctrl_c
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in self.HIDDEN)
+        return not (self.ctrl_c.count and any(text in record.getMessage() for text in self.HIDDEN))
 
 
 class CtrlC:
@@ -45,15 +51,18 @@ class CtrlC:
         """Install the handler (and keep Tune's own SIGINT handler out) for the block."""
         previous = signal.signal(signal.SIGINT, self._handle)
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards SIGUSR1 to Tune
-        hidden = _TuneInterruptLines()
-        logging.getLogger("ray.tune").addFilter(hidden)
-        logging.getLogger("ray.tune.tune").addFilter(hidden)
+        import ray  # noqa: F401  (sets up the "ray" logger's handler)
+
+        hidden = _TuneInterruptLines(self)
+        handlers = logging.getLogger("ray").handlers  # where every ray.* record is printed
+        for handler in handlers:
+            handler.addFilter(hidden)
         try:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
-            logging.getLogger("ray.tune").removeFilter(hidden)
-            logging.getLogger("ray.tune.tune").removeFilter(hidden)
+            for handler in handlers:
+                handler.removeFilter(hidden)
 
     @contextmanager
     def during(self, phase: str):

@@ -20,6 +20,7 @@ from .data.prepare import TissueReport, prepare_store
 from .demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
 from .interrupts import CtrlC, Interrupted
+from .run_folder import EarlierTissues, earlier_tissues, stale_rankings
 
 log = logging.getLogger("mtlrank_ray")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow C++ info, and CUDA probing on CPU hosts
@@ -93,6 +94,9 @@ def tune_main(argv: list[str] | None = None) -> int:
                              "(the aligned store) and OUT/sweep (Tune's trials)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted sweep in OUT (finished trials are kept)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start OUT over: drop the results of tissues run into it before "
+                             "(by default they are kept beside this run's)")
     parser.add_argument("--dashboard", action="store_true",
                         help="start the Ray dashboard with a local Ray and print its address")
     parser.add_argument("--address", default=None,
@@ -204,9 +208,10 @@ def _tune(args) -> None:
         store = config.run.store(out)
         reports = prepare_store(args.data, config, store, args.tissue)
         _print_reports(reports, store)
+        earlier = earlier_tissues(out, config, [r.tissue for r in reports], args.fresh)
         swept = _sweep_on_ray(args, config, out, store, reports, ctrl_c)
         with ctrl_c.during("publish"):
-            _publish(args, config, out, *swept)
+            _publish(args, config, out, earlier, *swept)
 
 
 def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueReport], ctrl_c: CtrlC):
@@ -259,8 +264,9 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     return trials, failed, chosen, tasks
 
 
-def _publish(args, config, out: Path, trials, failed, chosen, tasks) -> None:
-    """Write the results, models, rankings and report to the run folder."""
+def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, chosen, tasks) -> None:
+    """Write the results, models, rankings and report to the run folder: this run's
+    tissues and the `earlier` ones it keeps."""
     from .data.store import write_atomically
     from .rankings import concat_rankings, write_rankings
     from .results import gene_table, markdown_table, write_results
@@ -270,15 +276,20 @@ def _publish(args, config, out: Path, trials, failed, chosen, tasks) -> None:
     out.mkdir(parents=True, exist_ok=True)  # with run.storage_path, nothing was written here yet
     about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
              f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines; "
-             f"{len(tasks.failed)} baselines and rankings failed.")
-    summary = write_results(out, gene_table(trials, config.training.epochs, lasso),
+             f"{len(tasks.failed)} baselines and rankings failed."
+             + (f" Kept from earlier runs: {', '.join(earlier.tissues)}." if earlier.tissues else ""))
+    summary = write_results(out, gene_table(trials, config.training.epochs, lasso, earlier.genes),
                             failed + tasks.failed, about)
     write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
-    export_models(chosen, tasks.lasso, experiment_path(config, out), out / "models")
+    export_models(chosen, tasks.lasso, experiment_path(config, out), out / "models", earlier.models)
+    for path in stale_rankings(out):
+        path.unlink()
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
     ranked = [tasks.rankings[key] for row in chosen.to_dict("records")
               if (key := ((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])) in tasks.rankings]
+    if earlier.rankings is not None:
+        ranked.append(earlier.rankings)
     _print_rankings(out, 50, *write_rankings(out, concat_rankings(ranked), top=50)[1:])
     _report(argparse.Namespace(out=out))
     if failed or tasks.failed:

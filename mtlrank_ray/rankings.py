@@ -76,10 +76,10 @@ def concat_rankings(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         raise InputError("no group has rankings; rerun the sweep.")
     for column in CATEGORICAL:
-        union = pd.api.types.union_categoricals([f[column] for f in frames]).categories
+        union = pd.api.types.union_categoricals([f[column] for f in frames], sort_categories=True).categories
         frames = [f.assign(**{column: f[column].cat.set_categories(union)}) for f in frames]
-    frames = sorted(frames, key=lambda f: (str(f.tissue.iloc[0]), f.cluster.iloc[0], f.replicate.iloc[0]))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True).sort_values(
+        ["tissue", "cluster", "replicate"], kind="stable", ignore_index=True)
 
 
 def rank_run(out: Path, top: int = 50, lam: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame,

@@ -45,10 +45,11 @@ def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
     return trials, failed
 
 
-def gene_table(trials: list[tuple[dict, dict]], epochs: int,
-               lasso: list[tuple[tuple, LassoFit]]) -> pd.DataFrame:
+def gene_table(trials: list[tuple[dict, dict]], epochs: int, lasso: list[tuple[tuple, LassoFit]],
+               earlier: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows per gene from (trial spec, last reported metrics) pairs and from the
-    lasso baseline's ((tissue, cluster, replicate), LassoFit) pairs."""
+    lasso baseline's ((tissue, cluster, replicate), LassoFit) pairs, with the
+    `earlier` rows of other tissues the run folder keeps."""
     rows = []
     for spec, metrics in trials:
         for gene, val, test in zip(metrics["genes"], metrics["best_val_r2"], metrics["best_test_r2"]):
@@ -60,6 +61,8 @@ def gene_table(trials: list[tuple[dict, dict]], epochs: int,
                  for gene, alpha, val, test in zip(fit.genes, fit.alpha, fit.val_r2, fit.test_r2)]
     table = pd.DataFrame(rows, columns=GENE_COLUMNS).astype(
         {"best_epoch": "Int64", "epochs_run": "Int64", "stopped_early": "boolean"})
+    if earlier is not None:
+        table = pd.concat([earlier[GENE_COLUMNS].astype(table.dtypes.to_dict()), table])
     return table.sort_values(["tissue", "cluster", "replicate", "model", "lambda", "gene"],
                              ignore_index=True)
 

@@ -136,7 +136,7 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder) / STATE)
-    ends = settings["ends"] if not spec.lam else {training.epochs}  # λ = 0 is never stopped
+    ends = {training.epochs} if spec.lam == 0 else settings["ends"]  # λ = 0 is never stopped
     storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), settings["run"], ends)
     node = ray.get_runtime_context().get_node_id()
 
@@ -353,12 +353,13 @@ def fetch_models(experiment: str, trials: list[Trial], folder: Path) -> None:
 
 
 def export_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experiment: str,
-                  folder: Path) -> int:
+                  folder: Path, keep: list[Path] = ()) -> int:
     """FOLDER/: the models the results use (`used_trials`), fetched from the sweep's
-    storage in parallel, and each lasso baseline as <tissue>_c<cluster>_r<replicate>_lasso.npz.
-    The folder is replaced whole, so it never mixes runs; the other trials' models
-    stay in the sweep's storage (`mtlrank-ray rank RUN --lambda X` fetches them).
-    Returns how many networks were written."""
+    storage in parallel, each lasso baseline as <tissue>_c<cluster>_r<replicate>_lasso.npz,
+    and the files `keep` (earlier tissues' models). The folder is replaced whole, so
+    it never mixes runs; the other trials' models stay in the sweep's storage
+    (`mtlrank-ray rank RUN --lambda X` fetches them). Returns how many networks
+    were fetched."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = sibling(folder, "staging")
     staging.mkdir()
@@ -367,6 +368,8 @@ def export_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experime
         fetch_models(experiment, trials, staging)
         for group, fit in lasso.items():
             fit.save(staging / f"{lasso_name(*group)}.npz")
+        for path in keep:
+            shutil.copy2(path, staging / path.name)
     except BaseException:
         shutil.rmtree(staging)
         raise

@@ -29,7 +29,7 @@ def fake_run(folder):
                 np.savez(folder / "models" / f"{tissue}_c{cluster}_r0_lam{lam:g}.npz",
                          genes=np.array(genes), dense_64_kernel=kernel)
             val = rng.uniform(0, 0.4, 5)
-            lasso.append(({"tissue": tissue, "cluster": cluster, "replicate": 0},
+            lasso.append(((tissue, cluster, 0),
                           LassoFit(genes, np.full(5, 0.01), np.zeros((5, 7)), np.zeros(5), val, val - 0.1)))
     genes = gene_table(trials, epochs=4, lasso=lasso)
     write_results(folder, genes, [], "fake")

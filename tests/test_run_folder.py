@@ -1,0 +1,61 @@
+"""A run folder holds every tissue run into it; --fresh starts it over."""
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, SMALL_SETTINGS, write_config
+
+pytestmark = pytest.mark.slow
+SETTINGS = {**SMALL_SETTINGS, "training": {"epochs": 2, "batch_size": 64},
+            "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}}
+
+
+def tune(folder, data, *extra):
+    return subprocess.run([sys.executable, "tune.py", "--data", str(data), "--config", "sweep.yaml",
+                           "--out", "run", "-q", *extra], cwd=folder, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_template, tmp_path):
+    shutil.copy(REPO / "tune.py", tmp_path)
+    write_config(tmp_path / "sweep.yaml", SETTINGS)
+    run = tmp_path / "run"
+    assert tune(tmp_path, small_atlas_template).returncode == 0
+    genes = pd.read_parquet(run / "gene_r2.parquet")
+    kidney_models = {p.name: p.read_bytes() for p in (run / "models").glob("Kidney_Left_*")}
+    assert set(genes.tissue) == {"Kidney_Left", "Liver"} and kidney_models
+
+    done = tune(tmp_path, small_atlas_template, "--tissue", "Liver")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name.split("_c")[0] for p in (run / "sweep").iterdir() if p.is_dir()} == {"Liver"}
+    after = pd.read_parquet(run / "gene_r2.parquet")
+    key = ["tissue", "cluster", "replicate", "model", "lambda", "gene"]
+    assert not after.duplicated(key).any() and len(after) == len(genes)
+    pd.testing.assert_frame_equal(after[after.tissue == "Kidney_Left"].reset_index(drop=True),
+                                  genes[genes.tissue == "Kidney_Left"].reset_index(drop=True))
+    assert {p.name: p.read_bytes() for p in (run / "models").glob("Kidney_Left_*")} == kidney_models
+    selected = pd.read_csv(run / "selected.csv")
+    assert {p.name for p in (run / "models").glob("Liver_*")} == {
+        f"Liver_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
+        for r in selected[selected.tissue == "Liver"].to_dict("records")
+        for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso"}}
+    assert set(pd.read_parquet(run / "rankings.parquet").tissue) == {"Kidney_Left", "Liver"}
+    assert set(selected.tissue) == {"Kidney_Left", "Liver"}
+    assert "Kept from earlier runs: Kidney_Left." in (run / "summary.md").read_text()
+
+    # Other settings would mix two sweeps in one folder: refused before any trial.
+    write_config(tmp_path / "sweep.yaml", {**SETTINGS, "training": {"epochs": 3, "batch_size": 64}})
+    refused = tune(tmp_path, small_atlas_template, "--tissue", "Liver")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "training.epochs" in refused.stderr and "--fresh" in refused.stderr
+    assert pd.read_parquet(run / "gene_r2.parquet").equals(after)
+
+    fresh = tune(tmp_path, small_atlas_template, "--tissue", "Liver", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert set(pd.read_parquet(run / "gene_r2.parquet").tissue) == {"Liver"}
+    assert not list((run / "models").glob("Kidney_Left_*"))
+    assert set(pd.read_parquet(run / "rankings.parquet").tissue) == {"Liver"}

@@ -154,7 +154,7 @@ def main() -> None:
     from . import ray_data
     from .group_tasks import GroupsFinished, GroupTasks
     from .sweep import experiment_path, groups, model_location, run_sweep
-    from .trainer import Trial
+    from .trial import Trial
     from .bench import memory_bytes
 
     cpus = os.cpu_count()

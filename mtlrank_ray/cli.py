@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -97,6 +98,8 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="start OUT over: drop the results of tissues run into it before "
                              "(by default they are kept beside this run's)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print Tune's per-trial tables and Ray's own progress lines")
     parser.add_argument("--dashboard", action="store_true",
                         help="start the Ray dashboard with a local Ray and print its address")
     parser.add_argument("--address", default=None,
@@ -219,11 +222,12 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     selected λ per group, the GroupTasks with the baselines and rankings)."""
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
+    from .console import SweepProgress, phase, quiet_token_notice, quiet_worker_output
     from .group_tasks import GroupsFinished, GroupTasks
     from .ray_data import materialize_tissue
     from .results import collect, gene_table, selected_table
     from .sweep import EXPERIMENT, check_storage, experiment_path, groups, model_location, resumable, run_sweep
-    from .trainer import Trial
+    from .trial import Trial
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
@@ -232,24 +236,35 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     # cluster has its own dashboard; locally it is opt-in.
     address = args.address or os.environ.get("RAY_ADDRESS")
     local = {} if address else {"include_dashboard": args.dashboard}
+    if not address:
+        quiet_token_notice()
     context = ray.init(address=address or "local", **local,
-                       logging_level=logging.WARNING if args.quiet else logging.INFO)
+                       logging_level=logging.INFO if args.verbose else logging.WARNING)
     if context.dashboard_url:
-        print(f"Ray dashboard: http://{context.dashboard_url}")
-    if args.quiet:  # Ray Data keeps its own logger at INFO
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        token = (" (it asks for this Ray's token: `ray get-auth-token` prints it)"
+                 if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "")  # set by ray.init
+        print(f"Ray dashboard: http://{context.dashboard_url}{token}")
+    if not args.verbose:
+        quiet_worker_output()
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's newer reporter prints a box even when silent
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data keeps its own at INFO
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    say = (lambda text: None) if args.quiet else phase
     experiment = experiment_path(config, out)
     try:
         check_storage(config, out)
+        started = time.monotonic()
         blocks = {r.tissue: materialize_tissue(store, r.tissue, config.resources.cpu) for r in reports}
+        say(f"data: {len(blocks)} tissues in Ray's object store ({time.monotonic() - started:.0f} s)")
         # Baselines and rankings run beside the trials, on the CPUs they leave free.
         tasks = GroupTasks(blocks, config, lambda group, lam: model_location(experiment, Trial(*group, lam)))
         tasks.add_lasso(groups(list(blocks.values()), config))
         GroupsFinished.tasks = tasks
         try:
+            progress = () if args.quiet or args.verbose else (SweepProgress(),)
             with ctrl_c.during("sweep"):
-                grid = run_sweep(blocks, config, out, resume=args.resume,
-                                 verbose=0 if args.quiet else 1, callbacks=(GroupsFinished(),))
+                grid = run_sweep(blocks, config, out, resume=args.resume, verbose=int(args.verbose),
+                                 callbacks=(GroupsFinished(), *progress))
         finally:
             GroupsFinished.tasks = None
         trials, failed = collect(grid)
@@ -258,7 +273,11 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         chosen = selected_table(gene_table(trials, config.training.epochs, []))
         for row in chosen.to_dict("records"):  # groups not ranked yet (resumed, or a trial failed)
             tasks.add_ranking((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])
+        swept = time.monotonic()
         tasks.finish()
+        during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
+        say(f"baselines and rankings: {len(tasks.lasso)} lasso fits, {len(tasks.rankings)} groups "
+            f"ranked ({during} while trials ran), {len(tasks.failed)} failed")
     finally:
         ray.shutdown()
     return trials, failed, chosen, tasks

@@ -48,8 +48,8 @@ def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, sea
 @ray.remote
 def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, model: str,
                   search: SearchConfig) -> pd.DataFrame:
-    from .rankings import group_rankings  # TensorFlow: loaded by the rankings' workers only
-    from .trainer import load_model
+    from .rankings import group_rankings
+    from .trial import load_model
 
     fs, path = filesystem(model)
     with fs.open_input_stream(path) as handle:
@@ -135,7 +135,7 @@ class GroupTasks:
                 continue
             if kind == "lasso":
                 self.lasso[group] = value
-                log.info("lasso baseline: %d (tissue, cluster, replicate) done", len(self.lasso))
+                log.debug("lasso baseline: %d (tissue, cluster, replicate) done", len(self.lasso))
             else:
                 self.rankings[group, lam] = value
 

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from .attribution import tf_scores
 from .baseline import LassoFit, lasso_name
 from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
 from .config import SearchConfig, load_config
@@ -36,7 +35,7 @@ from .data import load_tissue
 from .data.store import read_manifest, write_atomically
 from .errors import InputError
 from .sweep import experiment_path, fetch_models
-from .trainer import Trial, load_model
+from .trial import Trial, load_model
 
 
 METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
@@ -46,6 +45,7 @@ CATEGORICAL = ("tissue", "gene", "tf")
 def group_rankings(tissue: str, cluster: int, replicate: int, data: ClusterData, tfs: np.ndarray,
                    weights: dict[str, np.ndarray], search: SearchConfig) -> pd.DataFrame:
     """Rows (tissue, cluster, gene, replicate, tf, score, rank) of one model's rankings."""
+    from .attribution import tf_scores  # TensorFlow: only where models are ranked
     splits = prepare_splits(data, replicate_split(search, len(data.expression), replicate), "train")
     cells = [np.sort(np.concatenate([splits[s].cells[g] for s in SPLITS]))
              for g in range(len(data.genes))]

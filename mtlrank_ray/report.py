@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .data.store import write_atomically  # noqa: E402
 from .results import GROUP, LASSO, networks, selected_table, tissue_summary  # noqa: E402
-from .trainer import Trial  # noqa: E402
+from .trial import Trial  # noqa: E402
 
 
 def chosen_rows(genes: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,10 @@ from .config import Config, RunSettings
 from .data.store import fetch_files, filesystem, install, put_file, sibling
 from .errors import InputError
 from .group_tasks import Group, group_of
-from .trainer import ClusterTrainer, EpochReport, Trial, configure_runtime
+from .trial import Trial
+
+if TYPE_CHECKING:
+    from .trainer import ClusterTrainer, EpochReport
 
 EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
@@ -126,6 +130,8 @@ class _TrialStorage:
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
     """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
+    from .trainer import ClusterTrainer, configure_runtime  # TensorFlow: in the trials' workers only
+
     configure_runtime(settings["cpu"])
     spec = Trial(**config["trial"])
     training, search = settings["training"], settings["search"]

@@ -31,25 +31,10 @@ from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare
 from .data.store import write_atomically
 from .config import TrainingConfig
 from .errors import TrainingError
+from .trial import Trial
 
 EVAL_CHUNK = 256  # cells per gene per evaluation step: (G, 256, T) temporaries
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras' defaults, as the seed used
-
-
-@dataclass(frozen=True)
-class Trial:
-    tissue: str
-    cluster: int
-    replicate: int
-    lam: float
-
-    @property
-    def name(self) -> str:
-        return f"{self.tissue}_c{self.cluster}_r{self.replicate}_lam{self.lam:g}"
-
-    def describe(self) -> str:
-        return (f"tissue {self.tissue}, cluster {self.cluster}, replicate {self.replicate}, "
-                f"λ={self.lam:g}")
 
 
 @dataclass
@@ -258,12 +243,6 @@ class ClusterTrainer:
         self.step_count.assign(steps)
         self.batch_rng.bit_generator.state = state["batch_rng"]
         self.history = state["history"]
-
-
-def load_model(payload: bytes) -> tuple[list[str], dict[str, np.ndarray]]:
-    """(genes, weights) of a model file written from `ClusterTrainer.best_model`."""
-    with np.load(io.BytesIO(payload)) as saved:
-        return saved["genes"].tolist(), {k: saved[k] for k in saved.files if k != "genes"}
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

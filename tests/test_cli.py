@@ -46,6 +46,12 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert run.returncode == 0, run.stderr[-3000:]
         assert run.stdout.count("reused") == (2 if attempt else 0)
         assert ("Ray dashboard: http://127.0.0.1:" in run.stdout) == bool(attempt)
+        assert ("`ray get-auth-token` prints it" in run.stdout) == bool(attempt)
+        # A short console: a line per phase and the sweep's progress, none of TensorFlow's
+        # start-up lines or Tune's per-trial tables.
+        output = run.stdout + run.stderr
+        assert len(output.splitlines()) < 60, output
+        assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
         # tissues x genes x replicates x (lambdas + the lasso baseline)
         assert len(genes) == 2 * 40 * 1 * (2 + 1) and genes.test_r2.notna().all()
@@ -53,6 +59,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         # Trials stopped early still carry their best epoch's results.
         stopped = genes[genes.stopped_early]
         assert (stopped.best_epoch <= stopped.epochs_run).all() and (stopped.epochs_run < 4).all()
+        assert (genes.loc[genes["lambda"] == 0, "epochs_run"] == 4).all()  # the baseline runs in full
         assert len(pd.read_csv(tmp_path / "runs/smoke/selected.csv")) == 2 * 4
     assert "| Kidney_Left |" in run.stdout and "gene_r2.parquet" in run.stdout
     # TF rankings of the selected models, the consensus network, and their quality.

@@ -17,7 +17,7 @@ from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.group_tasks import GroupsFinished, GroupTasks
 from mtlrank_ray.rankings import group_rankings
-from mtlrank_ray.trainer import Trial, load_model
+from mtlrank_ray.trial import Trial, load_model
 
 from conftest import SMALL_SETTINGS
 

@@ -1,0 +1,130 @@
+"""What `tune.py` prints while it runs: a line per phase, a progress bar for the sweep,
+and the workers' output without TensorFlow's start-up lines.
+
+The sweep's bar (tqdm) shows trials done out of all, elapsed time, the time
+left and the best mean validation R² so far per tissue; where the output is
+not a terminal it is a plain line every PLAIN_EVERY_S seconds. Tune's own
+per-trial tables appear only with -v.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+
+from ray.tune import Callback
+
+PLAIN_EVERY_S = 30.0
+# TensorFlow's and CUDA's start-up lines in every worker (they say nothing about the
+# run); each worker's log file under Ray's session folder keeps them.
+STARTUP_NOISE = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on", r"Could not find cuda drivers",
+    r"failed call to cuInit", r"This TensorFlow binary is optimized",
+    r"To enable the following instructions", r"Unable to register cu\w+ factory",
+    r"computation placer already registered", r"XLA service .* initialized for platform",
+    r"StreamExecutor \[\d+\]", r"disabling MLIR crash reproducer", r"Compiled cluster using XLA",
+    r"Checkpoint successfully created at", r"Ray deduplicates logs by default",
+]))
+
+
+def quiet_worker_output() -> None:
+    """Drop STARTUP_NOISE from the worker output Ray prints in this driver."""
+    from ray._private import ray_logging
+
+    dispatcher = ray_logging.global_worker_stdstream_dispatcher
+
+    def without_noise(handle):
+        def emit(batch: dict) -> None:
+            lines = [line for line in batch.get("lines", []) if not STARTUP_NOISE.search(line)]
+            if lines:
+                handle({**batch, "lines": lines})
+        return emit
+
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, without_noise(handle)) for name, handle in dispatcher.handlers]
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_token_notice() -> None:
+    """Drop Ray's notice that a new local Ray has token authentication on (it always
+    has, since Ray 2.60); `--dashboard` says how to get the token instead."""
+    for handler in logging.getLogger("ray").handlers:
+        handler.addFilter(_DropNotice("Token authentication is enabled for this Ray cluster"))
+
+
+def phase(text: str) -> None:
+    print(text, flush=True)
+
+
+class SweepProgress(Callback):
+    """Tune callback: the sweep's progress bar (see the module's docstring)."""
+
+    def __init__(self):
+        self._bar = None
+        self._best: dict[str, float] = {}
+        self._done = 0
+        self._started = self._printed = 0.0
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks; the bar stays here
+        return {**self.__dict__, "_bar": None}
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if not self._started:
+            self._started = self._printed = time.monotonic()
+            self._done = sum(t.status in (t.TERMINATED, t.ERROR) for t in trials)
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+                self._bar = tqdm(total=len(trials), initial=self._done, desc="sweep", unit="trial",
+                                 file=sys.stderr, dynamic_ncols=True)
+        self._total = len(trials)
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        tissue, value = trial.config["trial"]["tissue"], result.get("best_mean_val_r2")
+        if value is not None and value > self._best.get(tissue, float("-inf")):
+            self._best[tissue] = value
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._advance()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._advance()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._show(final=True)
+        if self._bar is not None:
+            self._bar.close()
+
+    def _advance(self) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _best_text(self) -> str:
+        return ", ".join(f"{tissue} {value:.3f}" for tissue, value in sorted(self._best.items()))
+
+    def _show(self, final: bool = False) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"best mean val R²: {self._best_text()}" if self._best else "",
+                                      refresh=False)
+            return
+        now = time.monotonic()
+        if not self._total or (not final and now - self._printed < PLAIN_EVERY_S):
+            return
+        self._printed = now
+        elapsed = now - self._started
+        left = elapsed / self._done * (self._total - self._done) if self._done else float("nan")
+        print(f"sweep: {self._done}/{self._total} trials, {elapsed:.0f} s elapsed"
+              + (f", about {left:.0f} s left" if self._done and not final else "")
+              + (f"; best mean validation R²: {self._best_text()}" if self._best else ""), flush=True)

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = commands.add_parser("rank", parents=[common],
                                help="TF rankings and the consensus network of a finished sweep")
     rank.add_argument("out", type=Path, help="the run folder tune.py wrote")
-    rank.add_argument("--top", type=int, default=50, help="network: TFs in the top K of every replicate")
+    rank.add_argument("--top", type=int, default=None,
+                      help="network: TFs in the top K of every replicate (default: a tenth of "
+                           "the tissue's TFs)")
     rank.add_argument("--lambda", dest="lam", type=float, default=None,
                       help="rank every group's model of this λ instead of the selected one (fetched "
                            "from the sweep's storage); writes rankings_lambda<λ>.parquet and "
@@ -309,7 +311,7 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
               if (key := ((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])) in tasks.rankings]
     if earlier.rankings is not None:
         ranked.append(earlier.rankings)
-    _print_rankings(out, 50, *write_rankings(out, concat_rankings(ranked), top=50)[1:])
+    _print_rankings(out, None, *write_rankings(out, concat_rankings(ranked), top=None)[1:])
     _report(argparse.Namespace(out=out))
     if failed or tasks.failed:
         raise TrainingError(f"{len(failed)} trials and {len(tasks.failed)} baselines or rankings "
@@ -330,10 +332,11 @@ def _rank(args) -> None:
     _print_rankings(args.out, args.top, network, quality, "" if args.lam is None else f"_lambda{args.lam:g}")
 
 
-def _print_rankings(out: Path, top: int, network, quality, suffix: str = "") -> None:
+def _print_rankings(out: Path, top: int | None, network, quality, suffix: str = "") -> None:
     from .results import markdown_table
 
-    print(f"\nTF rankings: {out}/rankings{suffix}.parquet; network (top {top} in every replicate): "
+    size = f"top {top}" if top is not None else "top tenth of the TFs"
+    print(f"\nTF rankings: {out}/rankings{suffix}.parquet; network ({size} in every replicate): "
           f"{out}/network{suffix}.csv, {len(network)} edges")
     if quality is not None:
         print("ranking quality against the planted regulators:")

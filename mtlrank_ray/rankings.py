@@ -7,10 +7,11 @@ standardization (`group_rankings`, run as a Ray task during the sweep as soon
 as a group's trials are done, or here by `rank_run` on a finished run
 folder). Written to the run folder:
 
-    rankings.parquet   tissue, cluster, gene, replicate, tf, score, rank (1 = strongest);
-                       tissue, gene and tf categorical
-    network.csv        tissue, gene, tf, mean_rank: TFs in the top K of every replicate
-                       (the paper's consensus step; K = 50 by default)
+    rankings.parquet   tissue, cluster, gene, gene_symbol, replicate, tf, tf_symbol, score,
+                       rank (1 = strongest); the text columns categorical
+    network.csv        tissue, gene, gene_symbol, tf, tf_symbol, mean_rank: TFs in the top
+                       K of every replicate (the paper's consensus step; K a tenth of the
+                       tissue's TFs by default)
     ranking_quality.csv  on data with a planted truth (the demo's truth/), mean per-gene
                        average precision and precision at 10 of our rankings, of the
                        lasso baseline's |coefficients| (same replicates, alpha chosen on
@@ -22,6 +23,7 @@ the sweep's storage) and writes rankings_lambda<X>.parquet and network_lambda<X>
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ from .baseline import LassoFit, lasso_name
 from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
 from .config import SearchConfig, load_config
 from .data import load_tissue
+from .data.prepare import ID_MAP
+from .data.references import read_id_map
 from .data.store import read_manifest, write_atomically
 from .errors import InputError
 from .sweep import experiment_path, fetch_models
@@ -39,6 +43,7 @@ from .trial import Trial, load_model
 
 
 METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
+TOP_FRACTION = 0.1  # the network's default size: a tenth of the tissue's TFs per gene
 CATEGORICAL = ("tissue", "gene", "tf")
 
 
@@ -119,16 +124,42 @@ def write_rankings(out: Path, rankings: pd.DataFrame, top: int, suffix: str = ""
     truth, ranking_quality<suffix>.csv; returns (rankings, network, quality or None)."""
     out = Path(out)
     config = load_config(out / "config.yaml")
+    store = config.run.store(out)
+    rankings = with_symbols(rankings, store)
     network = consensus_network(rankings, top)
+    network = network.merge(rankings[["gene", "gene_symbol"]].drop_duplicates("gene"), on="gene")
+    network = network.merge(rankings[["tf", "tf_symbol"]].drop_duplicates("tf"), on="tf")[
+        ["tissue", "gene", "gene_symbol", "tf", "tf_symbol", "mean_rank"]].sort_values(
+        ["tissue", "gene", "mean_rank"], ignore_index=True)
     write_atomically(out / f"rankings{suffix}.parquet", lambda p: rankings.to_parquet(p, index=False))
     write_atomically(out / f"network{suffix}.csv", lambda p: network.to_csv(p, index=False))
-    store = config.run.store(out)
     truth = _planted_truth(store, str(rankings.tissue.iloc[0]))
     quality = None
     if truth is not None:
         quality = ranking_quality(rankings, truth, out / "models", store)
         write_atomically(out / f"ranking_quality{suffix}.csv", lambda p: quality.to_csv(p, index=False))
     return rankings, network, quality
+
+
+def with_symbols(rankings: pd.DataFrame, store: str) -> pd.DataFrame:
+    """Rankings with gene_symbol and tf_symbol beside the ids, from the data's id
+    mapping (data/raw/id_mapping/ensembl_to_symbol.csv; "" where it has none)."""
+    symbols = _id_symbols(store, str(rankings.tissue.iloc[0]))
+    named = {f"{column}_symbol": rankings[column].cat.rename_categories(
+                 lambda name: f"{symbols.get(name, '')}|{name}").map(lambda both: both.split("|")[0])
+             for column in ("gene", "tf")}
+    frame = rankings.drop(columns=list(named), errors="ignore").assign(**named)
+    return frame[["tissue", "cluster", "gene", "gene_symbol", "replicate", "tf", "tf_symbol",
+                  "score", "rank"]]
+
+
+def _id_symbols(store: str, tissue: str) -> dict[str, str]:
+    """Ensembl id -> symbol of the data the store was prepared from ({} if unknown)."""
+    root = (read_manifest(store, tissue) or {}).get("data_root")
+    if not root or not (Path(root) / ID_MAP).is_file():
+        return {}
+    table = read_id_map(Path(root) / ID_MAP)
+    return dict(zip(table.ensembl_id, table.gene_symbol.fillna("").astype(str)))
 
 
 def _model_weights(out: Path, data: ClusterData, trial: Trial) -> dict[str, np.ndarray]:
@@ -143,9 +174,16 @@ def _model_weights(out: Path, data: ClusterData, trial: Trial) -> dict[str, np.n
     return weights
 
 
-def consensus_network(rankings: pd.DataFrame, top: int) -> pd.DataFrame:
+def network_size(n_tfs: int, top: int | None) -> int:
+    """TFs per gene in the network: `top`, or by default TOP_FRACTION of the tissue's TFs."""
+    return top if top is not None else max(1, math.ceil(TOP_FRACTION * n_tfs))
+
+
+def consensus_network(rankings: pd.DataFrame, top: int | None) -> pd.DataFrame:
+    """(tissue, gene, tf, mean_rank): the TFs in every replicate's top `network_size`."""
     replicates = rankings.groupby(["tissue", "gene"], observed=True).replicate.nunique().rename("replicates")
-    inside = rankings[rankings["rank"] <= top]
+    sizes = rankings.groupby("tissue", observed=True)["rank"].max().map(lambda n: network_size(n, top))
+    inside = rankings[rankings["rank"] <= rankings.tissue.map(sizes).astype(int)]
     kept = inside.groupby(["tissue", "gene", "tf"], observed=True).agg(
         n=("replicate", "nunique"), mean_rank=("rank", "mean")).reset_index()
     kept = kept.merge(replicates.reset_index(), on=["tissue", "gene"])

@@ -4,13 +4,16 @@
 
     test_r2.png         test R² per gene, per tissue: the λ chosen on validation, λ = 0 and
                         the lasso baseline
-    lambda_curve.png    mean validation R² against λ per tissue (log axis; λ = 0 drawn
-                        at the left edge and marked; the lasso's as a dashed line)
+    lambda_curve.png    mean validation R² against λ per tissue (log axis; λ = 0 as its
+                        own point in a panel beside it; the lasso's as a dashed line)
     selected_vs_zero.png  per gene: test R² at the selected λ against λ = 0
+    network.png         per tissue, the network's TFs with the most targets against the
+                        genes they regulate (mean rank over replicates), clustered
     singular_values.png   singular values of the Dense(64) kernels stacked over a
                         cluster's genes, λ = 0 against the selected λ (the low rank
                         the trace norm buys), for the first tissue's first cluster
-    index.html          the plots and the tables (summary, selected λ, ranking quality)
+    index.html          the plots, each with a caption saying how to read it, and the
+                        tables (summary, selected λ, ranking quality) with plain headers
 
 Each plotting function returns the numbers it drew, so tests check that the
 pictures show the results.
@@ -50,7 +53,8 @@ def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
             values = rows.loc[rows.tissue == tissue, "test_r2"].to_numpy()
             if len(values):
                 ax.boxplot(values, positions=[i + 0.27 * (k - 1)], widths=0.24, patch_artist=True,
-                           boxprops={"facecolor": f"C{k}"})
+                           boxprops={"facecolor": f"C{k}"},
+                           medianprops={"color": "black", "linewidth": 1.5})
                 drawn[tissue, label] = values
     ax.set_xticks(range(len(tissues)), tissues)
     ax.set_ylabel("test R² per gene")
@@ -61,27 +65,35 @@ def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
 
 
 def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
-    """Returns {tissue: {λ: mean val R²}} and {(tissue, "lasso"): mean val R²}."""
+    """Mean validation R² against λ: λ > 0 on a log axis, λ = 0 as its own point in a
+    narrow panel beside it (a log axis has no 0). Returns {tissue: {λ: mean val R²}},
+    {(tissue, "lasso"): mean val R²} and what each panel drew."""
     network = networks(genes)
     curves = network.groupby(["tissue", "lambda"]).val_r2.mean()
     lasso = genes[genes.model == LASSO].groupby("tissue").val_r2.mean()
-    positive = sorted(lam for lam in network["lambda"].unique() if lam > 0)
-    zero_at = positive[0] / 10 if positive else 1e-4  # where λ = 0 sits on the log axis
     drawn = {}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (zero_ax, ax) = plt.subplots(1, 2, sharey=True, figsize=(6.5, 4), layout="constrained",
+                                      gridspec_kw={"width_ratios": [1, 6]})
     for k, (tissue, curve) in enumerate(curves.groupby(level="tissue")):
         lambdas = curve.index.get_level_values("lambda").to_numpy()
-        x = np.where(lambdas > 0, lambdas, zero_at)
-        ax.plot(x, curve.to_numpy(), marker="o", color=f"C{k}", label=tissue)
-        drawn[tissue] = dict(zip(lambdas, curve.to_numpy()))
+        values = curve.to_numpy()
+        drawn[tissue] = dict(zip(lambdas, values))
+        positive = lambdas > 0
+        drawn[tissue, "log axis"], drawn[tissue, "λ = 0 panel"] = lambdas[positive], values[~positive]
+        ax.plot(lambdas[positive], values[positive], marker="o", color=f"C{k}", label=tissue)
+        zero_ax.plot(np.zeros((~positive).sum()), values[~positive], marker="s", color=f"C{k}",
+                     linestyle="none")
         if tissue in lasso.index:
-            ax.axhline(lasso[tissue], color=f"C{k}", linestyle="--", linewidth=1,
-                       label=f"{tissue}: lasso")
+            for axis in (zero_ax, ax):
+                axis.axhline(lasso[tissue], color=f"C{k}", linestyle="--", linewidth=1)
             drawn[tissue, LASSO] = lasso[tissue]
-    ax.axvline(zero_at, color="grey", linestyle=":", label="λ = 0")
+    ax.plot([], [], color="grey", linestyle="--", linewidth=1, label="lasso (each tissue's colour)")
+    zero_ax.set_xticks([0], ["λ = 0"])
+    zero_ax.set_xlim(-1, 1)
+    zero_ax.set_ylabel("mean validation R²")
     ax.set_xscale("log")
     ax.set_xlabel("λ (trace-norm weight)")
-    ax.set_ylabel("mean validation R²")
+    ax.tick_params(left=False)
     ax.legend(fontsize="small")
     _save(fig, path)
     return drawn
@@ -125,6 +137,90 @@ def plot_singular_values(genes: pd.DataFrame, models: Path, path: Path) -> dict:
     return drawn
 
 
+CAPTIONS = {
+    "test_r2.png": "Test R² of every gene on held-out cells, per tissue: the networks at the λ "
+                   "chosen on validation for each gene's cluster and replicate, the independent "
+                   "per-gene networks (λ = 0) and the per-gene lasso on the same inputs and cells. "
+                   "Each box spans the middle half of the genes, the black line is the median and "
+                   "the whiskers reach 1.5 box-lengths. 1 is a perfect prediction of the gene's "
+                   "velocity; 0 is no better than its mean.",
+    "lambda_curve.png": "Mean validation R² (over genes, clusters and replicates) against the "
+                        "trace-norm weight λ, per tissue. λ = 0, in the left panel, trains every "
+                        "gene's network on its own; a larger λ makes the genes of a cluster share "
+                        "more of their first layers. Dashed: the lasso. Each cluster's λ is chosen "
+                        "where its own validation R² is highest.",
+    "selected_vs_zero.png": "One point per gene and replicate: test R² at the chosen λ against "
+                            "test R² of the independent networks (λ = 0). Above the grey diagonal "
+                            "the gene gained from sharing with its cluster; below it, it lost.",
+    "singular_values.png": "Singular values of one cluster's Dense(64) layer (its genes' kernels "
+                           "stacked), at λ = 0 and at the chosen λ. A faster fall means the genes "
+                           "use fewer shared directions: the low rank the trace norm asks for.",
+    "network.png": "The regulatory network's strongest regulators, per tissue: the TFs (rows) in "
+                   "the consensus top of the most genes, and for each gene (columns, grouped by "
+                   "their regulators) the TF's mean rank over replicates; darker is stronger, "
+                   "blank is not in that gene's network.",
+}
+COLUMN_NAMES = {
+    "tissue": "Tissue", "genes": "Genes", "trials": "Trials", "stopped_early": "Stopped early",
+    "test_r2_selected": "Mean test R², chosen λ", "test_r2_lambda0": "Mean test R², λ = 0",
+    "test_r2_lasso": "Mean test R², lasso", "lambdas_selected": "λ chosen (clusters × replicates)",
+    "cluster": "Cluster", "replicate": "Replicate", "lambda": "Chosen λ",
+    "mean_val_r2": "Validation R², chosen λ", "mean_test_r2": "Test R², chosen λ",
+    "lambda0_mean_val_r2": "Validation R², λ = 0", "lambda0_mean_test_r2": "Test R², λ = 0",
+    "lasso_mean_val_r2": "Validation R², lasso", "lasso_mean_test_r2": "Test R², lasso",
+    "method": "Ranking method", "mean_average_precision": "Mean average precision",
+    "mean_precision_at_10": "Mean precision at 10", "rankings": "Genes × replicates scored",
+}
+TABLE_LINES = {
+    "Per tissue": "Mean test R² over the tissue's genes for the chosen λ and both baselines, and how "
+                  "often each λ was chosen.",
+    "λ chosen on validation": "For each cluster and replicate, the λ with the best mean "
+                              "validation R², with the mean R² of its genes beside λ = 0's and the "
+                              "lasso's.",
+    "TF ranking quality against the planted regulators": "How well each method ranks a gene's "
+        "true regulators first (the demo's planted truth): average precision and the share of "
+        "true regulators among the top 10.",
+}
+HEATMAP_TFS, HEATMAP_GENES = 20, 60
+
+
+def plot_network(network: pd.DataFrame, path: Path) -> dict:
+    """Per tissue, mean rank of its most connected TFs (rows) for the genes they
+    regulate most (columns, ordered by hierarchical clustering); returns the matrices."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+
+    tissues = sorted(network.tissue.unique())
+    fig, axes = plt.subplots(len(tissues), 1, figsize=(10, 1.2 + 0.28 * HEATMAP_TFS * len(tissues)),
+                             squeeze=False, layout="constrained")
+    drawn = {}
+    for ax, tissue in zip(axes[:, 0], tissues):
+        edges = network[network.tissue == tissue]
+        label = lambda ids, symbols: [s or i for i, s in zip(ids, symbols)]  # noqa: E731
+        tfs = edges.tf.value_counts().index[:HEATMAP_TFS]
+        edges = edges[edges.tf.isin(tfs)]
+        genes = edges.gene.value_counts().index[:HEATMAP_GENES]
+        matrix = edges[edges.gene.isin(genes)].pivot_table(index="tf", columns="gene",
+                                                           values="mean_rank", observed=True)
+        strength = np.nan_to_num(1.0 / matrix.to_numpy())
+        if min(strength.shape) > 1:
+            matrix = matrix.iloc[leaves_list(linkage(strength, "average")),
+                                 leaves_list(linkage(strength.T, "average"))]
+        drawn[tissue] = matrix
+        image = ax.imshow(1.0 / matrix.to_numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
+        tf_names = edges.drop_duplicates("tf").set_index("tf").tf_symbol.astype(str)
+        gene_names = edges.drop_duplicates("gene").set_index("gene").gene_symbol.astype(str)
+        ax.set_yticks(range(len(matrix.index)),
+                      label(matrix.index, tf_names.reindex(matrix.index).fillna("")), fontsize=7)
+        ax.set_xticks(range(len(matrix.columns)),
+                      label(matrix.columns, gene_names.reindex(matrix.columns).fillna("")),
+                      rotation=90, fontsize=6)
+        ax.set_title(f"{tissue}: {len(matrix.index)} TFs with the most targets x "
+                     f"{len(matrix.columns)} genes", fontsize=9)
+        fig.colorbar(image, ax=ax, label="1 / mean rank", fraction=0.03)
+    _save(fig, path)
+    return drawn
+
+
 def write_report(out: Path) -> Path:
     out = Path(out)
     if not (out / "gene_r2.parquet").is_file():
@@ -140,24 +236,35 @@ def write_report(out: Path) -> Path:
     if (out / "models").is_dir() and (genes["lambda"] == 0).any():
         plot_singular_values(genes, out / "models", folder / "singular_values.png")
         plots.append("singular_values.png")
+    if (out / "network.csv").is_file():
+        network = pd.read_csv(out / "network.csv", keep_default_na=False)
+        if {"gene_symbol", "tf_symbol"} <= set(network.columns) and len(network):
+            plot_network(network, folder / "network.png")
+            plots.append("network.png")
     selected = selected_table(genes)
     tables = {"Per tissue": tissue_summary(genes, selected), "λ chosen on validation": selected}
     if (out / "ranking_quality.csv").is_file():
         tables["TF ranking quality against the planted regulators"] = pd.read_csv(
             out / "ranking_quality.csv")
     body = [f"<h1>MTLRank sweep: {html.escape(str(out))}</h1>"]
-    body += [f'<p><img src="{name}" alt="{name}"></p>' for name in plots]
+    body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{html.escape(CAPTIONS[name])}'
+             "</figcaption></figure>" for name in plots]
     for title, table in tables.items():
-        body += [f"<h2>{html.escape(title)}</h2>", table.to_html(index=False, float_format="%.3f")]
+        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(TABLE_LINES[title])}</p>",
+                 '<div class="wide">' + table.rename(columns=COLUMN_NAMES).to_html(
+                     index=False, float_format="%.3f") + "</div>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>MTLRank sweep</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+            "figure{margin:1.5em 0}figcaption{max-width:50em;color:#333;font-size:0.95em}"
+            "img{max-width:100%}.wide{overflow-x:auto}</style></head><body>"
             + "\n".join(body) + "</body></html>")
     write_atomically(folder / "index.html", lambda p: Path(p).write_text(page))
     return folder / "index.html"
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     write_atomically(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)

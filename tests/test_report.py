@@ -68,13 +68,33 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     fake_run(tmp_path)
     pd.DataFrame({"method": ["mtlrank (DeepLIFT)"], "mean_average_precision": [0.5],
                   "mean_precision_at_10": [0.2], "rankings": [20]}).to_csv(tmp_path / "ranking_quality.csv", index=False)
+    pd.DataFrame({"tissue": ["Liver"] * 3, "gene": ["g1", "g1", "g2"], "gene_symbol": ["ALB", "ALB", ""],
+                  "tf": ["t1", "t2", "t1"], "tf_symbol": ["HNF4A", "FOXA2", "HNF4A"],
+                  "mean_rank": [1.0, 2.5, 1.5]}).to_csv(tmp_path / "network.csv", index=False)
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
-    for name in ("test_r2.png", "lambda_curve.png", "selected_vs_zero.png", "singular_values.png"):
+    names = ("test_r2.png", "lambda_curve.png", "selected_vs_zero.png", "singular_values.png", "network.png")
+    for name in names:
         assert f'src="{name}"' in page and (tmp_path / "report" / name).stat().st_size > 10_000
+    # Every plot has a caption; tables have plain headers and a line saying what they hold.
+    assert page.count("<figcaption>") == len(names) == page.count("<img ")
+    assert "Validation R², lasso" in page and "lasso_mean_val_r2" not in page
+    assert page.count("<h2>") == page.count("</table>") == 3 and page.count("<p>") == 3
     assert "Kidney_Left" in page and "ranking quality" in page.lower()
 
 
-def test_report_on_a_folder_without_results(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 2
-    assert "gene_r2.parquet is missing" in capsys.readouterr().err
+def test_the_network_picture_shows_mean_ranks_with_symbols(tmp_path):
+    network = pd.DataFrame({"tissue": "Liver", "gene": ["g1", "g1", "g2", "g3"],
+                            "gene_symbol": ["ALB", "ALB", "", "APOA1"], "tf": ["t1", "t2", "t1", "t2"],
+                            "tf_symbol": ["HNF4A", "FOXA2", "HNF4A", "FOXA2"],
+                            "mean_rank": [1.0, 2.0, 4.0, 1.0]})
+    drawn = report.plot_network(network, tmp_path / "n.png")["Liver"]
+    assert drawn.loc["t1", "g2"] == 4.0 and np.isnan(drawn.loc["t1", "g3"])
+    assert sorted(drawn.index) == ["t1", "t2"] and sorted(drawn.columns) == ["g1", "g2", "g3"]
+
+
+def test_the_lambda_curve_draws_lambda_zero_apart_from_the_log_axis(tmp_path):
+    genes = fake_run(tmp_path)
+    drawn = report.plot_lambda_curve(genes, tmp_path / "b.png")
+    assert list(drawn["Liver", "log axis"]) == [0.01, 0.1]  # no stand-in position for λ = 0
+    assert drawn["Liver", "λ = 0 panel"] == pytest.approx([drawn["Liver"][0.0]])

@@ -201,7 +201,7 @@ def _tune(args) -> None:
         if not Path("data").is_dir():
             raise InputError(f"no data/ folder in {Path.cwd()}: run from the folder that holds "
                              "data/, or pass --data DIR (or --demo for the demo atlas)")
-        args.data = Path(".")
+        args.data = Path.cwd()
     config = load_config(args.config)
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
     args.interrupt_hint = _interrupt_hint(args, config, out)

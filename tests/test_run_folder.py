@@ -15,9 +15,12 @@ SETTINGS = {**SMALL_SETTINGS, "training": {"epochs": 2, "batch_size": 64},
 
 
 def tune(folder, data, *extra):
-    return subprocess.run([sys.executable, "tune.py", "--data", str(data), "--config", "sweep.yaml",
-                           "--out", "run", "-q", *extra], cwd=folder, capture_output=True, text=True,
-                          timeout=600)
+    """tune.py run from a folder holding data/ (as the notebook is), with no --data."""
+    for name in ("data", "truth"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(data / name)
+    return subprocess.run([sys.executable, "tune.py", "--config", "sweep.yaml", "--out", "run", "-q",
+                           *extra], cwd=folder, capture_output=True, text=True, timeout=600)
 
 
 def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_template, tmp_path):
@@ -45,7 +48,8 @@ def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_temp
         for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso"}}
     assert set(pd.read_parquet(run / "rankings.parquet").tissue) == {"Kidney_Left", "Liver"}
     assert set(selected.tissue) == {"Kidney_Left", "Liver"}
-    assert "Kept from earlier runs: Kidney_Left." in (run / "summary.md").read_text()
+    summary = (run / "summary.md").read_text()
+    assert "Kept from earlier runs: Kidney_Left." in summary and f"Data: {tmp_path};" in summary
 
     # Other settings would mix two sweeps in one folder: refused before any trial.
     write_config(tmp_path / "sweep.yaml", {**SETTINGS, "training": {"epochs": 3, "batch_size": 64}})
@@ -59,3 +63,15 @@ def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_temp
     assert set(pd.read_parquet(run / "gene_r2.parquet").tissue) == {"Liver"}
     assert not list((run / "models").glob("Kidney_Left_*"))
     assert set(pd.read_parquet(run / "rankings.parquet").tissue) == {"Liver"}
+
+
+def test_the_cards_command_without_data_here_says_what_to_do(tmp_path):
+    shutil.copy(REPO / "tune.py", tmp_path)
+    for command in (["--tissue", "all"], ["--resume"]):  # the product card's, and its resume
+        done = subprocess.run([sys.executable, "tune.py", *command], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"error: no data/ folder in {tmp_path}: run from the folder that holds data/, or pass "
+            "--data DIR (or --demo for the demo atlas)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tune.py"]  # nothing written

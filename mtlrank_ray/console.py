@@ -73,13 +73,15 @@ class SweepProgress(Callback):
     def __init__(self):
         self._bar = None
         self._best: dict[str, float] = {}
-        self._done = 0
+        self._done = self._total = 0
         self._started = self._printed = 0.0
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks; the bar stays here
         return {**self.__dict__, "_bar": None}
 
     def on_step_begin(self, iteration, trials, **info) -> None:
+        if not trials:  # Tune creates the trials in its first steps
+            return
         if not self._started:
             self._started = self._printed = time.monotonic()
             self._done = sum(t.status in (t.TERMINATED, t.ERROR) for t in trials)
@@ -88,6 +90,8 @@ class SweepProgress(Callback):
                 self._bar = tqdm(total=len(trials), initial=self._done, desc="sweep", unit="trial",
                                  file=sys.stderr, dynamic_ncols=True)
         self._total = len(trials)
+        if self._bar is not None and self._bar.total != self._total:
+            self._bar.total = self._total
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:

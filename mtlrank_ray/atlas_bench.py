@@ -179,7 +179,7 @@ def main() -> None:
             tasks.add_lasso(groups(list(blocks.values()), config))
             GroupsFinished.tasks = tasks
             swept = time.time()
-            grid = run_sweep(blocks, config, root / "run", verbose=0, callbacks=(GroupsFinished(),))
+            grid = run_sweep(blocks, config, root / "run", verbose=0, callbacks=(GroupsFinished(len(config.search.lambdas)),))
             sweep_s = time.time() - swept
             GroupsFinished.tasks = None
             tasks.finish()

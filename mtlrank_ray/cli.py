@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from .config import load_config
-from .data.prepare import TissueReport, prepare_store
+from .data.prepare import TissueReport, prepare_store, selected_tissues
 from .demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
 from .interrupts import CtrlC, Interrupted
@@ -139,14 +140,16 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except (Interrupted, KeyboardInterrupt) as exc:
         if args.debug:
             raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the one line below is printed whole
         hint = getattr(args, "interrupt_hint", None)
         print(f"\ninterrupted{': ' + hint(exc) if hint else ''}", file=sys.stderr)
         return 130
     return 0
 
 
-def _interrupt_hint(args, config, out: Path):
-    """What to run after Ctrl-C: the same command, with --resume once a sweep exists."""
+def _interrupt_hint(args, config, out: Path, ctrl_c: CtrlC):
+    """What to run after Ctrl-C: the same command, with --resume once this run's sweep
+    has started (an earlier run's sweep in the folder is not this run's to resume)."""
     def hint(exc: BaseException) -> str:
         from .sweep import experiment_path
         from ray import tune
@@ -155,7 +158,8 @@ def _interrupt_hint(args, config, out: Path):
             return f"the results in {out} were written whole first"
         command = ["python", "tune.py", *[a for a in args.argv if a != "--resume"]]
         try:
-            resumable = tune.Tuner.can_restore(experiment_path(config, out))
+            resumable = ((ctrl_c.swept or args.resume)
+                         and tune.Tuner.can_restore(experiment_path(config, out)))
         except Exception:  # storage unreachable: say the plain command
             resumable = False
         verb = "to go on, run" if resumable else "nothing was written; run again with"
@@ -204,16 +208,18 @@ def _tune(args) -> None:
         args.data = Path.cwd()
     config = load_config(args.config)
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
-    args.interrupt_hint = _interrupt_hint(args, config, out)
     ctrl_c = CtrlC()
+    args.interrupt_hint = _interrupt_hint(args, config, out, ctrl_c)
     with ctrl_c.handling():
         if args.demo and not (DEMO_DATA / "truth" / "params.json").is_file():
             write_demo(DEMO_DATA)
             log.info("demo atlas written to %s", DEMO_DATA)
+        # Refused before the store changes when the folder holds tissues swept otherwise.
+        earlier = earlier_tissues(out, config, selected_tissues(args.data, config, args.tissue),
+                                  args.fresh)
         store = config.run.store(out)
         reports = prepare_store(args.data, config, store, args.tissue)
         _print_reports(reports, store)
-        earlier = earlier_tissues(out, config, [r.tissue for r in reports], args.fresh)
         swept = _sweep_on_ray(args, config, out, store, reports, ctrl_c)
         with ctrl_c.during("publish"):
             _publish(args, config, out, earlier, *swept)
@@ -247,7 +253,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
                  if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "")  # set by ray.init
         print(f"Ray dashboard: http://{context.dashboard_url}{token}")
     if not args.verbose:
-        quiet_worker_output()
+        quiet_worker_output(config.resources.gpu)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's newer reporter prints a box even when silent
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data keeps its own at INFO
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -266,7 +272,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
             progress = () if args.quiet or args.verbose else (SweepProgress(),)
             with ctrl_c.during("sweep"):
                 grid = run_sweep(blocks, config, out, resume=args.resume, verbose=int(args.verbose),
-                                 callbacks=(GroupsFinished(), *progress))
+                                 callbacks=(GroupsFinished(len(config.search.lambdas)), *progress))
         finally:
             GroupsFinished.tasks = None
         trials, failed = collect(grid)
@@ -288,30 +294,44 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
 def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, chosen, tasks) -> None:
     """Write the results, models, rankings and report to the run folder: this run's
     tissues and the `earlier` ones it keeps."""
-    from .data.store import write_atomically
+    import shutil
+
+    from .data.store import install, write_atomically
     from .rankings import concat_rankings, write_rankings
     from .results import gene_table, markdown_table, write_results
-    from .sweep import EXPERIMENT, experiment_path, export_models
+    from .sweep import EXPERIMENT, experiment_path, stage_models
 
     lasso = sorted(tasks.lasso.items())
-    out.mkdir(parents=True, exist_ok=True)  # with run.storage_path, nothing was written here yet
-    about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
-             f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines; "
-             f"{len(tasks.failed)} baselines and rankings failed."
-             + (f" Kept from earlier runs: {', '.join(earlier.tissues)}." if earlier.tissues else ""))
-    summary = write_results(out, gene_table(trials, config.training.epochs, lasso, earlier.genes),
-                            failed + tasks.failed, about)
-    write_atomically(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
-    export_models(chosen, tasks.lasso, experiment_path(config, out), out / "models", earlier.models)
-    for path in stale_rankings(out):
-        path.unlink()
-    print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
-    print(markdown_table(summary))
+    genes = gene_table(trials, config.training.epochs, lasso, earlier.genes)
     ranked = [tasks.rankings[key] for row in chosen.to_dict("records")
               if (key := ((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])) in tasks.rankings]
     if earlier.rankings is not None:
         ranked.append(earlier.rankings)
-    _print_rankings(out, None, *write_rankings(out, concat_rankings(ranked), top=None)[1:])
+    rankings = concat_rankings(ranked) if ranked else None
+    # What can fail (fetching the models) comes before anything is written.
+    staged = stage_models(chosen, tasks.lasso, experiment_path(config, out), out / "models",
+                          earlier.models)
+    try:
+        about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
+                 f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines; "
+                 f"{len(tasks.failed)} baselines and rankings failed."
+                 + (f" Kept from earlier runs: {', '.join(earlier.tissues)}." if earlier.tissues else ""))
+        summary = write_results(out, genes, failed + tasks.failed, about)
+        write_atomically(out / "config.yaml",
+                         lambda p: Path(p).write_text(yaml.safe_dump(config.to_dict())))
+    except BaseException:
+        shutil.rmtree(staged)
+        raise
+    install(staged, out / "models")
+    for path in stale_rankings(out):
+        path.unlink()
+    print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
+    print(markdown_table(summary))
+    if rankings is not None:
+        _print_rankings(out, None, *write_rankings(out, rankings, top=None)[1:])
+    else:  # every ranking failed (listed in summary.md): no earlier run's rankings stay beside
+        for name in ("rankings.parquet", "network.csv", "ranking_quality.csv"):
+            (out / name).unlink(missing_ok=True)
     _report(argparse.Namespace(out=out))
     if failed or tasks.failed:
         raise TrainingError(f"{len(failed)} trials and {len(tasks.failed)} baselines or rankings "

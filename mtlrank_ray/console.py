@@ -22,7 +22,7 @@ PLAIN_EVERY_S = 30.0
 STARTUP_NOISE = re.compile("|".join([
     r"All log messages before absl::InitializeLog\(\) is called",
     r"oneDNN custom operations are on", r"Could not find cuda drivers",
-    r"failed call to cuInit", r"This TensorFlow binary is optimized",
+    r"This TensorFlow binary is optimized",
     r"To enable the following instructions", r"Unable to register cu\w+ factory",
     r"computation placer already registered", r"XLA service .* initialized for platform",
     r"StreamExecutor \[\d+\]", r"disabling MLIR crash reproducer", r"Compiled cluster using XLA",
@@ -30,15 +30,21 @@ STARTUP_NOISE = re.compile("|".join([
 ]))
 
 
-def quiet_worker_output() -> None:
-    """Drop STARTUP_NOISE from the worker output Ray prints in this driver."""
+NO_GPU = re.compile(r"failed call to cuInit")  # noise only where no trial asked for a GPU
+
+
+def quiet_worker_output(gpus: float) -> None:
+    """Drop STARTUP_NOISE (and, when trials ask for no GPU, CUDA's failed start) from the
+    worker output Ray prints in this driver."""
     from ray._private import ray_logging
 
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
+    noise = [STARTUP_NOISE] + ([NO_GPU] if not gpus else [])
 
     def without_noise(handle):
         def emit(batch: dict) -> None:
-            lines = [line for line in batch.get("lines", []) if not STARTUP_NOISE.search(line)]
+            lines = [line for line in batch.get("lines", [])
+                     if not any(pattern.search(line) for pattern in noise)]
             if lines:
                 handle({**batch, "lines": lines})
         return emit

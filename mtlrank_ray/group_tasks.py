@@ -20,7 +20,6 @@ import logging
 import time
 from collections import deque
 
-import numpy as np
 import pandas as pd
 import ray
 from ray.tune import Callback
@@ -30,6 +29,7 @@ from .baseline import LassoFit, fit_lasso
 from .cluster_data import replicate_split
 from .config import Config, SearchConfig
 from .data.store import filesystem
+from .results import choose_lambda
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,6 @@ def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, m
         raise RuntimeError(f"{model} was trained on other genes than cluster {cluster}")
     return group_rankings(tissue.name, cluster, replicate, data, ray_data.tissue_tfs(tissue),
                           weights, search)
-
-
-def choose_lambda(mean_val_r2: dict[float, float]) -> float | None:
-    """The λ with the best mean validation R² (ties: the smallest λ), as selected.csv
-    chooses it; None when no λ has a finite value."""
-    finite = {lam: value for lam, value in mean_val_r2.items() if np.isfinite(value)}
-    return max(sorted(finite), key=finite.get) if finite else None
 
 
 class GroupTasks:
@@ -129,9 +122,10 @@ class GroupTasks:
             kind, group, lam = self.pending.pop(done[0])
             try:
                 value = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:
-                self.failed.append(f"{kind} {group}: {exc.cause!r}")
-                log.error("%s of %s failed: %r", kind, group, exc.cause)
+            except ray.exceptions.RayError as exc:  # the task's own error, a lost worker or object
+                cause = getattr(exc, "cause", exc)
+                self.failed.append(f"{kind} {group}: {cause!r}")
+                log.error("%s of %s failed: %r", kind, group, cause)
                 continue
             if kind == "lasso":
                 self.lasso[group] = value
@@ -148,6 +142,9 @@ class GroupsFinished(Callback):
 
     tasks: GroupTasks | None = None  # the running sweep's queue, set by the driver
 
+    def __init__(self, trials_per_group: int):
+        self.trials_per_group = trials_per_group  # Tune may not have made them all yet
+
     def on_step_end(self, iteration, trials, **info) -> None:
         if GroupsFinished.tasks is not None:
             GroupsFinished.tasks.poll()
@@ -157,9 +154,10 @@ class GroupsFinished(Callback):
         # have all terminated.
         tasks, group = GroupsFinished.tasks, group_of(trial.config)
         members = [t for t in trials if group_of(t.config) == group]
-        if tasks is None or any(t is not trial and t.status != t.TERMINATED for t in members):
+        if (tasks is None or len(members) < self.trials_per_group
+                or any(t is not trial and t.status != t.TERMINATED for t in members)):
             return
-        lam = choose_lambda({t.config["trial"]["lam"]: float(np.mean(t.last_result["best_val_r2"]))
+        lam = choose_lambda({t.config["trial"]["lam"]: float(pd.Series(t.last_result["best_val_r2"]).mean())
                              for t in members if "best_val_r2" in (t.last_result or {})})
         if lam is not None:
             tasks.add_ranking(group, lam)

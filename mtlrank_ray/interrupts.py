@@ -45,6 +45,7 @@ class CtrlC:
     def __init__(self):
         self.count = 0
         self.phase = "other"
+        self.swept = False  # whether the sweep phase was entered
 
     @contextmanager
     def handling(self):
@@ -69,6 +70,7 @@ class CtrlC:
         """Run a block as `phase` ("sweep" or "publish"); raises Interrupted after a
         sweep stopped by Ctrl-C or a publish that held one."""
         self.phase = phase
+        self.swept |= phase == "sweep"
         try:
             yield
         finally:

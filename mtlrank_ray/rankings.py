@@ -87,7 +87,7 @@ def concat_rankings(frames: list[pd.DataFrame]) -> pd.DataFrame:
         ["tissue", "cluster", "replicate"], kind="stable", ignore_index=True)
 
 
-def rank_run(out: Path, top: int = 50, lam: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame,
+def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                               pd.DataFrame | None]:
     """Rank the models of a finished run folder (the selected λ, or `lam`) and write
     the rankings, network and quality; returns them. Each tissue is read once."""
@@ -145,9 +145,11 @@ def with_symbols(rankings: pd.DataFrame, store: str) -> pd.DataFrame:
     """Rankings with gene_symbol and tf_symbol beside the ids, from the data's id
     mapping (data/raw/id_mapping/ensembl_to_symbol.csv; "" where it has none)."""
     symbols = _id_symbols(store, str(rankings.tissue.iloc[0]))
-    named = {f"{column}_symbol": rankings[column].cat.rename_categories(
-                 lambda name: f"{symbols.get(name, '')}|{name}").map(lambda both: both.split("|")[0])
-             for column in ("gene", "tf")}
+    named = {}
+    for column in ("gene", "tf"):
+        ids = rankings[column].cat
+        names, of_category = np.unique([symbols.get(i, "") for i in ids.categories], return_inverse=True)
+        named[f"{column}_symbol"] = pd.Categorical.from_codes(of_category[ids.codes], categories=names)
     frame = rankings.drop(columns=list(named), errors="ignore").assign(**named)
     return frame[["tissue", "cluster", "gene", "gene_symbol", "replicate", "tf", "tf_symbol",
                   "score", "rank"]]
@@ -212,14 +214,14 @@ def ranking_quality(rankings: pd.DataFrame, truth: pd.Series, models: Path, stor
         scores = part.score.to_numpy().reshape(len(genes), -1)  # rows gene-major, TFs in order
         tfs = part.tf.iloc[:scores.shape[1]].astype(str).to_numpy()
         lasso_path = models / f"{lasso_name(tissue_name, cluster, replicate)}.npz"
-        lasso = LassoFit.load(lasso_path) if lasso_path.is_file() else None
+        lasso = dict(zip(*_lasso_coefficients(lasso_path))) if lasso_path.is_file() else {}
         for g, gene in enumerate(genes):
             if gene not in truth.index:
                 continue
             labels = np.isin(tfs, list(truth[gene]))
             scored["mtlrank (DeepLIFT)"].append(_precision(labels, scores[g]))
-            if lasso is not None:
-                scored["abs lasso coefficient"].append(_precision(labels, np.abs(lasso.coef[g])))
+            if gene in lasso:
+                scored["abs lasso coefficient"].append(_precision(labels, np.abs(lasso[gene])))
     for tissue_name in rankings.tissue.unique():
         tissue = load_tissue(store, str(tissue_name))
         for g, gene in enumerate(tissue.genes):

@@ -72,11 +72,20 @@ def networks(genes: pd.DataFrame) -> pd.DataFrame:
     return genes[genes.model == NETWORK]
 
 
+def choose_lambda(mean_val_r2: dict[float, float]) -> float | None:
+    """The λ with the best mean validation R² (ties: the smallest λ), as selected.csv
+    chooses it; None when no λ has a finite value."""
+    finite = {lam: value for lam, value in mean_val_r2.items() if np.isfinite(value)}
+    return max(sorted(finite), key=finite.get) if finite else None
+
+
 def selected_table(genes: pd.DataFrame) -> pd.DataFrame:
     means = (genes.groupby([*GROUP, "model", "lambda"], dropna=False)[["val_r2", "test_r2"]].mean()
              .rename(columns={"val_r2": "mean_val_r2", "test_r2": "mean_test_r2"}).reset_index())
     network = means[means.model == NETWORK].drop(columns="model")
-    best = network.loc[network.groupby(GROUP)["mean_val_r2"].idxmax()]
+    chosen = network.groupby(GROUP)[["lambda", "mean_val_r2"]].apply(
+        lambda g: choose_lambda(dict(zip(g["lambda"], g["mean_val_r2"])))).rename("lambda")
+    best = network.merge(chosen.dropna().reset_index(), on=[*GROUP, "lambda"])
     for name, rows in (("lambda0", network[network["lambda"] == 0]),
                        (LASSO, means[means.model == LASSO])):
         rows = rows[[*GROUP, "mean_val_r2", "mean_test_r2"]].rename(

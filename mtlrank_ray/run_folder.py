@@ -54,6 +54,9 @@ def earlier_tissues(out: Path, config: Config, tissues: list[str], fresh: bool) 
     rankings = None
     if (out / "rankings.parquet").is_file():
         rankings = pd.read_parquet(out / "rankings.parquet")
+        if not {"cluster", "gene_symbol"} <= set(rankings.columns):
+            raise InputError(f"{out} was written by an earlier version of this tool; pass --fresh "
+                             "to start the folder over, or --out for a new one")
         rankings = rankings[rankings.tissue.isin(kept)].reset_index(drop=True)
         rankings["tissue"] = rankings.tissue.cat.remove_unused_categories()
     named = re.compile("|".join(rf"{re.escape(tissue)}_c\d+_r\d+_" for tissue in kept))

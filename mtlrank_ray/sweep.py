@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,7 @@ from .asha import GroupedASHA, rungs
 from .baseline import LassoFit, lasso_name
 from .cluster_data import replicate_split
 from .config import Config, RunSettings
-from .data.store import fetch_files, filesystem, install, put_file, sibling
+from .data.store import fetch_files, filesystem, put_file, sibling
 from .errors import InputError
 from .group_tasks import Group, group_of
 from .trial import Trial
@@ -75,8 +76,9 @@ def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dic
     under early stopping the first to reach a rung are never stopped there."""
     lambdas = sorted(config.search.lambdas)
     return [{"tissue": tissue, "cluster": cluster, "replicate": replicate, "lam": float(lam)}
-            for index, (tissue, cluster, replicate) in enumerate(groups(tissues, config))
-            for lam in np.random.default_rng([config.search.seed, index]).permutation(lambdas)]
+            for tissue, cluster, replicate in groups(tissues, config)
+            for lam in np.random.default_rng(  # the group's own seed, whatever else runs with it
+                [config.search.seed, zlib.crc32(tissue.encode()), cluster, replicate]).permutation(lambdas)]
 
 
 def is_baseline(config: dict) -> bool:
@@ -298,6 +300,10 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     if resume:
         path = resumable(config, out)
+        swept = {trial.config["trial"]["tissue"] for trial in tune.ExperimentAnalysis(path).trials}
+        if not swept <= set(blocks):
+            raise InputError(f"the sweep to resume at {path} covers the tissues "
+                             f"{', '.join(sorted(swept))}; resume it with --tissue {','.join(sorted(swept))}")
         if restore_missing_checkpoints(path):
             log.info("resume: trials whose last snapshotted checkpoint was gone go on from "
                      "their newest one")
@@ -358,20 +364,19 @@ def fetch_models(experiment: str, trials: list[Trial], folder: Path) -> None:
                          f"model (it failed, or the sweep at {experiment} is gone).")
 
 
-def export_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experiment: str,
-                  folder: Path, keep: list[Path] = ()) -> int:
-    """FOLDER/: the models the results use (`used_trials`), fetched from the sweep's
-    storage in parallel, each lasso baseline as <tissue>_c<cluster>_r<replicate>_lasso.npz,
-    and the files `keep` (earlier tissues' models). The folder is replaced whole, so
-    it never mixes runs; the other trials' models stay in the sweep's storage
-    (`mtlrank-ray rank RUN --lambda X` fetches them). Returns how many networks
-    were fetched."""
+def stage_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experiment: str,
+                 folder: Path, keep: list[Path] = ()) -> Path:
+    """A staging folder beside FOLDER for `store.install` to put in its place whole (so
+    models/ never mixes runs): the models the results use (`used_trials`), fetched from
+    the sweep's storage in parallel, each lasso baseline as
+    <tissue>_c<cluster>_r<replicate>_lasso.npz, and the files `keep` (earlier tissues'
+    models). The other trials' models stay in the sweep's storage
+    (`mtlrank-ray rank RUN --lambda X` fetches them)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = sibling(folder, "staging")
     staging.mkdir()
-    trials = used_trials(selected)
     try:
-        fetch_models(experiment, trials, staging)
+        fetch_models(experiment, used_trials(selected), staging)
         for group, fit in lasso.items():
             fit.save(staging / f"{lasso_name(*group)}.npz")
         for path in keep:
@@ -379,5 +384,4 @@ def export_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experime
     except BaseException:
         shutil.rmtree(staging)
         raise
-    install(staging, folder)
-    return len(trials)
+    return staging

@@ -133,7 +133,7 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     tasks.add_lasso(sweep.groups(list(blocks.values()), config))
     GroupsFinished.tasks = tasks
     try:
-        grid = sweep.run_sweep(blocks, config, tmp_path, verbose=0, callbacks=(GroupsFinished(),))
+        grid = sweep.run_sweep(blocks, config, tmp_path, verbose=0, callbacks=(GroupsFinished(len(config.search.lambdas)),))
     finally:
         GroupsFinished.tasks = None
     swept = time.monotonic()

@@ -82,6 +82,11 @@ def choose_tissues(requested: str, available: list[str]) -> list[str]:
     return chosen
 
 
+def selected_tissues(data_dir: str | Path, config: Config, tissues: str = "all") -> list[str]:
+    """The tissue keys `prepare_store` would prepare, without preparing them."""
+    return choose_tissues(tissues, open_source(existing_root(data_dir), config).tissues())
+
+
 def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
                   tissues: str = "all") -> list[TissueReport]:
     """Build the aligned store at `out`, a local folder or a URI (s3://bucket/prefix)."""

@@ -214,7 +214,8 @@ def ranking_quality(rankings: pd.DataFrame, truth: pd.Series, models: Path, stor
         scores = part.score.to_numpy().reshape(len(genes), -1)  # rows gene-major, TFs in order
         tfs = part.tf.iloc[:scores.shape[1]].astype(str).to_numpy()
         lasso_path = models / f"{lasso_name(tissue_name, cluster, replicate)}.npz"
-        lasso = dict(zip(*_lasso_coefficients(lasso_path))) if lasso_path.is_file() else {}
+        fit = LassoFit.load(lasso_path) if lasso_path.is_file() else None
+        lasso = dict(zip(fit.genes, fit.coef)) if fit is not None else {}
         for g, gene in enumerate(genes):
             if gene not in truth.index:
                 continue

@@ -263,7 +263,8 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         check_storage(config, out)
         started = time.monotonic()
         blocks = {r.tissue: materialize_tissue(store, r.tissue, config.resources.cpu) for r in reports}
-        say(f"data: {len(blocks)} tissues in Ray's object store ({time.monotonic() - started:.0f} s)")
+        say(f"data: {len(blocks)} tissue{'s' * (len(blocks) != 1)} in Ray's object store "
+            f"({time.monotonic() - started:.0f} s)")
         # Baselines and rankings run beside the trials, on the CPUs they leave free.
         tasks = GroupTasks(blocks, config, lambda group, lam: model_location(experiment, Trial(*group, lam)))
         tasks.add_lasso(groups(list(blocks.values()), config))

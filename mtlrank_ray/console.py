@@ -79,7 +79,7 @@ class SweepProgress(Callback):
     def __init__(self):
         self._bar = None
         self._best: dict[str, float] = {}
-        self._done = self._total = 0
+        self._done = self._done_before = self._total = 0
         self._started = self._printed = 0.0
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks; the bar stays here
@@ -90,7 +90,7 @@ class SweepProgress(Callback):
             return
         if not self._started:
             self._started = self._printed = time.monotonic()
-            self._done = sum(t.status in (t.TERMINATED, t.ERROR) for t in trials)
+            self._done = self._done_before = sum(t.status in (t.TERMINATED, t.ERROR) for t in trials)
             if sys.stderr.isatty():
                 from tqdm import tqdm
                 self._bar = tqdm(total=len(trials), initial=self._done, desc="sweep", unit="trial",
@@ -134,7 +134,8 @@ class SweepProgress(Callback):
             return
         self._printed = now
         elapsed = now - self._started
-        left = elapsed / self._done * (self._total - self._done) if self._done else float("nan")
+        finished_here = self._done - self._done_before  # a resumed sweep's earlier trials took no time
+        left = elapsed / finished_here * (self._total - self._done) if finished_here else 0.0
         print(f"sweep: {self._done}/{self._total} trials, {elapsed:.0f} s elapsed"
-              + (f", about {left:.0f} s left" if self._done and not final else "")
+              + (f", about {left:.0f} s left" if finished_here and not final else "")
               + (f"; best mean validation R²: {self._best_text()}" if self._best else ""), flush=True)

@@ -178,8 +178,8 @@ TABLE_LINES = {
                               "validation R², with the mean R² of its genes beside λ = 0's and the "
                               "lasso's.",
     "TF ranking quality against the planted regulators": "How well each method ranks a gene's "
-        "true regulators first (the demo's planted truth): average precision and the share of "
-        "true regulators among the top 10.",
+        "true regulators first (the demo's planted truth): average precision, and the share of "
+        "each gene's 10 top-ranked TFs that are true regulators (precision at 10).",
 }
 HEATMAP_TFS, HEATMAP_GENES = 20, 60
 

@@ -213,8 +213,20 @@ def resumable(config: Config, out: Path) -> str:
     return path
 
 
-def restore_missing_checkpoints(path: str) -> int:
-    """Make every trial of the sweep at `path` restorable; returns how many were mended.
+def swept_trials(path: str) -> list:
+    """The trials of the sweep at `path`, without Tune's warning for each trial that has
+    not reported yet (an interrupted sweep has such trials by design)."""
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        return tune.ExperimentAnalysis(path).trials
+    finally:
+        analysis_log.setLevel(level)
+
+
+def restore_missing_checkpoints(trials: list) -> int:
+    """Make every one of a sweep's trials restorable; returns how many were mended.
 
     Tune deletes a trial's superseded checkpoint as soon as the next one is
     registered, before the next experiment snapshot stops naming it: a driver
@@ -223,7 +235,7 @@ def restore_missing_checkpoints(path: str) -> int:
     the snapshot looks (the trainer's state in it holds its own epoch, so
     training goes on from there)."""
     mended = 0
-    for trial in tune.ExperimentAnalysis(path).trials:
+    for trial in trials:
         checkpoint = trial.checkpoint
         if checkpoint is None:
             continue
@@ -300,11 +312,12 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     if resume:
         path = resumable(config, out)
-        swept = {trial.config["trial"]["tissue"] for trial in tune.ExperimentAnalysis(path).trials}
-        if not swept <= set(blocks):
+        trials = swept_trials(path)
+        swept = {trial.config["trial"]["tissue"] for trial in trials}
+        if swept != set(blocks):  # its trials, baselines and results must cover the same tissues
             raise InputError(f"the sweep to resume at {path} covers the tissues "
                              f"{', '.join(sorted(swept))}; resume it with --tissue {','.join(sorted(swept))}")
-        if restore_missing_checkpoints(path):
+        if restore_missing_checkpoints(trials):
             log.info("resume: trials whose last snapshotted checkpoint was gone go on from "
                      "their newest one")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()

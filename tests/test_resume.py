@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from mtlrank_ray.sweep import restore_missing_checkpoints
+from mtlrank_ray.sweep import restore_missing_checkpoints, swept_trials
 
 from conftest import REPO, SMALL_SETTINGS, write_config
 
@@ -95,9 +95,9 @@ def test_resume_mends_a_checkpoint_deleted_after_the_last_snapshot(local_ray, tm
                run_config=tune.RunConfig(storage_path=str(tmp_path), name="sweep", verbose=0)).fit()
     (trial,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
     named = trial / "checkpoint_000002"  # what the snapshot names: the third epoch's
-    assert restore_missing_checkpoints(str(tmp_path / "sweep")) == 0  # all there
+    assert restore_missing_checkpoints(swept_trials(str(tmp_path / "sweep"))) == 0  # all there
     named.rename(trial / "checkpoint_000003")  # Tune deleted it after a newer one came
-    assert restore_missing_checkpoints(str(tmp_path / "sweep")) == 1
+    assert restore_missing_checkpoints(swept_trials(str(tmp_path / "sweep"))) == 1
     (result,) = tune.Tuner.restore(str(tmp_path / "sweep"), trainable=counting,
                                    resume_errored=True).fit()
     assert result.error is None and result.metrics["epoch"] == 4

@@ -15,6 +15,7 @@ from mtlrank_ray import ray_data, sweep
 from mtlrank_ray.cluster_data import ClusterData
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
+from mtlrank_ray.errors import InputError
 from mtlrank_ray.group_tasks import GroupsFinished, GroupTasks
 from mtlrank_ray.rankings import group_rankings
 from mtlrank_ray.trial import Trial, load_model
@@ -170,3 +171,12 @@ def test_trials_of_a_node_share_one_expression_matrix(local_ray, store):
     expected = load_tissue(store, "Liver").expression
     np.testing.assert_array_equal(ray_data.cluster_data(blocks, 0).expression, expected)
     assert "expression" not in dict(blocks.refs)  # the Arrow blocks were let go
+
+
+def test_a_sweep_of_other_tissues_is_not_resumed(local_ray, store, tmp_path):
+    config = config_from_dict({**SMALL_SETTINGS, "training": {"epochs": 1, "batch_size": 64},
+                               "search": {"lambdas": [0.0], "replicates": 1}, "asha": {"enabled": False}})
+    liver = ray_data.materialize_tissue(str(store), "Liver")
+    sweep.run_sweep({"Liver": liver}, config, tmp_path, verbose=0)
+    with pytest.raises(InputError, match="covers the tissues Liver; resume it with --tissue Liver"):
+        sweep.run_sweep({"Liver": liver, "Kidney_Left": liver}, config, tmp_path, resume=True, verbose=0)

@@ -53,20 +53,28 @@ def quiet_worker_output(gpus: float) -> None:
         dispatcher.handlers = [(name, without_noise(handle)) for name, handle in dispatcher.handlers]
 
 
-class _DropNotice(logging.Filter):
-    def __init__(self, text: str):
+class DropMessages(logging.Filter):
+    """Drops records whose message contains any of `texts`, while `active()` holds; added
+    to the "ray" logger's handlers, where every ray.* record is printed."""
+
+    def __init__(self, *texts: str, active=lambda: True):
         super().__init__()
-        self.text = text
+        self.texts, self.active = texts, active
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        return not (self.active() and any(text in record.getMessage() for text in self.texts))
+
+    def install(self) -> list[logging.Handler]:
+        handlers = logging.getLogger("ray").handlers
+        for handler in handlers:
+            handler.addFilter(self)
+        return handlers
 
 
 def quiet_token_notice() -> None:
     """Drop Ray's notice that a new local Ray has token authentication on (it always
     has, since Ray 2.60); `--dashboard` says how to get the token instead."""
-    for handler in logging.getLogger("ray").handlers:
-        handler.addFilter(_DropNotice("Token authentication is enabled for this Ray cluster"))
+    DropMessages("Token authentication is enabled for this Ray cluster").install()
 
 
 def phase(text: str) -> None:

@@ -7,8 +7,9 @@
 
 Tasks are submitted only onto CPUs the trials leave free: the driver checks
 Ray's available CPUs between Tune's steps (trials waiting to start hold
-theirs already), so a baseline never delays a trial; whatever is still queued
-when the last trial ends is submitted then. Each task reads its tissue's
+theirs already), so a baseline rarely delays a trial (Ray counts free CPUs
+over the whole cluster, not per node); whatever is still queued when the last
+trial ends is submitted then. Each task reads its tissue's
 expression from the node's one shared copy. This module imports no
 TensorFlow: the lasso's workers never load it; the rankings' do, inside the
 task.

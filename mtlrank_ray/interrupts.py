@@ -15,7 +15,6 @@ The caller then exits with status 130 and one line saying how to go on.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from contextlib import contextmanager
@@ -25,20 +24,11 @@ class Interrupted(Exception):
     """The user pressed Ctrl-C; raised once the current phase has stopped cleanly."""
 
 
-class _TuneInterruptLines(logging.Filter):
-    """Once interrupted, Tune's own lines about the stopped run (its Python API,
-    Tuner.restore, to go on; the trials that never started) are dropped: the
-    caller prints one line with this tool's --resume instead."""
-
-    HIDDEN = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete",
-              "Failed to fetch metrics")
-
-    def __init__(self, ctrl_c: "CtrlC"):
-        super().__init__()
-        self.ctrl_c = ctrl_c
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (self.ctrl_c.count and any(text in record.getMessage() for text in self.HIDDEN))
+# Once interrupted, Tune's own lines about the stopped run (its Python API,
+# Tuner.restore, to go on; the trials that never started) are dropped: the caller
+# prints one line with this tool's --resume instead.
+TUNE_INTERRUPT_LINES = ("Stop signal received", "Experiment has been interrupted",
+                        "Trials did not complete", "Failed to fetch metrics")
 
 
 class CtrlC:
@@ -52,12 +42,10 @@ class CtrlC:
         """Install the handler (and keep Tune's own SIGINT handler out) for the block."""
         previous = signal.signal(signal.SIGINT, self._handle)
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards SIGUSR1 to Tune
-        import ray  # noqa: F401  (sets up the "ray" logger's handler)
+        from .console import DropMessages  # imports Ray, which sets up the "ray" logger
 
-        hidden = _TuneInterruptLines(self)
-        handlers = logging.getLogger("ray").handlers  # where every ray.* record is printed
-        for handler in handlers:
-            handler.addFilter(hidden)
+        hidden = DropMessages(*TUNE_INTERRUPT_LINES, active=lambda: self.count > 0)
+        handlers = hidden.install()
         try:
             yield self
         finally:

@@ -29,7 +29,7 @@ from . import ray_data
 from .baseline import LassoFit, fit_lasso
 from .cluster_data import replicate_split
 from .config import Config, SearchConfig
-from .data.store import filesystem
+from .data.store import read_file
 from .results import choose_lambda
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, m
     from .rankings import group_rankings
     from .trial import load_model
 
-    fs, path = filesystem(model)
-    with fs.open_input_stream(path) as handle:
-        genes, weights = load_model(handle.read())
+    genes, weights = load_model(read_file(model))
     data = ray_data.cluster_data(tissue, cluster)
     if genes != data.genes:
         raise RuntimeError(f"{model} was trained on other genes than cluster {cluster}")

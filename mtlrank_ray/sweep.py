@@ -23,6 +23,7 @@ The baselines and rankings run beside the trials (`group_tasks`).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 import tempfile
@@ -43,10 +44,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import ray_data
 from .asha import GroupedASHA, rungs
+from .atomic_fs import tune_storage
 from .baseline import LassoFit, lasso_name
 from .cluster_data import replicate_split
 from .config import Config, RunSettings
-from .data.store import fetch_files, filesystem, put_file, sibling
+from .data.store import fetch_files, filesystem, put_file, read_file, sibling
 from .errors import InputError
 from .group_tasks import Group, group_of
 from .trial import Trial
@@ -58,6 +60,7 @@ EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
 MODEL = "model.npz"
 METRIC = "mean_val_r2"
+TISSUES = "tissues.json"  # the tissues a sweep covers, for --resume
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,10 @@ class _TrialStorage:
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
     """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
-    from .trainer import ClusterTrainer, configure_runtime  # TensorFlow: in the trials' workers only
+    from .trainer import (  # TensorFlow: in the trials' workers only
+        ClusterTrainer,
+        configure_runtime,
+    )
 
     configure_runtime(settings["cpu"])
     spec = Trial(**config["trial"])
@@ -208,7 +214,7 @@ def experiment_path(config: Config, out: Path) -> str:
 def resumable(config: Config, out: Path) -> str:
     """The interrupted sweep's path, or an error saying there is none."""
     path = experiment_path(config, out)
-    if not tune.Tuner.can_restore(path):
+    if not tune.Tuner.can_restore(path, storage_filesystem=tune_storage(path)[1]):
         raise InputError(f"there is no sweep to resume at {path}; run without --resume")
     return path
 
@@ -220,7 +226,7 @@ def swept_trials(path: str) -> list:
     level = analysis_log.level
     analysis_log.setLevel(logging.ERROR)
     try:
-        return tune.ExperimentAnalysis(path).trials
+        return tune.ExperimentAnalysis(path, storage_filesystem=tune_storage(path)[1]).trials
     finally:
         analysis_log.setLevel(level)
 
@@ -312,18 +318,24 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     if resume:
         path = resumable(config, out)
-        trials = swept_trials(path)
-        swept = {trial.config["trial"]["tissue"] for trial in trials}
+        try:
+            swept = set(json.loads(read_file(f"{path}/{TISSUES}")))
+        except FileNotFoundError:
+            raise InputError(f"the sweep at {path} was made by an older version and cannot be "
+                             "resumed; run again with --fresh") from None
         if swept != set(blocks):  # its trials, baselines and results must cover the same tissues
             raise InputError(f"the sweep to resume at {path} covers the tissues "
                              f"{', '.join(sorted(swept))}; resume it with --tissue {','.join(sorted(swept))}")
-        if restore_missing_checkpoints(trials):
+        if restore_missing_checkpoints(swept_trials(path)):
             log.info("resume: trials whose last snapshotted checkpoint was gone go on from "
                      "their newest one")
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                  storage_filesystem=tune_storage(path)[1]).fit()
     fs, path = filesystem(experiment_path(config, out))
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)  # a re-run replaces the last
+    # Tune makes trials as it starts them, so its saved state may not name every tissue yet.
+    put_file(f"{experiment_path(config, out)}/{TISSUES}", json.dumps(sorted(blocks)).encode())
     callbacks = [_TensorBoardNumbers(), *callbacks]
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
@@ -333,13 +345,15 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         callbacks.append(scheduler.records_keeper())
     else:
         scheduler = tune.schedulers.FIFOScheduler()
+    storage_path, storage_filesystem = tune_storage(config.run.root(out))
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trial_grid(list(blocks.values()), config))},
         tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
                                     max_concurrent_trials=config.resources.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=config.run.root(out),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_path,
+                                  storage_filesystem=storage_filesystem,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
                                   callbacks=callbacks, verbose=verbose),

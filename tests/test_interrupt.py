@@ -16,7 +16,10 @@ import pytest
 from conftest import REPO, SMALL_SETTINGS, write_config
 
 pytestmark = pytest.mark.slow
-EPOCHS = 6
+# 16 trials one at a time, so the sweep spans several of Tune's snapshots to storage
+# (10 s apart or more): it is interrupted when some but not all of its trials are
+# recorded there, as a real sweep would be.
+EPOCHS = 24
 
 
 def finished(sweep: Path, since: float = 0.0) -> dict[str, str]:
@@ -37,7 +40,8 @@ def folder(small_atlas_template, tmp_path):
     shutil.copy(REPO / "tune.py", tmp_path)
     write_config(tmp_path / "sweep.yaml", {
         **SMALL_SETTINGS, "training": {"epochs": EPOCHS, "batch_size": 64},
-        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False},
+        "resources": {"max_concurrent_trials": 1}})
     return tmp_path
 
 

@@ -18,7 +18,10 @@ from mtlrank_ray.sweep import restore_missing_checkpoints, swept_trials
 
 from conftest import REPO, SMALL_SETTINGS, write_config
 
-EPOCHS = 6
+# 16 trials one at a time, so the sweep spans several of Tune's snapshots to storage
+# (10 s apart or more): it is interrupted when some but not all of its trials are
+# recorded there, as a real sweep would be.
+EPOCHS = 24
 
 
 def finished_trials(sweep):
@@ -36,7 +39,8 @@ def test_killed_driver_resumes_every_trial_once(small_atlas_template, tmp_path):
     shutil.copy(REPO / "tune.py", tmp_path)
     config = write_config(tmp_path / "sweep.yaml", {
         **SMALL_SETTINGS, "training": {"epochs": EPOCHS, "batch_size": 64},
-        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False},
+        "resources": {"max_concurrent_trials": 1}})
     out = tmp_path / "run"
     command = [sys.executable, "tune.py", "--data", str(small_atlas_template), "--config", str(config),
                "--out", str(out), "-q"]

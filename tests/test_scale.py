@@ -2,6 +2,7 @@
 model files, the shared expression matrix, baselines and rankings beside the trials."""
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+from conftest import SMALL_SETTINGS
 from ray import tune
 
 from mtlrank_ray import ray_data, sweep
@@ -19,8 +21,6 @@ from mtlrank_ray.errors import InputError
 from mtlrank_ray.group_tasks import GroupsFinished, GroupTasks
 from mtlrank_ray.rankings import group_rankings
 from mtlrank_ray.trial import Trial, load_model
-
-from conftest import SMALL_SETTINGS
 
 EPOCHS = 6
 CRASH_AFTER = 3  # the epoch after whose report a crashing trial fails, once
@@ -120,6 +120,22 @@ def test_a_stopped_trials_model_holds_its_best_epoch(local_ray, store, tmp_path)
         assert written_at[-1] == result.metrics["epoch"] or reports.best_epoch.iloc[-1] <= written_at[-1]
 
 
+RANKINGS_SUBMITTED = "rankings-submitted"
+
+
+def last_waits_for_rankings(config, tissues, settings):
+    """train_trial; the sweep's last trial to start first waits (a minute at most) until the
+    driver has submitted two groups' rankings. Had the driver kept them for the sweep's end,
+    it would wait in vain, and the sweep would end with none submitted."""
+    gate = Path(config["gate"])
+    (gate / Trial(**config["trial"]).name).touch()
+    if len([p for p in gate.iterdir() if p.name != RANKINGS_SUBMITTED]) == config["trials"]:
+        deadline = time.monotonic() + 60
+        while not (gate / RANKINGS_SUBMITTED).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    sweep.train_trial({"trial": config["trial"]}, tissues, settings)
+
+
 def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path):
     """With one trial at a time on two CPUs, one CPU is free: every lasso baseline and the
     rankings of groups done early run before the last trial ends, and the rankings equal
@@ -132,15 +148,32 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     experiment = sweep.experiment_path(config, tmp_path)
     tasks = GroupTasks(blocks, config, lambda g, lam: sweep.model_location(experiment, Trial(*g, lam)))
     tasks.add_lasso(sweep.groups(list(blocks.values()), config))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+
+    def open_gate():  # beside Tune's loop on the driver, as a user would watch it
+        while not (gate / RANKINGS_SUBMITTED).exists() and not swept.is_set():
+            if sum(kind == "rankings" for kind, _, _ in tasks.submitted) >= 2:
+                (gate / RANKINGS_SUBMITTED).touch()
+            time.sleep(0.1)
+
+    swept = threading.Event()
+    watcher = threading.Thread(target=open_gate, daemon=True)
+    watcher.start()
+    trials = len(sweep.trial_grid(list(blocks.values()), config))
+    trainable = lambda c, **kw: last_waits_for_rankings({**c, "gate": str(gate), "trials": trials}, **kw)
     GroupsFinished.tasks = tasks
     try:
-        grid = sweep.run_sweep(blocks, config, tmp_path, verbose=0, callbacks=(GroupsFinished(len(config.search.lambdas)),))
+        grid = sweep.run_sweep(blocks, config, tmp_path, verbose=0, trainable=trainable,
+                               callbacks=(GroupsFinished(len(config.search.lambdas)),))
     finally:
         GroupsFinished.tasks = None
-    swept = time.monotonic()
+        swept.set()
+        watcher.join()
+    ended = time.monotonic()
     tasks.finish()
     assert not tasks.failed
-    during = [(kind, group) for kind, group, at in tasks.submitted if at < swept]
+    during = [(kind, group) for kind, group, at in tasks.submitted if at < ended]
     assert sum(kind == "lasso" for kind, _ in during) == 4
     assert sum(kind == "rankings" for kind, _ in during) >= 2
     assert len(tasks.lasso) == 4 and len(tasks.rankings) == 4

@@ -128,6 +128,13 @@ def put_file(location: str, payload: bytes) -> None:
         handle.write(payload)
 
 
+def read_file(location: str) -> bytes:
+    """The bytes of the file at `location` (a path or a URI)."""
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as handle:
+        return handle.read()
+
+
 def fetch_files(pairs: list[tuple[str, Path]], threads: int = 16) -> list[str]:
     """Copy each (location, local path) pair, many at once (object storage serves
     parallel requests); returns the locations that do not exist."""

@@ -38,6 +38,7 @@ class DataConfig:
     expression_layer: str | None = None  # h5ad: layer holding expression; None reads X
     expression_is_log: bool = False  # h5ad: True when expression is already log-scaled
     min_barcode_overlap: float = field(default=0.5, metadata=_FRACTION)
+    min_tfs: int = field(default=10, metadata=_POSITIVE)  # fewer TFs found: the names disagree
 
 
 @dataclass(frozen=True)

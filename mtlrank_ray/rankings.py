@@ -34,13 +34,11 @@ from .baseline import LassoFit, lasso_name
 from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
 from .config import SearchConfig, load_config
 from .data import load_tissue
-from .data.prepare import ID_MAP
-from .data.references import read_id_map
+from .data.references import ID_MAP, read_id_map
 from .data.store import read_manifest, write_atomically
 from .errors import InputError
 from .sweep import experiment_path, fetch_models
 from .trial import Trial, load_model
-
 
 METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
 TOP_FRACTION = 0.1  # the network's default size: a tenth of the tissue's TFs per gene

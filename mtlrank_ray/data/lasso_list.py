@@ -32,8 +32,16 @@ from sklearn.model_selection import cross_val_score
 from ..config import Config
 from ..errors import InputError
 from .genes import eligible_genes
-from .prepare import ID_MAP, LASSO, TF_LIST, choose_tissues, existing_root, open_source
-from .references import normalize_tissue, read_csv_checked, read_id_map, read_tf_list
+from .prepare import choose_tissues, existing_root, open_source
+from .references import (
+    ID_MAP,
+    LASSO,
+    TF_LIST,
+    normalize_tissue,
+    read_csv_checked,
+    read_id_map,
+    read_tf_list,
+)
 from .source import TissueInputs
 from .store import write_atomically
 
@@ -50,7 +58,8 @@ def write_lasso_list(data_dir: str | Path, config: Config, tissues: str = "all",
     root = existing_root(data_dir)
     source = open_source(root, config)
     chosen = choose_tissues(tissues, source.tissues())
-    tf_ids, id_map = read_tf_list(root / TF_LIST), read_id_map(root / ID_MAP)
+    id_map = read_id_map(root / ID_MAP)
+    tf_ids = read_tf_list(root / TF_LIST, id_map)
     symbols = id_map["gene_symbol"]
     rows = pd.concat([tissue_rows(source.load(tissue, tf_ids), config, symbols, jobs)
                       for tissue in chosen], ignore_index=True)

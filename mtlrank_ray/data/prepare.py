@@ -27,16 +27,21 @@ from ..errors import InputError
 from . import store
 from .activity import activity_matrices, tf_order
 from .genes import cluster_genes, select_genes
-from .references import normalize_tissue, read_id_map, read_lasso, read_tf_list
+from .references import (
+    ID_MAP,
+    LASSO,
+    TF_LIST,
+    normalize_tissue,
+    read_id_map,
+    read_lasso,
+    read_tf_list,
+)
 from .scvelo import H5AD_DIR, ScveloFiles
 from .seed_layout import RPKM, VELO, SeedLayout
 from .source import Source
 
 log = logging.getLogger(__name__)
 
-TF_LIST = Path("data/raw/tf/tf_list.csv")
-ID_MAP = Path("data/raw/id_mapping/ensembl_to_symbol.csv")
-LASSO = Path("results/r2/lasso_r2.csv")
 
 
 @dataclass
@@ -93,8 +98,8 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
     root = existing_root(data_dir)
     source = open_source(root, config)
     chosen = choose_tissues(tissues, source.tissues())
-    tf_ids = read_tf_list(root / TF_LIST)
     id_map = read_id_map(root / ID_MAP)
+    tf_ids = read_tf_list(root / TF_LIST, id_map)
     lasso = read_lasso(root / LASSO)
     references = [root / TF_LIST, root / ID_MAP] + ([root / LASSO] if lasso is not None else [])
 
@@ -166,6 +171,13 @@ def _store_errors(out: str | Path):
 def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataFrame,
                  lasso: pd.DataFrame | None, config: Config, lasso_file: str) -> store.AlignedTissue:
     inputs = source.load(tissue, tf_ids)
+    n_tfs = inputs.expression.shape[1]
+    if n_tfs < config.data.min_tfs:
+        raise InputError(
+            f"tissue {tissue}: {n_tfs} of the {len(tf_ids)} TFs of the TF list ({TF_LIST}) are "
+            f"genes of its expression ({inputs.velocity_file}), fewer than data.min_tfs "
+            f"({config.data.min_tfs}); the TF list, the id mapping ({ID_MAP}) and the data must "
+            "name genes of one species, by ids or by symbols the mapping knows.")
     genes = select_genes(inputs.velocity, inputs.expression_genes, lasso, tissue, config.genes,
                          inputs.velocity_file, lasso_file)
     velocity = inputs.velocity[genes].to_numpy()

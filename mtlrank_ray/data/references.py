@@ -1,9 +1,12 @@
 """The reference tables both input formats share, read as the notebook reads them.
 
-- the TF list (`data/raw/tf/tf_list.csv`, column `Ensembl ID`; the notebook
-  does not filter on "Is TF?", and neither do we),
+- the TF list (`data/raw/tf/tf_list.csv`, column `Ensembl ID`, or for a list
+  of symbols (a mouse list, say) a column `symbol`, mapped to ids through the
+  id mapping; the notebook does not filter on "Is TF?", and neither do we),
 - the Ensembl-to-symbol table (`data/raw/id_mapping/ensembl_to_symbol.csv`,
-  columns `ensembl_id`, `gene_symbol`; the first row per Ensembl id wins),
+  columns `ensembl_id`, `gene_symbol`; the first row per Ensembl id wins, and
+  the first id per symbol when symbols are mapped to ids). Genes are known by
+  these ids throughout; any species' table serves.
 - the lasso list (`results/r2/lasso_r2.csv`, columns `tissue`,
   `gene_ensembl`), optional: the genes the notebook draws from.
 """
@@ -14,11 +17,16 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
+
+TF_LIST = Path("data/raw/tf/tf_list.csv")
+ID_MAP = Path("data/raw/id_mapping/ensembl_to_symbol.csv")
+LASSO = Path("results/r2/lasso_r2.csv")
 
 
 def read_csv_checked(path: Path, columns: list[str], what: str, **kwargs) -> pd.DataFrame:
@@ -36,9 +44,38 @@ def read_csv_checked(path: Path, columns: list[str], what: str, **kwargs) -> pd.
     return table
 
 
-def read_tf_list(path: Path) -> pd.Index:
-    table = read_csv_checked(path, ["Ensembl ID"], "TF list", index_col=0)
-    return pd.Index(table["Ensembl ID"].dropna().astype(str).unique())
+def read_tf_list(path: Path, id_map: pd.DataFrame) -> pd.Index:
+    """The TFs' Ensembl ids, from a column `Ensembl ID` or, mapped, a column `symbol`."""
+    table = read_csv_checked(path, [], "TF list")
+    if "Ensembl ID" in table.columns:
+        return pd.Index(table["Ensembl ID"].dropna().astype(str).unique())
+    if "symbol" not in table.columns:
+        raise InputError(f"TF list {path} has neither a column 'Ensembl ID' nor 'symbol'; it has "
+                         f"{', '.join(map(str, table.columns))}.")
+    symbols = pd.Index(table["symbol"].dropna().astype(str).unique())
+    ids = gene_ids(symbols, id_map, f"TF list {path}")
+    return pd.Index(ids[ids != ""])
+
+
+ENSEMBL_ID = r"^ENS[A-Z]*G\d{6,}$"
+
+
+def gene_ids(names: pd.Index, id_map: pd.DataFrame, where: str) -> np.ndarray:
+    """The Ensembl id of each name: an id as it is (a version suffix '.5' dropped), a
+    symbol through the id mapping; "" for a name that is neither, reported as a count
+    with examples."""
+    stripped = names.str.replace(r"^(ENS\w+)\.\d+$", r"\1", regex=True)
+    is_id = np.asarray(stripped.str.match(ENSEMBL_ID), dtype=bool)
+    if is_id.all():
+        return stripped.to_numpy(dtype=object)
+    by_symbol = id_map.loc[~id_map["gene_symbol"].duplicated()].set_index("gene_symbol")["ensembl_id"]
+    ids = np.where(is_id, stripped, by_symbol.reindex(names).fillna("").to_numpy(dtype=object))
+    missed = names[ids == ""]
+    if len(missed):
+        log.warning("%s: %d of %d names are neither Ensembl ids nor symbols of the id mapping "
+                    "and are left out (e.g. %s)", where, len(missed), len(names),
+                    ", ".join(missed[:5]))
+    return ids
 
 
 def read_id_map(path: Path) -> pd.DataFrame:

@@ -8,7 +8,10 @@ or in the layer `data.expression_layer`, raw (log10(x + 1) is applied) or
 already log-scaled (`data.expression_is_log`). A tissue's files are
 concatenated by cells in sorted path order; with several files a barcode
 becomes `<file path without .h5ad>:<obs name>` so samples never collide.
-Gene ids are the var names with any Ensembl version suffix (".5") removed.
+Var names are Ensembl ids (any version suffix ".5" removed) or gene symbols,
+mapped to ids through the id mapping; names it does not know are left out and
+counted in a warning. X and layers may be dense or sparse (CSR, CSC): only the
+TF columns and the velocity genes are read, a block of rows at a time.
 Activity files (the seed layout's `data/tf_activity/`) are optional: without
 them activity is zero, and a warning says so.
 """
@@ -16,17 +19,17 @@ them activity is zero, and a warning says so.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
-import anndata
+import h5py
 import numpy as np
 import pandas as pd
-import scipy.sparse
+from anndata.io import read_elem, sparse_dataset
 
 from ..config import DataConfig
 from ..errors import InputError
 from .activity import find_activity_files, read_activity
+from .references import ID_MAP, gene_ids, read_id_map
 from .seed_layout import MEAN_TF, SUM_TF
 from .source import TissueInputs, check_unique, scale_expression
 
@@ -43,6 +46,7 @@ class ScveloFiles:
         self.folder = root / H5AD_DIR
         self.settings = settings
         self.activity = find_activity_files(root / MEAN_TF, root / SUM_TF)
+        self._id_map: pd.DataFrame | None = None  # read when var names are symbols
 
     def tissues(self) -> list[str]:
         """Every tissue with a folder or activity files; `load` checks each has files."""
@@ -94,40 +98,84 @@ class ScveloFiles:
 
     def _read(self, path: Path, tf_ids: pd.Index, prefix: bool) -> dict:
         try:
-            adata = anndata.read_h5ad(path)
-        except (OSError, KeyError, ValueError) as exc:
+            file = h5py.File(path, "r")
+        except OSError as exc:
             raise InputError(f"{path} cannot be read as .h5ad ({exc}); the file is truncated "
                              "or corrupt: copy or export it again.") from None
-        if "velocity" not in adata.layers or "velocity_genes" not in adata.var:
-            raise InputError(f"{path} lacks layers['velocity'] or var['velocity_genes']; run "
-                             "scvelo.tl.velocity on it first, or narrow data.h5ad_glob to the "
-                             "scVelo output files.")
-        layer = self.settings.expression_layer
-        if layer is not None and layer not in adata.layers:
-            raise InputError(f"{path} has no layer '{layer}' (data.expression_layer); it has "
-                             f"{', '.join(adata.layers.keys())}.")
-        genes = pd.Index([re.sub(r"^(ENS\w+)\.\d+$", r"\1", g) for g in adata.var_names])
-        check_unique(genes.to_numpy(), "gene ids", str(path))
-        names = adata.obs_names.to_numpy().astype(str)
-        check_unique(names, "barcodes", str(path))
-        if prefix:
-            stem = path.relative_to(self.folder).with_suffix("").as_posix().split("/", 1)[-1]
-            names = np.array([f"{stem}:{n}" for n in names])
-        tf_cols = np.flatnonzero(genes.isin(tf_ids))
-        values = _dense((adata.X if layer is None else adata.layers[layer])[:, tf_cols])
-        values = scale_expression(values, str(path), self.settings.expression_is_log)
-        velo_cols = np.flatnonzero(adata.var["velocity_genes"].to_numpy(dtype=bool))
-        velocity = _dense(adata.layers["velocity"][:, velo_cols])
+        with file:
+            try:
+                obs, var = read_elem(file["obs"]), read_elem(file["var"])
+                layers = file["layers"] if "layers" in file else {}
+            except (KeyError, OSError, ValueError) as exc:
+                raise InputError(f"{path} cannot be read as .h5ad ({exc}); the file is truncated "
+                                 "or corrupt: copy or export it again.") from None
+            if "velocity" not in layers or "velocity_genes" not in var:
+                raise InputError(f"{path} lacks layers['velocity'] or var['velocity_genes']; run "
+                                 "scvelo.tl.velocity on it first, or narrow data.h5ad_glob to the "
+                                 "scVelo output files.")
+            layer = self.settings.expression_layer
+            if layer is not None and layer not in layers:
+                raise InputError(f"{path} has no layer '{layer}' (data.expression_layer); it has "
+                                 f"{', '.join(layers.keys())}.")
+            check_unique(var.index.to_numpy().astype(str), "var names", str(path))
+            genes = pd.Index(gene_ids(var.index.astype(str), self.id_map(), str(path)))
+            if (genes == "").all():
+                raise InputError(f"{path}: none of its {len(genes)} var names (e.g. {var.index[0]}) "
+                                 f"is an Ensembl id or a symbol of the id mapping "
+                                 f"({self.root / ID_MAP}); use that species' mapping, or name the "
+                                 "genes by Ensembl id.")
+            check_unique(genes[genes != ""].to_numpy(), "gene ids", str(path))
+            names = obs.index.to_numpy().astype(str)
+            check_unique(names, "barcodes", str(path))
+            if prefix:
+                stem = path.relative_to(self.folder).with_suffix("").as_posix().split("/", 1)[-1]
+                names = np.array([f"{stem}:{n}" for n in names])
+            tf_cols = np.flatnonzero(genes.isin(tf_ids))
+            values = read_columns(file["X"] if layer is None else layers[layer], tf_cols)
+            values = scale_expression(values, str(path), self.settings.expression_is_log)
+            velo_cols = np.flatnonzero(var["velocity_genes"].to_numpy(dtype=bool) & (genes != ""))
+            if not len(velo_cols):
+                raise InputError(f"{path}: var['velocity_genes'] marks no gene (of those the id "
+                                 "mapping knows); scVelo fitted none: check its filtering "
+                                 "(scvelo.pp.filter_genes, min_r2 of scvelo.tl.velocity).")
+            velocity = read_columns(layers["velocity"], velo_cols)
         if np.isinf(velocity).any():
             raise InputError(f"{path}: layers['velocity'] holds infinite values; use NaN for "
                              "cells without velocity.")
+        known = genes[genes != ""]
         return {
-            "genes": genes,
+            "genes": known,
             "barcodes": names,
             "expression": pd.DataFrame(values.astype(np.float32), columns=genes[tf_cols]),
             "velocity": pd.DataFrame(velocity, columns=genes[velo_cols]),
         }
 
+    def id_map(self) -> pd.DataFrame:
+        if self._id_map is None:
+            self._id_map = read_id_map(self.root / ID_MAP)
+        return self._id_map
 
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if scipy.sparse.issparse(matrix) else np.asarray(matrix)
+
+CHUNK_BYTES = 1 << 27  # rows are read this much at a time: a file may exceed memory
+
+
+def read_columns(element, columns: np.ndarray) -> np.ndarray:
+    """Dense `columns` of a matrix stored in an .h5ad (dense, CSR or CSC), read a block
+    of rows at a time, so only those columns are ever held whole."""
+    if isinstance(element, h5py.Dataset):
+        n_rows, n_cols = element.shape
+        dtype = element.dtype
+        read = lambda rows: element[rows][:, columns]  # noqa: E731
+    else:
+        matrix = sparse_dataset(element)
+        n_rows, n_cols = matrix.shape
+        dtype = matrix.dtype
+        if matrix.format == "csc":  # columns are contiguous: read them directly
+            return matrix[:, columns].toarray()
+        read = lambda rows: matrix[rows][:, columns].toarray()  # noqa: E731
+    out = np.empty((n_rows, len(columns)), dtype=dtype)
+    step = max(1, CHUNK_BYTES // max(1, n_cols * dtype.itemsize))
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(start + step, n_rows))
+        out[rows] = read(rows)
+    return out

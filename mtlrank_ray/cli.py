@@ -80,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
                            "network_lambda<λ>.csv")
     rank.set_defaults(run=_rank)
 
+    evaluate = commands.add_parser("evaluate", parents=[common],
+                                   help="score every ranking method against a reference network")
+    evaluate.add_argument("out", type=Path, help="the run folder tune.py wrote")
+    evaluate.add_argument("--reference", type=Path, required=True,
+                          help="CSV of edges: columns tf, gene (ids or symbols), optionally tissue")
+    evaluate.add_argument("--lambda", dest="lam", type=float, default=None,
+                          help="evaluate the rankings `rank --lambda` wrote for this λ")
+    evaluate.add_argument("--k", type=int, default=10, help="precision at k (default 10)")
+    evaluate.set_defaults(run=_evaluate)
+
     report = commands.add_parser("report", parents=[common],
                                  help="plots and an HTML report of a finished sweep")
     report.add_argument("out", type=Path, help="the run folder tune.py wrote")
@@ -331,7 +341,7 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
     if rankings is not None:
         _print_rankings(out, None, *write_rankings(out, rankings, top=None)[1:])
     else:  # every ranking failed (listed in summary.md): no earlier run's rankings stay beside
-        for name in ("rankings.parquet", "network.csv", "ranking_quality.csv"):
+        for name in ("rankings.parquet", "network.csv", "evaluation.csv"):
             (out / name).unlink(missing_ok=True)
     _report(argparse.Namespace(out=out))
     if failed or tasks.failed:
@@ -353,15 +363,30 @@ def _rank(args) -> None:
     _print_rankings(args.out, args.top, network, quality, "" if args.lam is None else f"_lambda{args.lam:g}")
 
 
-def _print_rankings(out: Path, top: int | None, network, quality, suffix: str = "") -> None:
-    from .results import markdown_table
-
+def _print_rankings(out: Path, top: int | None, network, evaluation, suffix: str = "") -> None:
     size = f"top {top}" if top is not None else "top tenth of the TFs"
     print(f"\nTF rankings: {out}/rankings{suffix}.parquet; network ({size} in every replicate): "
           f"{out}/network{suffix}.csv, {len(network)} edges")
-    if quality is not None:
-        print("ranking quality against the planted regulators:")
-        print(markdown_table(quality))
+    if evaluation is not None:
+        _print_evaluation(evaluation, "the planted regulators", out / f"evaluation{suffix}.csv")
+
+
+def _print_evaluation(evaluation, against: str, path: Path) -> None:
+    from .evaluation import wide
+    from .results import markdown_table
+
+    print(f"rankings against {against} (value [95% interval over genes]; chance beside): {path}")
+    print(markdown_table(wide(evaluation)))
+
+
+def _evaluate(args) -> None:
+    from .evaluation import evaluate_run
+
+    evaluation = evaluate_run(args.out, args.reference, args.lam, args.k)
+    suffix = "" if args.lam is None else f"_lambda{args.lam:g}"
+    _print_evaluation(evaluation, str(args.reference), args.out / f"evaluation{suffix}.csv")
+    if args.lam is None:
+        _report(args)
 
 
 def _print_reports(reports: list[TissueReport], store: str | Path) -> None:

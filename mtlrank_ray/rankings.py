@@ -12,10 +12,9 @@ folder). Written to the run folder:
     network.csv        tissue, gene, gene_symbol, tf, tf_symbol, mean_rank: TFs in the top
                        K of every replicate (the paper's consensus step; K a tenth of the
                        tissue's TFs by default)
-    ranking_quality.csv  on data with a planted truth (the demo's truth/), mean per-gene
-                       average precision and precision at 10 of our rankings, of the
-                       lasso baseline's |coefficients| (same replicates, alpha chosen on
-                       validation) and of |Pearson correlation| over the gene's cells
+    evaluation.csv     on data with a planted truth (the demo's truth/), how well our
+                       rankings, the lasso's |coefficients| and |Pearson| recover it
+                       (`evaluation`; `mtlrank-ray evaluate` does so for any reference)
 
 `rank_run(RUN, lam=X)` ranks the models of one λ instead (fetching them from
 the sweep's storage) and writes rankings_lambda<X>.parquet and network_lambda<X>.csv.
@@ -28,19 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score
 
-from .baseline import LassoFit, lasso_name
 from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
 from .config import SearchConfig, load_config
 from .data import load_tissue
 from .data.references import ID_MAP, read_id_map
 from .data.store import read_manifest, write_atomically
 from .errors import InputError
+from .evaluation import evaluate, planted_reference, run_scores, write_evaluation
 from .sweep import experiment_path, fetch_models
 from .trial import Trial, load_model
 
-METHODS = ("mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson")
 TOP_FRACTION = 0.1  # the network's default size: a tenth of the tissue's TFs per gene
 CATEGORICAL = ("tissue", "gene", "tf")
 
@@ -88,7 +85,7 @@ def concat_rankings(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                               pd.DataFrame | None]:
     """Rank the models of a finished run folder (the selected λ, or `lam`) and write
-    the rankings, network and quality; returns them. Each tissue is read once."""
+    the rankings, network and evaluation; returns them. Each tissue is read once."""
     out = Path(out)
     for needed in ("selected.csv", "config.yaml", "models"):
         if not (out / needed).exists():
@@ -119,7 +116,7 @@ def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tup
 
 def write_rankings(out: Path, rankings: pd.DataFrame, top: int, suffix: str = ""):
     """Write rankings<suffix>.parquet, network<suffix>.csv and, on data with a planted
-    truth, ranking_quality<suffix>.csv; returns (rankings, network, quality or None)."""
+    truth, evaluation<suffix>.csv; returns (rankings, network, evaluation or None)."""
     out = Path(out)
     config = load_config(out / "config.yaml")
     store = config.run.store(out)
@@ -131,12 +128,13 @@ def write_rankings(out: Path, rankings: pd.DataFrame, top: int, suffix: str = ""
         ["tissue", "gene", "mean_rank"], ignore_index=True)
     write_atomically(out / f"rankings{suffix}.parquet", lambda p: rankings.to_parquet(p, index=False))
     write_atomically(out / f"network{suffix}.csv", lambda p: network.to_csv(p, index=False))
-    truth = _planted_truth(store, str(rankings.tissue.iloc[0]))
-    quality = None
-    if truth is not None:
-        quality = ranking_quality(rankings, truth, out / "models", store)
-        write_atomically(out / f"ranking_quality{suffix}.csv", lambda p: quality.to_csv(p, index=False))
-    return rankings, network, quality
+    tissues = sorted(rankings.tissue.astype(str).unique())
+    reference = planted_reference(store, tissues)
+    evaluation = None
+    if reference is not None:
+        evaluation = evaluate(run_scores(rankings, out / "models", store), reference)
+        write_evaluation(out, evaluation, suffix)
+    return rankings, network, evaluation
 
 
 def with_symbols(rankings: pd.DataFrame, store: str) -> pd.DataFrame:
@@ -190,57 +188,3 @@ def consensus_network(rankings: pd.DataFrame, top: int | None) -> pd.DataFrame:
     kept = kept[kept.n == kept.replicates]
     return kept[["tissue", "gene", "tf", "mean_rank"]].sort_values(
         ["tissue", "gene", "mean_rank"], ignore_index=True)
-
-
-def _planted_truth(store: str, tissue: str) -> pd.Series | None:
-    """{gene: set of true TFs} of data with a planted truth (the demo's truth/)."""
-    manifest = read_manifest(store, tissue)
-    if manifest is None:
-        raise InputError(f"the run's store {store} has no tissue {tissue}; rerun the sweep.")
-    truth_file = Path(manifest["data_root"]) / "truth" / "regulators.csv"
-    return pd.read_csv(truth_file).groupby("gene").tf.apply(set) if truth_file.is_file() else None
-
-
-def ranking_quality(rankings: pd.DataFrame, truth: pd.Series, models: Path, store: str) -> pd.DataFrame:
-    """Mean per-gene (average precision, precision at 10) against the true regulators:
-    of our rankings, of the lasso baseline's |coefficients| (same replicates) and of
-    |Pearson| (once per gene)."""
-    scored = {method: [] for method in METHODS}
-    for (tissue_name, cluster, replicate), part in rankings.groupby(
-            ["tissue", "cluster", "replicate"], observed=True):
-        genes = part.gene.astype(str).unique().tolist()
-        scores = part.score.to_numpy().reshape(len(genes), -1)  # rows gene-major, TFs in order
-        tfs = part.tf.iloc[:scores.shape[1]].astype(str).to_numpy()
-        lasso_path = models / f"{lasso_name(tissue_name, cluster, replicate)}.npz"
-        fit = LassoFit.load(lasso_path) if lasso_path.is_file() else None
-        lasso = dict(zip(fit.genes, fit.coef)) if fit is not None else {}
-        for g, gene in enumerate(genes):
-            if gene not in truth.index:
-                continue
-            labels = np.isin(tfs, list(truth[gene]))
-            scored["mtlrank (DeepLIFT)"].append(_precision(labels, scores[g]))
-            if gene in lasso:
-                scored["abs lasso coefficient"].append(_precision(labels, np.abs(lasso[gene])))
-    for tissue_name in rankings.tissue.unique():
-        tissue = load_tissue(store, str(tissue_name))
-        for g, gene in enumerate(tissue.genes):
-            if gene not in truth.index:
-                continue
-            cells = ~np.isnan(tissue.velocity[:, g])
-            scored["abs Pearson"].append(_precision(np.isin(tissue.tfs, list(truth[gene])), _abs_pearson(
-                tissue.expression[cells].astype(np.float64), tissue.velocity[cells, g].astype(np.float64))))
-    return pd.DataFrame([{"method": m, "mean_average_precision": np.mean([v[0] for v in values]),
-                          "mean_precision_at_10": np.mean([v[1] for v in values]),
-                          "rankings": len(values)} for m, values in scored.items() if values])
-
-
-def _precision(labels: np.ndarray, score: np.ndarray) -> tuple[float, float]:
-    top10 = np.argsort(-score, kind="stable")[:10]
-    return average_precision_score(labels, score), labels[top10].mean()
-
-
-def _abs_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """|Pearson correlation| of each column of x with y; 0 for a constant column."""
-    x, y = x - x.mean(axis=0), y - y.mean()
-    norms = np.sqrt(np.sum(x ** 2, axis=0) * np.sum(y ** 2))
-    return np.abs(np.divide(x.T @ y, norms, out=np.zeros(x.shape[1]), where=norms > 0))

@@ -67,4 +67,4 @@ def earlier_tissues(out: Path, config: Config, tissues: list[str], fresh: bool) 
 def stale_rankings(out: Path) -> list[Path]:
     """Rankings of other λ (`rank --lambda`): they describe an earlier sweep's models."""
     return sorted(p for pattern in ("rankings_lambda*.parquet", "network_lambda*.csv",
-                                    "ranking_quality_lambda*.csv") for p in Path(out).glob(pattern))
+                                    "evaluation_lambda*.csv") for p in Path(out).glob(pattern))

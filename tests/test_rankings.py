@@ -9,7 +9,8 @@ from mtlrank_ray.attribution import contributions
 from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import TrainingConfig, config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.rankings import _abs_pearson, _ranking_rows, consensus_network
+from mtlrank_ray.evaluation import _abs_pearson
+from mtlrank_ray.rankings import _ranking_rows, consensus_network
 from mtlrank_ray.trainer import ClusterTrainer, Trial
 
 from conftest import SMALL_SETTINGS

@@ -66,8 +66,10 @@ def test_plots_draw_the_results(tmp_path):
 
 def test_report_command_writes_the_page(tmp_path, capsys):
     fake_run(tmp_path)
-    pd.DataFrame({"method": ["mtlrank (DeepLIFT)"], "mean_average_precision": [0.5],
-                  "mean_precision_at_10": [0.2], "rankings": [20]}).to_csv(tmp_path / "ranking_quality.csv", index=False)
+    pd.DataFrame({"tissue": "Liver", "method": "mtlrank (DeepLIFT)",
+                  "measure": ["average precision", "precision at 10", "early precision ratio"],
+                  "value": [0.5, 0.2, 3.0], "low": [0.4, 0.1, 2.0], "high": [0.6, 0.3, 4.0],
+                  "chance": [0.05, 0.05, 1.0], "genes": 20}).to_csv(tmp_path / "evaluation.csv", index=False)
     pd.DataFrame({"tissue": ["Liver"] * 3, "gene": ["g1", "g1", "g2"], "gene_symbol": ["ALB", "ALB", ""],
                   "tf": ["t1", "t2", "t1"], "tf_symbol": ["HNF4A", "FOXA2", "HNF4A"],
                   "mean_rank": [1.0, 2.5, 1.5]}).to_csv(tmp_path / "network.csv", index=False)
@@ -80,7 +82,8 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     assert page.count("<figcaption>") == len(names) == page.count("<img ")
     assert "Validation R², lasso" in page and "lasso_mean_val_r2" not in page
     assert page.count("<h2>") == page.count("</table>") == 3 and page.count("<p>") == 3
-    assert "Kidney_Left" in page and "ranking quality" in page.lower()
+    assert "Kidney_Left" in page and "against the reference network" in page
+    assert "0.500 [0.400, 0.600]" in page  # a value with its interval over genes
 
 
 def test_the_network_picture_shows_mean_ranks_with_symbols(tmp_path):

@@ -1,0 +1,257 @@
+"""How well each ranking method recovers a reference network, tissue by tissue.
+
+A reference is a CSV of edges: columns `tf` and `gene` (Ensembl ids or symbols
+the data's id mapping knows) and optionally `tissue`; an edge without a tissue
+holds in every tissue. The demo's planted truth (truth/regulators.csv) is one
+such reference. Per tissue and method, over the tissue's genes with at least
+one reference regulator among its TFs:
+
+- average precision of the gene's TF ranking, the mean over genes (chance: the
+  expected average precision of a random ranking, which exceeds the share of
+  TFs that are regulators when they are few);
+- precision at k: the share of the gene's k top TFs that are regulators (chance:
+  the share of TFs that are regulators);
+- the early precision ratio (BEELINE's EPR): the precision of the tissue's top
+  K edges, K the number of reference edges among them, over the density of
+  reference edges (chance: 1);
+
+each with a 95% bootstrap interval over genes (the same resamples for every
+method), so a method no better than chance reads as such.
+
+Methods: our DeepLIFT rankings and the lasso's |coefficients|, each by its rank
+averaged over replicates, and |Pearson correlation| over the gene's cells.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score
+
+from .baseline import LassoFit, lasso_name
+from .data import load_tissue
+from .data.references import (
+    ID_MAP,
+    gene_ids,
+    normalize_tissue,
+    read_csv_checked,
+    read_id_map,
+)
+from .data.store import read_manifest, write_atomically
+from .errors import InputError
+
+OURS, LASSO, PEARSON = "mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"
+K = 10
+BOOTSTRAP = 1000
+SEED = 0
+MEASURES = ("average precision", "precision at k", "early precision ratio")
+
+Scores = tuple[list[str], np.ndarray, np.ndarray]  # genes, TFs, scores (genes x TFs; higher first)
+
+
+def read_reference(path: Path, store: str, tissues: list[str]) -> pd.DataFrame:
+    """(tissue, gene, tf) edges in the data's ids, one row per tissue an edge holds in."""
+    table = read_csv_checked(Path(path), ["tf", "gene"], "reference network")
+    if "tissue" in table.columns:
+        table["tissue"] = table["tissue"].astype(str).map(normalize_tissue)
+        unknown = sorted(set(table.tissue) - set(tissues))
+        if len(unknown) == table.tissue.nunique():
+            raise InputError(f"reference network {path} names tissues {', '.join(unknown[:3])}, none "
+                             f"of the run's ({', '.join(tissues)}); use the run's tissue names.")
+    else:
+        table = pd.concat([table.assign(tissue=t) for t in tissues], ignore_index=True)
+    id_map = _id_map(store, tissues[0])
+    for column in ("tf", "gene"):
+        names = pd.Index(table[column].astype(str))
+        table[column] = gene_ids(names, id_map, f"reference network {path} ({column})")
+    return table.loc[(table.tf != "") & (table.gene != ""), ["tissue", "gene", "tf"]].drop_duplicates()
+
+
+def planted_reference(store: str, tissues: list[str]) -> pd.DataFrame | None:
+    """The demo's truth as a reference, or None for data without one."""
+    path = _data_root(store, tissues[0]) / "truth" / "regulators.csv"
+    return read_reference(path, store, tissues) if path.is_file() else None
+
+
+def _data_root(store: str, tissue: str) -> Path:
+    manifest = read_manifest(store, tissue)
+    if manifest is None:
+        raise InputError(f"the run's store {store} has no tissue {tissue}; rerun the sweep.")
+    return Path(manifest["data_root"])
+
+
+def _id_map(store: str, tissue: str) -> pd.DataFrame:
+    path = _data_root(store, tissue) / ID_MAP
+    if path.is_file():
+        return read_id_map(path)
+    return pd.DataFrame({"ensembl_id": [], "gene_symbol": []})
+
+
+def run_scores(rankings: pd.DataFrame, models: Path, store: str) -> dict[tuple[str, str], Scores]:
+    """Every method's scores, per (tissue, method), from a run's rankings and models."""
+    scores = {}
+    for tissue_name, part in rankings.groupby("tissue", observed=True):
+        tissue = load_tissue(store, str(tissue_name))
+        mean_rank = part.groupby(["gene", "tf"], observed=True)["rank"].mean().unstack()
+        mean_rank = mean_rank.reindex(columns=tissue.tfs)
+        scores[tissue_name, OURS] = (mean_rank.index.astype(str).tolist(), np.asarray(tissue.tfs),
+                                     -mean_rank.to_numpy(np.float64))
+        lasso = _lasso_ranks(part, models, str(tissue_name))
+        if lasso is not None:
+            scores[tissue_name, LASSO] = (lasso.index.tolist(), np.asarray(tissue.tfs), -lasso.to_numpy())
+        scores[tissue_name, PEARSON] = (list(tissue.genes), np.asarray(tissue.tfs), _pearson_scores(tissue))
+    return scores
+
+
+def _lasso_ranks(rankings: pd.DataFrame, models: Path, tissue: str) -> pd.DataFrame | None:
+    """Genes x TFs: the rank of |coefficient| (1 = largest, ties averaged), mean over
+    replicates; None without every replicate's model."""
+    frames = []
+    for cluster, replicate in rankings[["cluster", "replicate"]].drop_duplicates().itertuples(index=False):
+        path = models / f"{lasso_name(tissue, cluster, replicate)}.npz"
+        if not path.is_file():
+            return None
+        fit = LassoFit.load(path)
+        frames.append(pd.DataFrame(rankdata(-np.abs(fit.coef), axis=1), index=fit.genes))
+    return pd.concat(frames).groupby(level=0, sort=False).mean()
+
+
+def _pearson_scores(tissue) -> np.ndarray:
+    """Genes x TFs: |Pearson correlation| of expression with velocity over each gene's cells."""
+    rows = []
+    for g in range(len(tissue.genes)):
+        cells = ~np.isnan(tissue.velocity[:, g])
+        rows.append(_abs_pearson(tissue.expression[cells].astype(np.float64),
+                                 tissue.velocity[cells, g].astype(np.float64)))
+    return np.stack(rows)
+
+
+def _abs_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|Pearson correlation| of each column of x with y; 0 for a constant column."""
+    x, y = x - x.mean(axis=0), y - y.mean()
+    norms = np.sqrt(np.sum(x ** 2, axis=0) * np.sum(y ** 2))
+    return np.abs(np.divide(x.T @ y, norms, out=np.zeros(x.shape[1]), where=norms > 0))
+
+
+def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: int = K,
+             bootstrap: int = BOOTSTRAP, seed: int = SEED) -> pd.DataFrame:
+    """One row per (tissue, method, measure): value, 95% interval, chance, genes."""
+    rows = []
+    for tissue in sorted({t for t, _ in scores}):
+        edges = reference[reference.tissue == tissue]
+        regulators = edges.groupby("gene").tf.apply(set).to_dict()
+        methods = [(m, scores[tissue, m]) for t, m in scores if t == tissue]
+        # Genes every method scores, with a regulator among the tissue's TFs.
+        tfs = methods[0][1][1]
+        common = set.intersection(*(set(genes) for _, (genes, _, _) in methods))
+        genes = [g for g in methods[0][1][0] if g in common and regulators.get(g, set()) & set(tfs)]
+        if not genes:
+            continue
+        labels = np.array([np.isin(tfs, list(regulators[g])) for g in genes])
+        rng = np.random.default_rng([seed, zlib.crc32(tissue.encode())])
+        counts = np.stack([np.bincount(rng.integers(0, len(genes), len(genes)), minlength=len(genes))
+                           for _ in range(bootstrap)])  # genes' multiplicities, per resample
+        chance = {"average precision": _random_average_precision(labels).mean(),
+                  "precision at k": labels.mean()}
+        for method, (method_genes, method_tfs, values) in methods:
+            if list(method_tfs) != list(tfs):
+                raise ValueError(f"{method} scores other TFs than the tissue's")
+            position = {g: i for i, g in enumerate(method_genes)}
+            matrix = values[[position[g] for g in genes]]
+            per_gene = {"average precision": np.array([average_precision_score(l, s) for l, s in zip(labels, matrix)]),
+                        "precision at k": _precision_at(labels, matrix, min(k, len(tfs)))}
+            for measure, value in per_gene.items():
+                resampled = counts @ value / len(genes)
+                rows.append(_row(tissue, method, measure, value.mean(), resampled, chance[measure], len(genes), k))
+            epr = _early_precision_ratio(labels, matrix)
+            rows.append(_row(tissue, method, "early precision ratio", epr(np.ones(len(genes))),
+                             np.array([epr(c) for c in counts]), 1.0, len(genes), k))
+    return pd.DataFrame(rows, columns=["tissue", "method", "measure", "value", "low", "high", "chance", "genes"])
+
+
+def _row(tissue, method, measure, value, resampled, chance, genes, k) -> dict:
+    low, high = np.nanpercentile(resampled, [2.5, 97.5])
+    name = measure.replace("at k", f"at {k}")
+    return {"tissue": tissue, "method": method, "measure": name, "value": float(value),
+            "low": float(low), "high": float(high), "chance": float(chance), "genes": genes}
+
+
+def _random_average_precision(labels: np.ndarray) -> np.ndarray:
+    """Per gene, the expected average precision of a random ranking of N TFs, R of them
+    regulators: (1/N) ((R - 1)/(N - 1) (N - H_N) + H_N), H_N the N-th harmonic number
+    (Bestgen 2015); above R/N when R is small."""
+    n = labels.shape[1]
+    r = labels.sum(axis=1)
+    harmonic = np.sum(1.0 / np.arange(1, n + 1))
+    return ((r - 1) / max(n - 1, 1) * (n - harmonic) + harmonic) / n
+
+
+def _precision_at(labels: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(labels, top, axis=1).mean(axis=1)
+
+
+def _early_precision_ratio(labels: np.ndarray, scores: np.ndarray):
+    """EPR as a function of the genes' multiplicities (1 each: the data; a bootstrap
+    resample otherwise): the precision of the top K edges over the edge density."""
+    n_tfs = labels.shape[1]
+    order = np.argsort(-scores.ravel(), kind="stable")
+    gene_of, hit = order // n_tfs, labels.ravel()[order]
+    true_per_gene = labels.sum(axis=1)
+
+    def ratio(multiplicity: np.ndarray) -> float:
+        true_edges = multiplicity @ true_per_gene
+        weights = multiplicity[gene_of]
+        reached = np.cumsum(weights)
+        at = np.searchsorted(reached, true_edges)  # the top K edges end here
+        precision = np.cumsum(weights * hit)[at] / reached[at]
+        return float(precision / (true_edges / (multiplicity.sum() * n_tfs)))
+
+    return ratio
+
+
+def wide(evaluation: pd.DataFrame) -> pd.DataFrame:
+    """One row per (tissue, method): each measure as 'value [low, high]', chance beside it."""
+    cells = evaluation.assign(text=[f"{r.value:.3f} [{r.low:.3f}, {r.high:.3f}]"
+                                    for r in evaluation.itertuples()])
+    table = cells.pivot(index=["tissue", "method"], columns="measure", values="text")
+    chance = cells.pivot(index=["tissue", "method"], columns="measure", values="chance")
+    measures = list(dict.fromkeys(evaluation.measure))
+    out = pd.DataFrame(index=table.index)
+    for measure in measures:
+        out[measure] = table[measure]
+        if not measure.startswith("early precision"):
+            out[f"{measure}, chance"] = chance[measure].map(lambda v: f"{v:.3f}")
+    genes = evaluation.groupby(["tissue", "method"]).genes.first()
+    return out.assign(genes=genes).reset_index()
+
+
+def evaluate_run(out: Path, reference: Path, lam: float | None = None, k: int = K) -> pd.DataFrame:
+    """Evaluate a finished run folder's rankings (of the selected λ, or `lam`) against the
+    reference network at `reference`; writes evaluation<suffix>.csv and returns it."""
+    from .config import load_config
+
+    out = Path(out)
+    suffix = "" if lam is None else f"_lambda{lam:g}"
+    path = out / f"rankings{suffix}.parquet"
+    if not path.is_file():
+        again = f"mtlrank-ray rank {out} --lambda {lam:g}" if lam is not None else "python tune.py"
+        raise InputError(f"{path} is missing; run `{again}` first.")
+    store = load_config(out / "config.yaml").run.store(out)
+    rankings = pd.read_parquet(path)
+    tissues = sorted(rankings.tissue.astype(str).unique())
+    evaluation = evaluate(run_scores(rankings, out / "models", store),
+                          read_reference(reference, store, tissues), k)
+    if evaluation.empty:
+        raise InputError(f"no gene of the run has a regulator of {reference} among its TFs; "
+                         "check that the reference names the run's genes and TFs.")
+    write_evaluation(out, evaluation, suffix)
+    return evaluation
+
+
+def write_evaluation(out: Path, evaluation: pd.DataFrame, suffix: str = "") -> None:
+    write_atomically(Path(out) / f"evaluation{suffix}.csv", lambda p: evaluation.to_csv(p, index=False))

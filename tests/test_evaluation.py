@@ -1,0 +1,71 @@
+"""Rankings against a reference network: per tissue, with chance and intervals beside."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtlrank_ray.evaluation import evaluate, wide
+
+TFS = np.array([f"tf{i}" for i in range(20)])
+
+
+def scores_ranking_first(genes, first):
+    """Scores that rank, for each gene, the TFs in first[gene] at the top."""
+    matrix = np.tile(-np.arange(len(TFS), dtype=float), (len(genes), 1)) - 100
+    for g, gene in enumerate(genes):
+        for r, tf in enumerate(first[gene]):
+            matrix[g, list(TFS).index(tf)] = 10 - r
+    return genes, TFS, matrix
+
+
+def test_a_gene_regulated_differently_in_two_tissues_is_judged_by_each_tissues_edges():
+    genes = ["g1", "g2"]
+    scores = {("Liver", "ours"): scores_ranking_first(genes, {"g1": ["tf1"], "g2": ["tf3"]}),
+              ("Kidney", "ours"): scores_ranking_first(genes, {"g1": ["tf2"], "g2": ["tf3"]})}
+    reference = pd.DataFrame({"tissue": ["Liver", "Kidney", "Liver", "Kidney"],
+                              "gene": ["g1", "g1", "g2", "g2"], "tf": ["tf1", "tf2", "tf3", "tf3"]})
+    table = evaluate(scores, reference, k=1, bootstrap=50).set_index(["tissue", "measure"])
+    for tissue in ("Liver", "Kidney"):
+        assert table.loc[(tissue, "average precision"), "value"] == 1.0  # a union over tissues: 0.75
+        assert table.loc[(tissue, "precision at 1"), "value"] == 1.0
+        assert table.loc[(tissue, "early precision ratio"), "value"] == pytest.approx(20.0)  # 1 / (2 / 40)
+        # a random ranking puts the one regulator at rank i with AP 1/i, each i alike
+        assert table.loc[(tissue, "average precision"), "chance"] == pytest.approx(
+            sum(1 / i for i in range(1, 21)) / 20)
+        assert table.loc[(tissue, "precision at 1"), "chance"] == pytest.approx(1 / 20)
+
+
+def test_a_ranking_at_chance_reads_as_chance():
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(300)]
+    reference = pd.DataFrame([("Liver", g, tf) for g in genes for tf in rng.choice(TFS, 3, replace=False)],
+                             columns=["tissue", "gene", "tf"])
+    random_scores = {("Liver", "random"): (genes, TFS, rng.normal(size=(len(genes), len(TFS))))}
+    table = evaluate(random_scores, reference, k=5).set_index("measure")
+    for measure in ("average precision", "precision at 5", "early precision ratio"):
+        row = table.loc[measure]
+        assert row.low < row.chance < row.high, measure  # the interval holds chance
+        assert row.high - row.low < row.chance  # and is narrow enough to say so
+
+
+def test_the_table_is_paired_resampled_and_seeded():
+    rng = np.random.default_rng(1)
+    genes = [f"g{i}" for i in range(40)]
+    reference = pd.DataFrame({"tissue": "Liver", "gene": genes, "tf": rng.choice(TFS, len(genes))})
+    same = rng.normal(size=(len(genes), len(TFS)))
+    scores = {("Liver", "a"): (genes, TFS, same), ("Liver", "b"): (genes[::-1], TFS, same[::-1])}
+    table = evaluate(scores, reference)
+    a, b = table[table.method == "a"].reset_index(drop=True), table[table.method == "b"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="method"), b.drop(columns="method"))  # same resamples
+    pd.testing.assert_frame_equal(evaluate(scores, reference), table)
+    shown = wide(table)
+    assert list(shown.columns[:4]) == ["tissue", "method", "average precision", "average precision, chance"]
+    assert shown["average precision"].str.match(r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]$").all()
+
+
+def test_evaluate_on_a_folder_without_rankings_says_what_to_run(tmp_path, capsys):
+    from mtlrank_ray.cli import main
+    assert main(["evaluate", str(tmp_path), "--reference", str(tmp_path / "net.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'rankings.parquet'} is missing; run `python tune.py` first" in err
+    assert "Traceback" not in err

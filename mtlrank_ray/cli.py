@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 def tune_main(argv: list[str] | None = None) -> int:
     """`python tune.py`: prepare the aligned store if needed, run the sweep over
     (tissue, cluster, replicate, λ) on Ray, and write the results."""
+    return _run(tune_parser(), argv)
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    """`python tune.py`'s arguments (the notebook API builds the same command)."""
     parser = argparse.ArgumentParser(prog="tune.py", description=tune_main.__doc__,
                                      parents=[_common_flags()])
     _data_arguments(parser, demo=True)
@@ -119,7 +124,7 @@ def tune_main(argv: list[str] | None = None) -> int:
                         help="join a running Ray cluster ('auto' or HOST:PORT; default: "
                              "RAY_ADDRESS if set) instead of starting a Ray of this run's own")
     parser.set_defaults(run=_tune)
-    return _run(parser, argv)
+    return parser
 
 
 def _data_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:

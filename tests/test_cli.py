@@ -93,5 +93,6 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     assert len(tissue.genes) == 40 and len(set(tissue.clusters)) == 4
     # README's trainer example runs against this store.
     monkeypatch.chdir(tmp_path)
-    example = (REPO / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    blocks = [block.split("```")[0] for block in (REPO / "README.md").read_text().split("```python\n")[1:]]
+    example = next(block for block in blocks if "ClusterTrainer" in block)
     exec(compile(example, "README example", "exec"), {})

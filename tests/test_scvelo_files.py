@@ -162,3 +162,31 @@ def test_tune_runs_on_scvelo_output(root, tmp_path, capsys):
     assert set(genes.tissue) == {"Pancreas"} and len(genes) == 16 * 3
     network = pd.read_csv(tmp_path / "run" / "network.csv")
     assert network.tf_symbol.isin(reference_genes().symbol).all()
+
+
+@pytest.mark.slow
+def test_a_notebook_prepares_and_sweeps_an_anndata(written, tmp_path):
+    import mtlrank_ray
+    genes = reference_genes()
+    tf_list = pd.DataFrame({"Ensembl ID": genes.ensembl_id[genes.is_tf].to_numpy()})
+    id_map = genes.rename(columns={"symbol": "gene_symbol"})[["ensembl_id", "gene_symbol"]]
+    adata = anndata.read_h5ad(written)
+    with pytest.raises(InputError, match="needs tf_list= and id_map="):
+        mtlrank_ray.prepare(adata, config=SETTINGS, out=tmp_path / "run")
+    store = mtlrank_ray.prepare(adata, tf_list=tf_list, id_map=id_map, config=SETTINGS,
+                                tissue="Pancreas", out=tmp_path / "run")
+    assert store.tissues[["tissue", "status", "genes", "clusters"]].values.tolist() == [["Pancreas", "built", 16, 4]]
+    assert len(store.load("Pancreas").genes) == 16
+    with pytest.raises(InputError, match=r"training.epochs"):
+        mtlrank_ray.tune(store.data_root, config={**SETTINGS, "training": {"epochs": 0}}, out=tmp_path / "run")
+    results = mtlrank_ray.tune(store.data_root, out=tmp_path / "run", config={
+        **SETTINGS, "training": {"epochs": 2, "batch_size": 64},
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
+    assert set(results.gene_r2.model) == {"mtlrank", "lasso"} and len(results.selected) == 4
+    assert results.network.tissue.eq("Pancreas").all() and results.report.is_file()
+    first_tf = store.load("Pancreas").tfs[0]
+    reference = tmp_path / "reference.csv"
+    pd.DataFrame({"tf": first_tf, "gene": store.load("Pancreas").genes}).to_csv(reference, index=False)
+    evaluation = results.evaluate(reference)
+    assert set(evaluation.method) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
+    assert (evaluation.genes == 16).all()

@@ -69,9 +69,8 @@ def tune(data, config: dict | str | Path | None = None, out: str | Path = "runs/
         argv = ["--data", str(root), "--out", str(out), "--tissue", tissues, "-q"]
         if config is not None:
             path = Path(config) if isinstance(config, (str, Path)) else Path(folder) / "config.yaml"
-            if isinstance(config, dict):
-                _config(config)  # refused here, before anything runs
-                path.write_text(yaml.safe_dump(config))
+            if isinstance(config, dict):  # checked here, before anything runs
+                path.write_text(yaml.safe_dump(_config(config).to_dict()))
             argv += ["--config", str(path)]
         argv += ["--resume"] * resume + ["--fresh"] * fresh + (["--address", address] if address else [])
         args = tune_parser().parse_args(argv)

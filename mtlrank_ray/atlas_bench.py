@@ -152,10 +152,10 @@ def state_bytes(tissue) -> tuple[int, int]:
 
 def main() -> None:
     from . import ray_data
+    from .bench import memory_bytes
     from .group_tasks import GroupsFinished, GroupTasks
     from .sweep import experiment_path, groups, model_location, run_sweep
     from .trial import Trial
-    from .bench import memory_bytes
 
     cpus = os.cpu_count()
     print(f"cores: {cpus}")

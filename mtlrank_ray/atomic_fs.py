@@ -4,8 +4,8 @@ Tune copies the sweep's state (experiment_state-*.json, each trial's
 result.json) from the driver to storage file by file, writing each in place.
 A driver killed during a copy (kill -9, a lost head node, a laptop's power)
 leaves a cut-off state file, and the sweep can no longer be resumed. Here a
-file is written under a hidden name beside its target and renamed onto it when
-closed: a reader sees the old file or the new one. Object storage needs none of
+file is written under a hidden name beside its target, flushed to disk and
+renamed onto it when closed: a reader sees the old file or the new one. Object storage needs none of
 this (an upload appears whole when it completes), so URIs are left to Tune.
 """
 
@@ -23,17 +23,35 @@ from .data.store import is_uri
 
 
 class _ReplaceOnClose(io.FileIO):
-    """A file written beside `target` (hidden, so Tune's globs never match it), renamed
-    onto it at close."""
+    """A file written beside `target` (hidden, so Tune's globs never match it), flushed
+    to disk and renamed onto it at close; after a failed write (a full disk) it is
+    removed instead, and the target stays as it was."""
 
     def __init__(self, target: str):
         self.target = target
+        self.failed = False
         folder, name = os.path.split(target)
         super().__init__(os.path.join(folder, f".{name}.partial-{uuid.uuid4().hex[:8]}"), "wb")
 
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except OSError:
+            self.failed = True
+            raise
+
     def close(self) -> None:
-        if not self.closed:
-            super().close()
+        if self.closed:
+            return
+        try:
+            if not self.failed:
+                os.fsync(self.fileno())
+        except OSError:
+            self.failed = True
+        super().close()
+        if self.failed:
+            os.unlink(self.name)
+        else:
             os.replace(self.name, self.target)
 
 

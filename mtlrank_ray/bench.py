@@ -37,8 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from .cluster_data import ClusterData, split_cells
-from .data.store import aligned_empty
 from .config import TrainingConfig
+from .data.store import aligned_empty
 from .trainer import ClusterTrainer, Trial
 
 BATCH = 256

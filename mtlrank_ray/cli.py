@@ -166,8 +166,9 @@ def _interrupt_hint(args, config, out: Path, ctrl_c: CtrlC):
     """What to run after Ctrl-C: the same command, with --resume once this run's sweep
     has started (an earlier run's sweep in the folder is not this run's to resume)."""
     def hint(exc: BaseException) -> str:
-        from .sweep import experiment_path
         from ray import tune
+
+        from .sweep import experiment_path
 
         if isinstance(exc, Interrupted) and str(exc) == "publish":
             return f"the results in {out} were written whole first"
@@ -249,7 +250,15 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     from .group_tasks import GroupsFinished, GroupTasks
     from .ray_data import materialize_tissue
     from .results import collect, gene_table, selected_table
-    from .sweep import EXPERIMENT, check_storage, experiment_path, groups, model_location, resumable, run_sweep
+    from .sweep import (
+        EXPERIMENT,
+        check_storage,
+        experiment_path,
+        groups,
+        model_location,
+        resumable,
+        run_sweep,
+    )
     from .trial import Trial
 
     if args.resume:

@@ -2,7 +2,7 @@
 
 A reference is a CSV of edges: columns `tf` and `gene` (Ensembl ids or symbols
 the data's id mapping knows) and optionally `tissue`; an edge without a tissue
-holds in every tissue. The demo's planted truth (truth/regulators.csv) is one
+(no column, or a blank) holds in every tissue. The demo's planted truth (truth/regulators.csv) is one
 such reference. Per tissue and method, over the tissue's genes with at least
 one reference regulator among its TFs:
 
@@ -19,11 +19,15 @@ each with a 95% bootstrap interval over genes (the same resamples for every
 method), so a method no better than chance reads as such.
 
 Methods: our DeepLIFT rankings and the lasso's |coefficients|, each by its rank
-averaged over replicates, and |Pearson correlation| over the gene's cells.
+averaged over replicates, and |Pearson correlation| over the gene's cells. Every
+method's edges are ranked within their gene, ties in a seeded random order, and
+the early precision ratio orders edges by that rank, so the three measures treat
+every method alike.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from pathlib import Path
 
@@ -44,6 +48,8 @@ from .data.references import (
 from .data.store import read_manifest, write_atomically
 from .errors import InputError
 
+log = logging.getLogger(__name__)
+
 OURS, LASSO, PEARSON = "mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"
 K = 10
 BOOTSTRAP = 1000
@@ -56,14 +62,19 @@ Scores = tuple[list[str], np.ndarray, np.ndarray]  # genes, TFs, scores (genes x
 def read_reference(path: Path, store: str, tissues: list[str]) -> pd.DataFrame:
     """(tissue, gene, tf) edges in the data's ids, one row per tissue an edge holds in."""
     table = read_csv_checked(Path(path), ["tf", "gene"], "reference network")
-    if "tissue" in table.columns:
-        table["tissue"] = table["tissue"].astype(str).map(normalize_tissue)
-        unknown = sorted(set(table.tissue) - set(tissues))
-        if len(unknown) == table.tissue.nunique():
+    if "tissue" not in table.columns:
+        table["tissue"] = np.nan
+    everywhere = table.tissue.isna() | (table.tissue.astype(str).str.strip() == "")
+    named = table[~everywhere].assign(tissue=lambda t: [
+        name if name in tissues else normalize_tissue(name) for name in t.tissue.astype(str)])
+    unknown = sorted(set(named.tissue) - set(tissues))
+    if unknown:
+        if everywhere.sum() == 0 and len(unknown) == named.tissue.nunique():
             raise InputError(f"reference network {path} names tissues {', '.join(unknown[:3])}, none "
                              f"of the run's ({', '.join(tissues)}); use the run's tissue names.")
-    else:
-        table = pd.concat([table.assign(tissue=t) for t in tissues], ignore_index=True)
+        log.warning("reference network %s: tissues %s are not in the run; their edges are left out",
+                    path, ", ".join(unknown[:5]))
+    table = pd.concat([named, *[table[everywhere].assign(tissue=t) for t in tissues]], ignore_index=True)
     id_map = _id_map(store, tissues[0])
     for column in ("tf", "gene"):
         names = pd.Index(table[column].astype(str))
@@ -71,10 +82,10 @@ def read_reference(path: Path, store: str, tissues: list[str]) -> pd.DataFrame:
     return table.loc[(table.tf != "") & (table.gene != ""), ["tissue", "gene", "tf"]].drop_duplicates()
 
 
-def planted_reference(store: str, tissues: list[str]) -> pd.DataFrame | None:
-    """The demo's truth as a reference, or None for data without one."""
-    path = _data_root(store, tissues[0]) / "truth" / "regulators.csv"
-    return read_reference(path, store, tissues) if path.is_file() else None
+def planted_truth(store: str, tissue: str) -> Path | None:
+    """The demo's truth (a reference), or None for data without one."""
+    path = _data_root(store, tissue) / "truth" / "regulators.csv"
+    return path if path.is_file() else None
 
 
 def _data_root(store: str, tissue: str) -> Path:
@@ -155,13 +166,14 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
         rng = np.random.default_rng([seed, zlib.crc32(tissue.encode())])
         counts = np.stack([np.bincount(rng.integers(0, len(genes), len(genes)), minlength=len(genes))
                            for _ in range(bootstrap)])  # genes' multiplicities, per resample
+        tie_break = rng.random(labels.shape)  # the same for every method
         chance = {"average precision": _random_average_precision(labels).mean(),
                   "precision at k": labels.mean()}
         for method, (method_genes, method_tfs, values) in methods:
             if list(method_tfs) != list(tfs):
                 raise ValueError(f"{method} scores other TFs than the tissue's")
             position = {g: i for i, g in enumerate(method_genes)}
-            matrix = values[[position[g] for g in genes]]
+            matrix = _strict(values[[position[g] for g in genes]], tie_break)
             per_gene = {"average precision": np.array([average_precision_score(l, s) for l, s in zip(labels, matrix)]),
                         "precision at k": _precision_at(labels, matrix, min(k, len(tfs)))}
             for measure, value in per_gene.items():
@@ -173,11 +185,26 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
     return pd.DataFrame(rows, columns=["tissue", "method", "measure", "value", "low", "high", "chance", "genes"])
 
 
+def with_reference(evaluation: pd.DataFrame, reference: Path) -> pd.DataFrame:
+    return evaluation.assign(reference=str(reference))
+
+
 def _row(tissue, method, measure, value, resampled, chance, genes, k) -> dict:
     low, high = np.nanpercentile(resampled, [2.5, 97.5])
     name = measure.replace("at k", f"at {k}")
     return {"tissue": tissue, "method": method, "measure": name, "value": float(value),
             "low": float(low), "high": float(high), "chance": float(chance), "genes": genes}
+
+
+def _strict(scores: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
+    """Scores ranking each gene's TFs strictly: by score, ties in a seeded random order
+    (so a method that cannot tell TFs apart scores as chance, not by the store's TF
+    order), as -rank within the gene; across genes, equal ranks in the same random order
+    (the early precision ratio's edge order)."""
+    order = np.lexsort((tie_break, -np.nan_to_num(scores, nan=-np.inf)), axis=1)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(len(scores), 0), axis=1)
+    return -ranks - tie_break
 
 
 def _random_average_precision(labels: np.ndarray) -> np.ndarray:
@@ -244,8 +271,10 @@ def evaluate_run(out: Path, reference: Path, lam: float | None = None, k: int = 
     store = load_config(out / "config.yaml").run.store(out)
     rankings = pd.read_parquet(path)
     tissues = sorted(rankings.tissue.astype(str).unique())
-    evaluation = evaluate(run_scores(rankings, out / "models", store),
-                          read_reference(reference, store, tissues), k)
+    if k < 1:
+        raise InputError(f"--k {k}: precision at k needs k of at least 1.")
+    evaluation = with_reference(evaluate(run_scores(rankings, out / "models", store),
+                                         read_reference(reference, store, tissues), k), reference)
     if evaluation.empty:
         raise InputError(f"no gene of the run has a regulator of {reference} among its TFs; "
                          "check that the reference names the run's genes and TFs.")

@@ -34,7 +34,14 @@ from .data import load_tissue
 from .data.references import ID_MAP, read_id_map
 from .data.store import read_manifest, write_atomically
 from .errors import InputError
-from .evaluation import evaluate, planted_reference, run_scores, write_evaluation
+from .evaluation import (
+    evaluate,
+    planted_truth,
+    read_reference,
+    run_scores,
+    with_reference,
+    write_evaluation,
+)
 from .sweep import experiment_path, fetch_models
 from .trial import Trial, load_model
 
@@ -128,11 +135,14 @@ def write_rankings(out: Path, rankings: pd.DataFrame, top: int, suffix: str = ""
         ["tissue", "gene", "mean_rank"], ignore_index=True)
     write_atomically(out / f"rankings{suffix}.parquet", lambda p: rankings.to_parquet(p, index=False))
     write_atomically(out / f"network{suffix}.csv", lambda p: network.to_csv(p, index=False))
+    # An evaluation of earlier rankings no longer describes these.
+    (out / f"evaluation{suffix}.csv").unlink(missing_ok=True)
     tissues = sorted(rankings.tissue.astype(str).unique())
-    reference = planted_reference(store, tissues)
+    truth = planted_truth(store, tissues[0])
     evaluation = None
-    if reference is not None:
-        evaluation = evaluate(run_scores(rankings, out / "models", store), reference)
+    if truth is not None:
+        evaluation = with_reference(evaluate(run_scores(rankings, out / "models", store),
+                                             read_reference(truth, store, tissues)), truth)
         write_evaluation(out, evaluation, suffix)
     return rankings, network, evaluation
 

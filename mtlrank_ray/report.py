@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .errors import InputError  # noqa: E402
 from .data.store import write_atomically  # noqa: E402
+from .errors import InputError  # noqa: E402
 from .evaluation import wide  # noqa: E402
 from .results import GROUP, LASSO, networks, selected_table, tissue_summary  # noqa: E402
 from .trial import Trial  # noqa: E402
@@ -169,7 +169,7 @@ COLUMN_NAMES = {
     "mean_val_r2": "Validation R², chosen λ", "mean_test_r2": "Test R², chosen λ",
     "lambda0_mean_val_r2": "Validation R², λ = 0", "lambda0_mean_test_r2": "Test R², λ = 0",
     "lasso_mean_val_r2": "Validation R², lasso", "lasso_mean_test_r2": "Test R², lasso",
-    "method": "Ranking method", "genes": "Genes scored",
+    "method": "Ranking method",
 }
 TABLE_LINES = {
     "Per tissue": "Mean test R² over the tissue's genes for the chosen λ and both baselines, and how "
@@ -179,7 +179,8 @@ TABLE_LINES = {
                               "lasso's.",
     "TF rankings against the reference network": "How well each method ranks a gene's "
         "regulators in the reference (the demo's planted truth, or `mtlrank-ray evaluate "
-        "--reference`) first: mean average precision and precision at 10 over genes, and the "
+        "--reference`) first: mean average precision and precision at k (10 unless `--k`) over "
+        "genes, and the "
         "early precision ratio of the tissue's top edges (1 is chance), each with a 95% "
         "bootstrap interval over genes; a method whose interval holds its chance value does no "
         "better than chance.",

@@ -27,9 +27,16 @@ import numpy as np
 import tensorflow as tf
 
 from . import model
-from .cluster_data import ClusterData, GeneSplit, epoch_batches, padded, prepare_splits, r2_scores
-from .data.store import write_atomically
+from .cluster_data import (
+    ClusterData,
+    GeneSplit,
+    epoch_batches,
+    padded,
+    prepare_splits,
+    r2_scores,
+)
 from .config import TrainingConfig
+from .data.store import write_atomically
 from .errors import TrainingError
 from .trial import Trial
 

@@ -40,12 +40,17 @@ def test_a_ranking_at_chance_reads_as_chance():
     genes = [f"g{i}" for i in range(300)]
     reference = pd.DataFrame([("Liver", g, tf) for g in genes for tf in rng.choice(TFS, 3, replace=False)],
                              columns=["tissue", "gene", "tf"])
-    random_scores = {("Liver", "random"): (genes, TFS, rng.normal(size=(len(genes), len(TFS))))}
-    table = evaluate(random_scores, reference, k=5).set_index("measure")
-    for measure in ("average precision", "precision at 5", "early precision ratio"):
-        row = table.loc[measure]
-        assert row.low < row.chance < row.high, measure  # the interval holds chance
-        assert row.high - row.low < row.chance  # and is narrow enough to say so
+    # random scores, and scores that cannot tell TFs apart (ties everywhere, as a lasso's
+    # zero coefficients): neither may read as better or worse than chance
+    no_signal = {("Liver", "random"): (genes, TFS, rng.normal(size=(len(genes), len(TFS)))),
+                 ("Liver", "tied"): (genes, TFS, np.zeros((len(genes), len(TFS))))}
+    table = evaluate(no_signal, reference, k=5).set_index(["method", "measure"])
+    for method in ("random", "tied"):
+        for measure in ("average precision", "precision at 5", "early precision ratio"):
+            row = table.loc[(method, measure)]
+            standard_error = (row.high - row.low) / (2 * 1.96)
+            assert abs(row.value - row.chance) < 3 * standard_error, (method, measure)  # chance
+            assert row.high - row.low < row.chance  # and an interval narrow enough to say so
 
 
 def test_the_table_is_paired_resampled_and_seeded():

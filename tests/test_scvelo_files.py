@@ -86,13 +86,14 @@ def test_symbols_and_sparse_x_are_read_as_scvelo_wrote_them(root, written, tmp_p
     with caplog.at_level(logging.WARNING):
         prepare_store(root, config_from_dict(SETTINGS), tmp_path / "store")
     duplicate = adata.var_names[adata.var_names.str.endswith("-1")][0]
-    assert f"1 of {adata.n_vars} names are neither Ensembl ids nor symbols" in caplog.text
+    assert f"1 of {adata.n_vars} names are neither ids nor symbols" in caplog.text
     assert duplicate in caplog.text
     tissue = load_tissue(tmp_path / "store", "Pancreas")
     id_of = dict(zip(reference_genes().symbol, reference_genes().ensembl_id))
     symbol_of = {v: k for k, v in id_of.items()}
     tf_symbols = [symbol_of[t] for t in tissue.tfs]
-    assert set(tf_symbols) == set(adata.var_names[:N_TFS]) & set(adata.var_names)
+    genes = reference_genes()
+    assert set(tf_symbols) == set(genes.symbol[genes.is_tf][:N_TFS]) & set(adata.var_names)
     assert list(tissue.tf_symbols) == tf_symbols
     np.testing.assert_array_equal(tissue.expression, adata[:, tf_symbols].X.toarray().astype(np.float32))
     gene_symbols = [symbol_of[g] for g in tissue.genes]
@@ -190,3 +191,12 @@ def test_a_notebook_prepares_and_sweeps_an_anndata(written, tmp_path):
     evaluation = results.evaluate(reference)
     assert set(evaluation.method) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
     assert (evaluation.genes == 16).all()
+
+
+def test_names_are_ids_of_any_species_versioned_or_symbols():
+    from mtlrank_ray.data.references import gene_ids
+    id_map = pd.DataFrame({"ensembl_id": ["ENSG00000137203", "FBgn0000001", "ENSG00000008196", "ENSG00000000003"],
+                           "gene_symbol": ["TFAP2A", "a", "TFAP2B", "TFAP2B"]})
+    names = pd.Index(["ENSG00000137203.5", "FBgn0000001", "TFAP2B", "a", "TFAP2B-1"])
+    assert gene_ids(names, id_map, "test").tolist() == [
+        "ENSG00000137203", "FBgn0000001", "ENSG00000008196", "FBgn0000001", ""]

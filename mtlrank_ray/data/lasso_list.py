@@ -32,7 +32,7 @@ from sklearn.model_selection import cross_val_score
 from ..config import Config
 from ..errors import InputError
 from .genes import eligible_genes
-from .prepare import choose_tissues, existing_root, open_source
+from .prepare import choose_tissues, existing_root, load_inputs, open_source
 from .references import (
     ID_MAP,
     LASSO,
@@ -61,7 +61,7 @@ def write_lasso_list(data_dir: str | Path, config: Config, tissues: str = "all",
     id_map = read_id_map(root / ID_MAP)
     tf_ids = read_tf_list(root / TF_LIST, id_map)
     symbols = id_map["gene_symbol"]
-    rows = pd.concat([tissue_rows(source.load(tissue, tf_ids), config, symbols, jobs)
+    rows = pd.concat([tissue_rows(load_inputs(source, tissue, tf_ids, config), config, symbols, jobs)
                       for tissue in chosen], ignore_index=True)
     path = root / LASSO
     table = rows

@@ -38,7 +38,7 @@ from .references import (
 )
 from .scvelo import H5AD_DIR, ScveloFiles
 from .seed_layout import RPKM, VELO, SeedLayout
-from .source import Source
+from .source import Source, TissueInputs
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ def _store_errors(out: str | Path):
                          "cluster')") from None
 
 
-def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataFrame,
-                 lasso: pd.DataFrame | None, config: Config, lasso_file: str) -> store.AlignedTissue:
+def load_inputs(source: Source, tissue: str, tf_ids: pd.Index, config: Config) -> TissueInputs:
+    """A tissue's inputs, refused when fewer than data.min_tfs of the TF list are in them."""
     inputs = source.load(tissue, tf_ids)
     n_tfs = inputs.expression.shape[1]
     if n_tfs < config.data.min_tfs:
@@ -178,6 +178,12 @@ def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataF
             f"genes of its expression ({inputs.velocity_file}), fewer than data.min_tfs "
             f"({config.data.min_tfs}); the TF list, the id mapping ({ID_MAP}) and the data must "
             "name genes of one species, by ids or by symbols the mapping knows.")
+    return inputs
+
+
+def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataFrame,
+                 lasso: pd.DataFrame | None, config: Config, lasso_file: str) -> store.AlignedTissue:
+    inputs = load_inputs(source, tissue, tf_ids, config)
     genes = select_genes(inputs.velocity, inputs.expression_genes, lasso, tissue, config.genes,
                          inputs.velocity_file, lasso_file)
     velocity = inputs.velocity[genes].to_numpy()

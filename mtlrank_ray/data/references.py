@@ -48,7 +48,7 @@ def read_tf_list(path: Path, id_map: pd.DataFrame) -> pd.Index:
     """The TFs' Ensembl ids, from a column `Ensembl ID` or, mapped, a column `symbol`."""
     table = read_csv_checked(path, [], "TF list")
     if "Ensembl ID" in table.columns:
-        return pd.Index(table["Ensembl ID"].dropna().astype(str).unique())
+        return pd.Index(strip_version(pd.Index(table["Ensembl ID"].dropna().astype(str))).unique())
     if "symbol" not in table.columns:
         raise InputError(f"TF list {path} has neither a column 'Ensembl ID' nor 'symbol'; it has "
                          f"{', '.join(map(str, table.columns))}.")
@@ -60,26 +60,38 @@ def read_tf_list(path: Path, id_map: pd.DataFrame) -> pd.Index:
 ENSEMBL_ID = r"^ENS[A-Z]*G\d{6,}$"
 
 
+def strip_version(ids: pd.Index) -> pd.Index:
+    """Ensembl ids without a version suffix: 'ENSG00000137203.5' -> 'ENSG00000137203'."""
+    return ids.str.replace(r"^(ENS\w+)\.\d+$", r"\1", regex=True)
+
+
 def gene_ids(names: pd.Index, id_map: pd.DataFrame, where: str) -> np.ndarray:
-    """The Ensembl id of each name: an id as it is (a version suffix '.5' dropped), a
-    symbol through the id mapping; "" for a name that is neither, reported as a count
-    with examples."""
-    stripped = names.str.replace(r"^(ENS\w+)\.\d+$", r"\1", regex=True)
-    is_id = np.asarray(stripped.str.match(ENSEMBL_ID), dtype=bool)
+    """The id of each name: an id as it is (an Ensembl id, a version suffix '.5' dropped,
+    or any id of the mapping, such as FlyBase's), a symbol through the id mapping (the
+    first id listed for it); "" for a name that is neither, reported as a count with
+    examples."""
+    stripped = strip_version(names)
+    is_id = np.asarray(stripped.str.match(ENSEMBL_ID), dtype=bool) | stripped.isin(id_map["ensembl_id"])
     if is_id.all():
         return stripped.to_numpy(dtype=object)
-    by_symbol = id_map.loc[~id_map["gene_symbol"].duplicated()].set_index("gene_symbol")["ensembl_id"]
+    first = ~id_map["gene_symbol"].duplicated()
+    by_symbol = id_map.loc[first].set_index("gene_symbol")["ensembl_id"]
     ids = np.where(is_id, stripped, by_symbol.reindex(names).fillna("").to_numpy(dtype=object))
     missed = names[ids == ""]
     if len(missed):
-        log.warning("%s: %d of %d names are neither Ensembl ids nor symbols of the id mapping "
-                    "and are left out (e.g. %s)", where, len(missed), len(names),
-                    ", ".join(missed[:5]))
+        log.warning("%s: %d of %d names are neither ids nor symbols of the id mapping and are "
+                    "left out (e.g. %s)", where, len(missed), len(names), ", ".join(missed[:5]))
+    ambiguous = names[~is_id & names.isin(id_map.loc[~first, "gene_symbol"])]
+    if len(ambiguous):
+        log.warning("%s: %d symbols have several ids in the id mapping; the first listed is used "
+                    "(e.g. %s)", where, len(ambiguous), ", ".join(ambiguous[:5]))
     return ids
 
 
 def read_id_map(path: Path) -> pd.DataFrame:
-    table = read_csv_checked(path, ["ensembl_id", "gene_symbol"], "id mapping", index_col=0)
+    """The id mapping (a leading index column, as pandas writes one, is optional)."""
+    table = read_csv_checked(path, ["ensembl_id", "gene_symbol"], "id mapping")
+    table["ensembl_id"] = strip_version(pd.Index(table["ensembl_id"].astype(str))).to_numpy()
     table = table.loc[~table["ensembl_id"].duplicated(), ["ensembl_id", "gene_symbol"]]
     table.index = table["ensembl_id"]
     return table

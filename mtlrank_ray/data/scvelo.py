@@ -106,9 +106,12 @@ class ScveloFiles:
             try:
                 obs, var = read_elem(file["obs"]), read_elem(file["var"])
                 layers = file["layers"] if "layers" in file else {}
-            except (KeyError, OSError, ValueError) as exc:
+            except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise InputError(f"{path} cannot be read as .h5ad ({exc}); the file is truncated "
                                  "or corrupt: copy or export it again.") from None
+            if not isinstance(obs, pd.DataFrame) or not isinstance(var, pd.DataFrame):
+                raise InputError(f"{path} was written by anndata older than 0.7; rewrite it with "
+                                 "anndata.read_h5ad(path).write_h5ad(path).")
             if "velocity" not in layers or "velocity_genes" not in var:
                 raise InputError(f"{path} lacks layers['velocity'] or var['velocity_genes']; run "
                                  "scvelo.tl.velocity on it first, or narrow data.h5ad_glob to the "
@@ -131,14 +134,14 @@ class ScveloFiles:
                 stem = path.relative_to(self.folder).with_suffix("").as_posix().split("/", 1)[-1]
                 names = np.array([f"{stem}:{n}" for n in names])
             tf_cols = np.flatnonzero(genes.isin(tf_ids))
-            values = read_columns(file["X"] if layer is None else layers[layer], tf_cols)
+            values = _read_matrix(path, file, "X" if layer is None else f"layers/{layer}", tf_cols)
             values = scale_expression(values, str(path), self.settings.expression_is_log)
-            velo_cols = np.flatnonzero(var["velocity_genes"].to_numpy(dtype=bool) & (genes != ""))
+            velo_cols = np.flatnonzero(var["velocity_genes"].fillna(False).to_numpy(dtype=bool) & (genes != ""))
             if not len(velo_cols):
                 raise InputError(f"{path}: var['velocity_genes'] marks no gene (of those the id "
                                  "mapping knows); scVelo fitted none: check its filtering "
                                  "(scvelo.pp.filter_genes, min_r2 of scvelo.tl.velocity).")
-            velocity = read_columns(layers["velocity"], velo_cols)
+            velocity = _read_matrix(path, file, "layers/velocity", velo_cols)
         if np.isinf(velocity).any():
             raise InputError(f"{path}: layers['velocity'] holds infinite values; use NaN for "
                              "cells without velocity.")
@@ -154,6 +157,14 @@ class ScveloFiles:
         if self._id_map is None:
             self._id_map = read_id_map(self.root / ID_MAP)
         return self._id_map
+
+
+def _read_matrix(path: Path, file: h5py.File, key: str, columns: np.ndarray) -> np.ndarray:
+    try:
+        return read_columns(file[key], columns)
+    except (KeyError, OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: {key} cannot be read as a dense or sparse matrix ({exc}); "
+                         "the file is truncated or corrupt: copy or export it again.") from None
 
 
 CHUNK_BYTES = 1 << 27  # rows are read this much at a time: a file may exceed memory

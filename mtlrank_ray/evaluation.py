@@ -75,7 +75,7 @@ def read_reference(path: Path, store: str, tissues: list[str]) -> pd.DataFrame:
         log.warning("reference network %s: tissues %s are not in the run; their edges are left out",
                     path, ", ".join(unknown[:5]))
     table = pd.concat([named, *[table[everywhere].assign(tissue=t) for t in tissues]], ignore_index=True)
-    id_map = _id_map(store, tissues[0])
+    id_map = data_id_map(store, tissues[0])
     for column in ("tf", "gene"):
         names = pd.Index(table[column].astype(str))
         table[column] = gene_ids(names, id_map, f"reference network {path} ({column})")
@@ -95,7 +95,8 @@ def _data_root(store: str, tissue: str) -> Path:
     return Path(manifest["data_root"])
 
 
-def _id_map(store: str, tissue: str) -> pd.DataFrame:
+def data_id_map(store: str, tissue: str) -> pd.DataFrame:
+    """The id mapping of the data the store was prepared from (empty if it is gone)."""
     path = _data_root(store, tissue) / ID_MAP
     if path.is_file():
         return read_id_map(path)

@@ -31,10 +31,10 @@ import pandas as pd
 from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
 from .config import SearchConfig, load_config
 from .data import load_tissue
-from .data.references import ID_MAP, read_id_map
-from .data.store import read_manifest, write_atomically
+from .data.store import write_atomically
 from .errors import InputError
 from .evaluation import (
+    data_id_map,
     evaluate,
     planted_truth,
     read_reference,
@@ -163,10 +163,7 @@ def with_symbols(rankings: pd.DataFrame, store: str) -> pd.DataFrame:
 
 def _id_symbols(store: str, tissue: str) -> dict[str, str]:
     """Ensembl id -> symbol of the data the store was prepared from ({} if unknown)."""
-    root = (read_manifest(store, tissue) or {}).get("data_root")
-    if not root or not (Path(root) / ID_MAP).is_file():
-        return {}
-    table = read_id_map(Path(root) / ID_MAP)
+    table = data_id_map(store, tissue)
     return dict(zip(table.ensembl_id, table.gene_symbol.fillna("").astype(str)))
 
 

@@ -180,10 +180,12 @@ TABLE_LINES = {
     "TF rankings against the reference network": "How well each method ranks a gene's "
         "regulators in the reference (the demo's planted truth, or `mtlrank-ray evaluate "
         "--reference`) first: mean average precision and precision at k (10 unless `--k`) over "
-        "genes, and the "
-        "early precision ratio of the tissue's top edges (1 is chance), each with a 95% "
-        "bootstrap interval over genes; a method whose interval holds its chance value does no "
-        "better than chance.",
+        "genes (a gene with R regulators scores at most R/k), and the early precision ratio: "
+        "the share of reference edges among the tissue's K top-ranked edges, K the number of "
+        "reference edges, over their share of all edges (1 is chance). Each comes with a 95% "
+        "bootstrap interval over genes and what a random ranking scores (for average precision "
+        "its expectation, above the share of regulators when they are few); a method whose "
+        "interval holds its chance value does no better than chance.",
 }
 HEATMAP_TFS, HEATMAP_GENES = 20, 60
 

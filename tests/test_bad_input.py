@@ -16,13 +16,13 @@ VELO = "data/processed/velo/velo.hdf5"
 
 
 def prepare_fails(atlas, config, tmp_path, capsys, *extra):
-    store = tmp_path / "store"
+    store = tmp_path / "runs" / "default" / "store"  # where tune.py keeps a first run's store
     code = main(["prepare", "--data", str(atlas), "--config", str(config), "--out", str(store),
                  *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
-    assert not store.exists()  # nothing half-written
+    assert not (tmp_path / "runs").exists()  # nothing half-written, no empty run folder
     (message,) = [line for line in err.splitlines() if line.startswith("error: ")]
     return message
 

@@ -105,7 +105,7 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
 
     remote = store.is_uri(out)
     out = str(out) if remote else Path(out)
-    created = not remote and not out.exists()
+    created = [] if remote else [f for f in (out, *out.parents) if not f.exists()]  # deepest first
     if remote:
         staging = Path(tempfile.mkdtemp(prefix="mtlrank-staging-"))
     else:
@@ -149,8 +149,10 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
                 store.publish(staging / tissue, out, tissue)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        for folder in created:  # a refused first run leaves no empty run folder behind
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
     return reports
 
 

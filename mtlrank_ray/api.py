@@ -92,7 +92,7 @@ class Results:
 
     @property
     def gene_r2(self) -> pd.DataFrame:
-        """Per gene and model (each λ, the lasso): validation and test R²."""
+        """Per gene and model (each λ, the lasso, GRNBoost2): validation and test R²."""
         return pd.read_parquet(self.out / "gene_r2.parquet")
 
     @property

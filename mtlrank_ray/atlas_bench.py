@@ -3,8 +3,9 @@
 One synthetic tissue of atlas shape (20,000 cells x 1,600 TFs, 4 clusters of
 25 genes) in a local store; the sweep tune.py runs (λ in {0, 0.01}, one
 replicate, 4 epochs, early stopping off so every trial does the same work,
-half a CPU per trial: four trials at once on two cores), with the baselines
-and rankings beside it. Printed, measured in this run:
+half a CPU per trial: four trials at once on two cores), with the lasso
+baselines and rankings beside it (GRNBoost2's cost per gene is `bench`'s
+grnboost2_s_per_gene). Printed, measured in this run:
 
     first_trial_s          from the sweep's start to the first trial's first report
     sweep_s, trials_per_hour  Tuner.fit's wall time, and trials / sweep_s x 3600
@@ -43,7 +44,7 @@ from .data.store import AlignedTissue, aligned_empty, publish, write_tissue
 CELLS, TFS, CLUSTERS, GENES_PER_CLUSTER, EPOCHS = 20_000, 1_600, 4, 25, 4
 PAPER_TRIALS, PAPER_EPOCHS, WORKERS = 1_440, 10, 8
 SETTINGS = {"training": {"epochs": EPOCHS}, "asha": {"enabled": False},
-            "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "resources": {"cpu": 0.5}}
+            "search": {"lambdas": [0.0, 0.01], "replicates": 1, "baselines": ["lasso"]}, "resources": {"cpu": 0.5}}
 
 
 def atlas_tissue(seed: int = 0) -> AlignedTissue:
@@ -176,7 +177,7 @@ def main() -> None:
             print(f"materialize_s: {time.time() - started:.1f}")
             experiment = experiment_path(config, root / "run")
             tasks = GroupTasks(blocks, config, lambda g, lam: model_location(experiment, Trial(*g, lam)))
-            tasks.add_lasso(groups(list(blocks.values()), config))
+            tasks.add_baselines(groups(list(blocks.values()), config))
             GroupsFinished.tasks = tasks
             swept = time.time()
             grid = run_sweep(blocks, config, root / "run", verbose=0, callbacks=(GroupsFinished(len(config.search.lambdas)),))
@@ -192,7 +193,7 @@ def main() -> None:
             folder_bytes = sum(p.stat().st_size for p in Path(experiment).rglob("*") if p.is_file())
             state, model = state_bytes(blocks["Atlas"])
             n = len(grid)
-            print(f"trials: {n}; lasso baselines: {len(tasks.lasso)}; rankings: {len(tasks.rankings)}; "
+            print(f"trials: {n}; baselines: {tasks.baseline_counts()}; rankings: {len(tasks.rankings)}; "
                   f"failed: {len(tasks.failed) + sum(r.error is not None for r in grid)}")
             print(f"first_trial_s: {first:.1f}  (whole seconds: Tune's report timestamps)")
             print(f"sweep_s: {sweep_s:.1f}")

@@ -291,7 +291,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
             f"({time.monotonic() - started:.0f} s)")
         # Baselines and rankings run beside the trials, on the CPUs they leave free.
         tasks = GroupTasks(blocks, config, lambda group, lam: model_location(experiment, Trial(*group, lam)))
-        tasks.add_lasso(groups(list(blocks.values()), config))
+        tasks.add_baselines(groups(list(blocks.values()), config))
         GroupsFinished.tasks = tasks
         try:
             progress = () if args.quiet or args.verbose else (SweepProgress(),)
@@ -309,7 +309,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         swept = time.monotonic()
         tasks.finish()
         during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
-        say(f"baselines and rankings: {len(tasks.lasso)} lasso fits, {len(tasks.rankings)} groups "
+        say(f"baselines and rankings: {tasks.baseline_counts()}, {len(tasks.rankings)} groups "
             f"ranked ({during} while trials ran), {len(tasks.failed)} failed")
     finally:
         ray.shutdown()
@@ -326,19 +326,19 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
     from .results import gene_table, markdown_table, write_results
     from .sweep import EXPERIMENT, experiment_path, stage_models
 
-    lasso = sorted(tasks.lasso.items())
-    genes = gene_table(trials, config.training.epochs, lasso, earlier.genes)
+    baselines = [(group, fit) for (group, _), fit in sorted(tasks.baselines.items())]
+    genes = gene_table(trials, config.training.epochs, baselines, earlier.genes)
     ranked = [tasks.rankings[key] for row in chosen.to_dict("records")
               if (key := ((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])) in tasks.rankings]
     if earlier.rankings is not None:
         ranked.append(earlier.rankings)
     rankings = concat_rankings(ranked) if ranked else None
     # What can fail (fetching the models) comes before anything is written.
-    staged = stage_models(chosen, tasks.lasso, experiment_path(config, out), out / "models",
+    staged = stage_models(chosen, tasks.baselines, experiment_path(config, out), out / "models",
                           earlier.models)
     try:
         about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
-                 f"{len(trials)} trials, {len(failed)} failed; {len(lasso)} lasso baselines; "
+                 f"{len(trials)} trials, {len(failed)} failed; {tasks.baseline_counts()}; "
                  f"{len(tasks.failed)} baselines and rankings failed."
                  + (f" Kept from earlier runs: {', '.join(earlier.tissues)}." if earlier.tissues else ""))
         summary = write_results(out, genes, failed + tasks.failed, about)

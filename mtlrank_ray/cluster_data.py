@@ -102,6 +102,15 @@ def prepare_splits(data: ClusterData, split: dict[str, np.ndarray], standardize:
     return result
 
 
+def gene_features(expression: np.ndarray, split: GeneSplit, g: int) -> np.ndarray:
+    """Gene g's standardized TF expression over its cells of `split` (a new array)."""
+    s = split.standardization
+    features = expression[split.cells[g]]  # a copy: safe to modify in place
+    features -= s.shift[g]
+    features /= s.scale[g]
+    return features
+
+
 def expression_stats(expression: np.ndarray, cells: list[np.ndarray]) -> Standardization:
     """Each gene's mean and population std of every TF over that gene's cells.
 

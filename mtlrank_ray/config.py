@@ -72,6 +72,10 @@ class SearchConfig:
         default_factory=lambda: [0.0, 0.001, 0.01, 0.1],
         metadata=_check(lambda v: min(v) >= 0, "a list of numbers of at least 0"))
     replicates: int = field(default=3, metadata=_POSITIVE)
+    # Per-gene baselines fitted beside the networks on the same cells (README, "Baselines").
+    baselines: list[Literal["lasso", "grnboost2"]] = field(
+        default_factory=lambda: ["lasso", "grnboost2"],
+        metadata=_check(lambda v: len(set(v)) == len(v), "a list without repeats"))
     lasso_alphas: list[float] = field(  # the per-gene lasso baseline's grid (standardized data)
         default_factory=lambda: [0.1, 0.03, 0.01, 0.003, 0.001],
         metadata=_check(lambda v: min(v) > 0, "a list of numbers greater than 0"))

@@ -18,10 +18,11 @@ one reference regulator among its TFs:
 each with a 95% bootstrap interval over genes (the same resamples for every
 method), so a method no better than chance reads as such.
 
-Methods: our DeepLIFT rankings and the lasso's |coefficients|, each by its rank
-averaged over replicates, and |Pearson correlation| over the gene's cells. Every
+Methods: our DeepLIFT rankings, the lasso's |coefficients| and GRNBoost2's
+split gains, each by its rank averaged over replicates, and |Pearson
+correlation| over the gene's cells. Every
 method's edges are ranked within their gene, ties in a seeded random order, and
-the early precision ratio orders edges by that rank, so the three measures treat
+the early precision ratio orders edges by that rank, so the measures treat
 every method alike.
 """
 
@@ -36,7 +37,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score
 
-from .baseline import LassoFit, lasso_name
+from .baselines import BASELINES, BaselineFit, baseline_name
 from .data import load_tissue
 from .data.references import (
     ID_MAP,
@@ -50,7 +51,8 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-OURS, LASSO, PEARSON = "mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"
+OURS, PEARSON = "mtlrank (DeepLIFT)", "abs Pearson"
+BASELINE_METHODS = {"lasso": "abs lasso coefficient", "grnboost2": "GRNBoost2 importance"}
 K = 10
 BOOTSTRAP = 1000
 SEED = 0
@@ -112,23 +114,25 @@ def run_scores(rankings: pd.DataFrame, models: Path, store: str) -> dict[tuple[s
         mean_rank = mean_rank.reindex(columns=tissue.tfs)
         scores[tissue_name, OURS] = (mean_rank.index.astype(str).tolist(), np.asarray(tissue.tfs),
                                      -mean_rank.to_numpy(np.float64))
-        lasso = _lasso_ranks(part, models, str(tissue_name))
-        if lasso is not None:
-            scores[tissue_name, LASSO] = (lasso.index.tolist(), np.asarray(tissue.tfs), -lasso.to_numpy())
+        for method in BASELINES:
+            ranks = _baseline_ranks(part, models, str(tissue_name), method)
+            if ranks is not None:
+                scores[tissue_name, BASELINE_METHODS[method]] = (ranks.index.tolist(), np.asarray(tissue.tfs),
+                                                                 -ranks.to_numpy())
         scores[tissue_name, PEARSON] = (list(tissue.genes), np.asarray(tissue.tfs), _pearson_scores(tissue))
     return scores
 
 
-def _lasso_ranks(rankings: pd.DataFrame, models: Path, tissue: str) -> pd.DataFrame | None:
-    """Genes x TFs: the rank of |coefficient| (1 = largest, ties averaged), mean over
-    replicates; None without every replicate's model."""
+def _baseline_ranks(rankings: pd.DataFrame, models: Path, tissue: str, method: str) -> pd.DataFrame | None:
+    """Genes x TFs: the rank of a baseline's importance (1 = largest, ties averaged),
+    mean over replicates; None without every replicate's model."""
     frames = []
     for cluster, replicate in rankings[["cluster", "replicate"]].drop_duplicates().itertuples(index=False):
-        path = models / f"{lasso_name(tissue, cluster, replicate)}.npz"
+        path = models / f"{baseline_name(tissue, cluster, replicate, method)}.npz"
         if not path.is_file():
             return None
-        fit = LassoFit.load(path)
-        frames.append(pd.DataFrame(rankdata(-np.abs(fit.coef), axis=1), index=fit.genes))
+        fit = BaselineFit.load(path)
+        frames.append(pd.DataFrame(rankdata(-fit.importance, axis=1), index=fit.genes))
     return pd.concat(frames).groupby(level=0, sort=False).mean()
 
 

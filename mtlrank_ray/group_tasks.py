@@ -1,6 +1,7 @@
 """Work per (tissue, cluster, replicate) that runs beside the trials, as Ray tasks.
 
-- The lasso baseline of every group, queued when the sweep starts.
+- The baselines of every group (`search.baselines`: the lasso, GRNBoost2),
+  queued when the sweep starts, the cheap lasso first.
 - The TF rankings of a group's chosen λ, queued as soon as every trial of the
   group has finished (Tune tells `GroupsFinished`), so rankings are done while
   the cluster is up, not afterwards on the driver.
@@ -11,7 +12,7 @@ theirs already), so a baseline rarely delays a trial (Ray counts free CPUs
 over the whole cluster, not per node); whatever is still queued when the last
 trial ends is submitted then. Each task reads its tissue's
 expression from the node's one shared copy. This module imports no
-TensorFlow: the lasso's workers never load it; the rankings' do, inside the
+TensorFlow: the baselines' workers never load it; the rankings' do, inside the
 task.
 """
 
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 
 import pandas as pd
 import ray
 from ray.tune import Callback
 
 from . import ray_data
-from .baseline import LassoFit, fit_lasso
+from .baselines import LABEL, BaselineFit, fit_baseline
 from .cluster_data import replicate_split
 from .config import Config, SearchConfig
 from .data.store import read_file
@@ -39,11 +40,11 @@ POLL_S = 1.0  # how often free CPUs are looked up between Tune's steps
 
 
 @ray.remote
-def _lasso_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, search: SearchConfig,
-                standardize: str) -> LassoFit:
+def _baseline_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, method: str,
+                   search: SearchConfig, standardize: str, threads: int) -> BaselineFit:
     data = ray_data.cluster_data(tissue, cluster)
     split = replicate_split(search, len(data.expression), replicate)
-    return fit_lasso(data, split, standardize, search.lasso_alphas)
+    return fit_baseline(method, data, split, standardize, search, replicate, threads)
 
 
 @ray.remote
@@ -68,20 +69,26 @@ class GroupTasks:
         self.blocks, self.config, self.model_location = blocks, config, model_location
         self.cpu = config.resources.cpu
         self.queue: deque = deque()
-        self.pending: dict = {}  # ObjectRef -> (kind, group, λ)
-        self.lasso: dict[Group, LassoFit] = {}
+        self.pending: dict = {}  # ObjectRef -> (kind, group, λ or baseline method)
+        self.baselines: dict[tuple[Group, str], BaselineFit] = {}  # (group, method) -> fit
         self.rankings: dict[tuple[Group, float], pd.DataFrame] = {}  # (group, λ) -> rows
         self.failed: list[str] = []
-        self.submitted: list[tuple[str, Group, float]] = []  # (kind, group, time.monotonic())
+        self.submitted: list[tuple[str, Group, float]] = []  # (method or "rankings", group, time)
         self._polled = 0.0
 
-    def add_lasso(self, groups: list[Group]) -> None:
-        self.queue.extend(("lasso", group, None) for group in groups)
+    def add_baselines(self, groups: list[Group]) -> None:
+        for method in self.config.search.baselines:
+            self.queue.extend(("baseline", group, method) for group in groups)
+
+    def baseline_counts(self) -> str:
+        """What the baselines' tasks returned, e.g. '4 lasso and 4 GRNBoost2 fits'."""
+        counts = Counter(method for _, method in self.baselines)
+        return " and ".join(f"{counts[m]} {LABEL[m]}" for m in self.config.search.baselines) + " fits"
 
     def add_ranking(self, group: Group, lam: float) -> None:
         queued = ("rankings", group, lam) in self.queue or ("rankings", group, lam) in self.pending.values()
         if (group, lam) not in self.rankings and not queued:
-            self.queue.append(("rankings", group, lam))
+            self.queue.appendleft(("rankings", group, lam))  # before queued baselines: GRNBoost2's are long
 
     def poll(self) -> None:
         """Submit queued tasks onto the CPUs free now (at most every POLL_S)."""
@@ -99,38 +106,39 @@ class GroupTasks:
             self._submit(*self.queue.popleft())
         self._collect(timeout=None)
 
-    def _submit(self, kind: str, group: Group, lam: float | None) -> None:
+    def _submit(self, kind: str, group: Group, detail) -> None:
         tissue, cluster, replicate = group
         options = {"num_cpus": self.cpu}
-        if kind == "lasso":
-            ref = _lasso_task.options(**options).remote(
-                self.blocks[tissue], cluster, replicate, self.config.search,
-                self.config.training.standardize)
+        if kind == "baseline":
+            ref = _baseline_task.options(**options).remote(
+                self.blocks[tissue], cluster, replicate, detail, self.config.search,
+                self.config.training.standardize, max(1, int(self.cpu)))
         else:
             ref = _ranking_task.options(**options).remote(
-                self.blocks[tissue], cluster, replicate, self.model_location(group, lam),
+                self.blocks[tissue], cluster, replicate, self.model_location(group, detail),
                 self.config.search)
-        self.pending[ref] = (kind, group, lam)
-        self.submitted.append((kind, group, time.monotonic()))
+        self.pending[ref] = (kind, group, detail)
+        self.submitted.append((detail if kind == "baseline" else kind, group, time.monotonic()))
 
     def _collect(self, timeout: float | None) -> None:
         while self.pending:
             done, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
             if not done:
                 return
-            kind, group, lam = self.pending.pop(done[0])
+            kind, group, detail = self.pending.pop(done[0])
+            what = detail if kind == "baseline" else kind
             try:
                 value = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # the task's own error, a lost worker or object
                 cause = getattr(exc, "cause", exc)
-                self.failed.append(f"{kind} {group}: {cause!r}")
-                log.error("%s of %s failed: %r", kind, group, cause)
+                self.failed.append(f"{what} {group}: {cause!r}")
+                log.error("%s of %s failed: %r", what, group, cause)
                 continue
-            if kind == "lasso":
-                self.lasso[group] = value
-                log.debug("lasso baseline: %d (tissue, cluster, replicate) done", len(self.lasso))
+            if kind == "baseline":
+                self.baselines[group, detail] = value
+                log.debug("baselines: %d (group, method) done", len(self.baselines))
             else:
-                self.rankings[group, lam] = value
+                self.rankings[group, detail] = value
 
 
 class GroupsFinished(Callback):

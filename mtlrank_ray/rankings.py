@@ -13,7 +13,7 @@ folder). Written to the run folder:
                        K of every replicate (the paper's consensus step; K a tenth of the
                        tissue's TFs by default)
     evaluation.csv     on data with a planted truth (the demo's truth/), how well our
-                       rankings, the lasso's |coefficients| and |Pearson| recover it
+                       rankings, the baselines' importances and |Pearson| recover it
                        (`evaluation`; `mtlrank-ray evaluate` does so for any reference)
 
 `rank_run(RUN, lam=X)` ranks the models of one λ instead (fetching them from

@@ -3,9 +3,9 @@
 `mtlrank-ray report RUN` (also run at the end of `tune.py`) writes to RUN/report/:
 
     test_r2.png         test R² per gene, per tissue: the λ chosen on validation, λ = 0 and
-                        the lasso baseline
+                        the baselines (lasso, GRNBoost2)
     lambda_curve.png    mean validation R² against λ per tissue (log axis; λ = 0 as its
-                        own point in a panel beside it; the lasso's as a dashed line)
+                        own point in a panel beside it; the baselines as flat lines)
     selected_vs_zero.png  per gene: test R² at the selected λ against λ = 0
     network.png         per tissue, the network's TFs with the most targets against the
                         genes they regulate (mean rank over replicates), clustered
@@ -34,7 +34,8 @@ import pandas as pd  # noqa: E402
 from .data.store import write_atomically  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .evaluation import wide  # noqa: E402
-from .results import GROUP, LASSO, networks, selected_table, tissue_summary  # noqa: E402
+from .baselines import BASELINES, LABEL  # noqa: E402
+from .results import GROUP, networks, selected_table, tissue_summary  # noqa: E402
 from .trial import Trial  # noqa: E402
 
 
@@ -45,15 +46,17 @@ def chosen_rows(genes: pd.DataFrame) -> pd.DataFrame:
 
 def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
     models = {"selected λ": chosen_rows(genes), "λ = 0": genes[genes["lambda"] == 0],
-              "lasso": genes[genes.model == LASSO]}
+              **{LABEL[m]: genes[genes.model == m] for m in BASELINES if (genes.model == m).any()}}
     tissues = sorted(genes.tissue.unique())
     drawn = {}
-    fig, ax = plt.subplots(figsize=(1.6 + 2.4 * len(tissues), 4))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.7 * len(models) * len(tissues), 4))
     for i, tissue in enumerate(tissues):
         for k, (label, rows) in enumerate(models.items()):
             values = rows.loc[rows.tissue == tissue, "test_r2"].to_numpy()
             if len(values):
-                ax.boxplot(values, positions=[i + 0.27 * (k - 1)], widths=0.24, patch_artist=True,
+                ax.boxplot(values, positions=[i + width * (k - (len(models) - 1) / 2)],
+                           widths=0.85 * width, patch_artist=True,
                            boxprops={"facecolor": f"C{k}"},
                            medianprops={"color": "black", "linewidth": 1.5})
                 drawn[tissue, label] = values
@@ -67,11 +70,14 @@ def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
 
 def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     """Mean validation R² against λ: λ > 0 on a log axis, λ = 0 as its own point in a
-    narrow panel beside it (a log axis has no 0). Returns {tissue: {λ: mean val R²}},
-    {(tissue, "lasso"): mean val R²} and what each panel drew."""
+    narrow panel beside it (a log axis has no 0), each baseline's as a flat line.
+    Returns {tissue: {λ: mean val R²}}, {(tissue, method): mean val R²} and what each
+    panel drew."""
     network = networks(genes)
     curves = network.groupby(["tissue", "lambda"]).val_r2.mean()
-    lasso = genes[genes.model == LASSO].groupby("tissue").val_r2.mean()
+    baselines = {m: genes[genes.model == m].groupby("tissue").val_r2.mean() for m in BASELINES
+                 if (genes.model == m).any()}
+    styles = dict(zip(BASELINES, ("--", ":")))
     drawn = {}
     fig, (zero_ax, ax) = plt.subplots(1, 2, sharey=True, figsize=(6.5, 4), layout="constrained",
                                       gridspec_kw={"width_ratios": [1, 6]})
@@ -84,11 +90,14 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
         ax.plot(lambdas[positive], values[positive], marker="o", color=f"C{k}", label=tissue)
         zero_ax.plot(np.zeros((~positive).sum()), values[~positive], marker="s", color=f"C{k}",
                      linestyle="none")
-        if tissue in lasso.index:
-            for axis in (zero_ax, ax):
-                axis.axhline(lasso[tissue], color=f"C{k}", linestyle="--", linewidth=1)
-            drawn[tissue, LASSO] = lasso[tissue]
-    ax.plot([], [], color="grey", linestyle="--", linewidth=1, label="lasso (each tissue's colour)")
+        for method, values in baselines.items():
+            if tissue in values.index:
+                for axis in (zero_ax, ax):
+                    axis.axhline(values[tissue], color=f"C{k}", linestyle=styles[method], linewidth=1)
+                drawn[tissue, method] = values[tissue]
+    for method in baselines:
+        ax.plot([], [], color="grey", linestyle=styles[method], linewidth=1,
+                label=f"{LABEL[method]} (each tissue's colour)")
     zero_ax.set_xticks([0], ["λ = 0"])
     zero_ax.set_xlim(-1, 1)
     zero_ax.set_ylabel("mean validation R²")
@@ -141,14 +150,15 @@ def plot_singular_values(genes: pd.DataFrame, models: Path, path: Path) -> dict:
 CAPTIONS = {
     "test_r2.png": "Test R² of every gene on held-out cells, per tissue: the networks at the λ "
                    "chosen on validation for each gene's cluster and replicate, the independent "
-                   "per-gene networks (λ = 0) and the per-gene lasso on the same inputs and cells. "
+                   "per-gene networks (λ = 0), and the per-gene baselines on the same inputs and "
+                   "cells: the lasso and GRNBoost2's boosted trees. "
                    "Each box spans the middle half of the genes, the black line is the median and "
                    "the whiskers reach 1.5 box-lengths. 1 is a perfect prediction of the gene's "
                    "velocity; 0 is no better than its mean.",
     "lambda_curve.png": "Mean validation R² (over genes, clusters and replicates) against the "
                         "trace-norm weight λ, per tissue. λ = 0, in the left panel, trains every "
                         "gene's network on its own; a larger λ makes the genes of a cluster share "
-                        "more of their first layers. Dashed: the lasso. Each cluster's λ is chosen "
+                        "more of their first layers. Dashed: the lasso; dotted: GRNBoost2. Each cluster's λ is chosen "
                         "where its own validation R² is highest.",
     "selected_vs_zero.png": "One point per gene and replicate: test R² at the chosen λ against "
                             "test R² of the independent networks (λ = 0). Above the grey diagonal "
@@ -164,19 +174,21 @@ CAPTIONS = {
 COLUMN_NAMES = {
     "tissue": "Tissue", "genes": "Genes", "trials": "Trials", "stopped_early": "Stopped early",
     "test_r2_selected": "Mean test R², chosen λ", "test_r2_lambda0": "Mean test R², λ = 0",
-    "test_r2_lasso": "Mean test R², lasso", "lambdas_selected": "λ chosen (clusters × replicates)",
+    "test_r2_lasso": "Mean test R², lasso", "test_r2_grnboost2": "Mean test R², GRNBoost2",
+    "lambdas_selected": "λ chosen (clusters × replicates)",
     "cluster": "Cluster", "replicate": "Replicate", "lambda": "Chosen λ",
     "mean_val_r2": "Validation R², chosen λ", "mean_test_r2": "Test R², chosen λ",
     "lambda0_mean_val_r2": "Validation R², λ = 0", "lambda0_mean_test_r2": "Test R², λ = 0",
     "lasso_mean_val_r2": "Validation R², lasso", "lasso_mean_test_r2": "Test R², lasso",
+    "grnboost2_mean_val_r2": "Validation R², GRNBoost2", "grnboost2_mean_test_r2": "Test R², GRNBoost2",
     "method": "Ranking method",
 }
 TABLE_LINES = {
-    "Per tissue": "Mean test R² over the tissue's genes for the chosen λ and both baselines, and how "
-                  "often each λ was chosen.",
+    "Per tissue": "Mean test R² over the tissue's genes for the chosen λ, λ = 0 and the "
+                  "baselines, and how often each λ was chosen.",
     "λ chosen on validation": "For each cluster and replicate, the λ with the best mean "
                               "validation R², with the mean R² of its genes beside λ = 0's and the "
-                              "lasso's.",
+                              "baselines'.",
     "TF rankings against the reference network": "How well each method ranks a gene's "
         "regulators in the reference (the demo's planted truth, or `mtlrank-ray evaluate "
         "--reference`) first: mean average precision and precision at k (10 unless `--k`) over "

@@ -3,14 +3,16 @@
 Written to the run folder, each file atomically (a re-run replaces them):
 
     gene_r2.parquet, gene_r2.csv  tissue, cluster, gene, replicate, model, lambda, alpha,
-                                  val_r2, test_r2, best_epoch, epochs_run, stopped_early.
-                                  model "mtlrank": the networks, one row per λ (R² at the
-                                  trial's best validation epoch); model "lasso": the
-                                  per-gene lasso baseline at the alpha chosen on validation
-                                  (lambda and the epoch columns empty)
+                                  trees, val_r2, test_r2, best_epoch, epochs_run,
+                                  stopped_early. model "mtlrank": the networks, one row
+                                  per λ (R² at the trial's best validation epoch); model
+                                  "lasso": the per-gene lasso at the alpha chosen on
+                                  validation; model "grnboost2": GRNBoost2 with the number
+                                  of trees chosen on validation (`baselines`; lambda and
+                                  the epoch columns empty)
     selected.csv                  per (tissue, cluster, replicate): the λ with the best
                                   mean validation R², its mean test R², and λ = 0's and
-                                  the lasso's beside it
+                                  each baseline's beside it
     summary.md                    per-tissue table and what ran
 """
 
@@ -21,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .baseline import LassoFit
+from .baselines import BASELINES, SETTING, BaselineFit
 from .data.store import write_atomically
 
-GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "val_r2",
-                "test_r2", "best_epoch", "epochs_run", "stopped_early"]
+GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "trees",
+                "val_r2", "test_r2", "best_epoch", "epochs_run", "stopped_early"]
 GROUP = ["tissue", "cluster", "replicate"]
-NETWORK, LASSO = "mtlrank", "lasso"
+NETWORK = "mtlrank"
 
 
 def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
@@ -45,24 +47,28 @@ def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
     return trials, failed
 
 
-def gene_table(trials: list[tuple[dict, dict]], epochs: int, lasso: list[tuple[tuple, LassoFit]],
-               earlier: pd.DataFrame | None = None) -> pd.DataFrame:
+def gene_table(trials: list[tuple[dict, dict]], epochs: int,
+               baselines: list[tuple[tuple, BaselineFit]], earlier: pd.DataFrame | None = None
+               ) -> pd.DataFrame:
     """Rows per gene from (trial spec, last reported metrics) pairs and from the
-    lasso baseline's ((tissue, cluster, replicate), LassoFit) pairs, with the
+    baselines' ((tissue, cluster, replicate), BaselineFit) pairs, with the
     `earlier` rows of other tissues the run folder keeps."""
     rows = []
     for spec, metrics in trials:
         for gene, val, test in zip(metrics["genes"], metrics["best_val_r2"], metrics["best_test_r2"]):
-            rows.append((spec["tissue"], spec["cluster"], gene, spec["replicate"], NETWORK,
-                         spec["lam"], np.nan, val, test, metrics["best_epoch"], metrics["epoch"],
-                         metrics["epoch"] < epochs))
-    for (tissue, cluster, replicate), fit in lasso:
-        rows += [(tissue, cluster, gene, replicate, LASSO, np.nan, alpha, val, test, None, None, None)
-                 for gene, alpha, val, test in zip(fit.genes, fit.alpha, fit.val_r2, fit.test_r2)]
+            rows.append({"tissue": spec["tissue"], "cluster": spec["cluster"], "gene": gene,
+                         "replicate": spec["replicate"], "model": NETWORK, "lambda": spec["lam"],
+                         "val_r2": val, "test_r2": test, "best_epoch": metrics["best_epoch"],
+                         "epochs_run": metrics["epoch"], "stopped_early": metrics["epoch"] < epochs})
+    for (tissue, cluster, replicate), fit in baselines:
+        rows += [{"tissue": tissue, "cluster": cluster, "gene": gene, "replicate": replicate,
+                  "model": fit.method, SETTING[fit.method]: setting, "val_r2": val, "test_r2": test}
+                 for gene, setting, val, test in zip(fit.genes, fit.setting, fit.val_r2, fit.test_r2)]
     table = pd.DataFrame(rows, columns=GENE_COLUMNS).astype(
-        {"best_epoch": "Int64", "epochs_run": "Int64", "stopped_early": "boolean"})
-    if earlier is not None:
-        table = pd.concat([earlier[GENE_COLUMNS].astype(table.dtypes.to_dict()), table])
+        {"lambda": float, "alpha": float, "trees": "Int64", "best_epoch": "Int64",
+         "epochs_run": "Int64", "stopped_early": "boolean"})
+    if earlier is not None:  # a run folder from before a column existed lacks it
+        table = pd.concat([earlier.reindex(columns=GENE_COLUMNS).astype(table.dtypes.to_dict()), table])
     return table.sort_values(["tissue", "cluster", "replicate", "model", "lambda", "gene"],
                              ignore_index=True)
 
@@ -87,7 +93,7 @@ def selected_table(genes: pd.DataFrame) -> pd.DataFrame:
         lambda g: choose_lambda(dict(zip(g["lambda"], g["mean_val_r2"])))).rename("lambda")
     best = network.merge(chosen.dropna().reset_index(), on=[*GROUP, "lambda"])
     for name, rows in (("lambda0", network[network["lambda"] == 0]),
-                       (LASSO, means[means.model == LASSO])):
+                       *((method, means[means.model == method]) for method in BASELINES)):
         rows = rows[[*GROUP, "mean_val_r2", "mean_test_r2"]].rename(
             columns={"mean_val_r2": f"{name}_mean_val_r2", "mean_test_r2": f"{name}_mean_test_r2"})
         best = best.merge(rows, on=GROUP, how="left")
@@ -99,12 +105,13 @@ def tissue_summary(genes: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for tissue, part in genes.groupby("tissue"):
         trials = networks(part).groupby([*GROUP, "lambda"])
-        zero, lasso = part[part["lambda"] == 0], part[part.model == LASSO]
+        zero = part[part["lambda"] == 0]
         rows.append({"tissue": tissue, "genes": part.gene.nunique(), "trials": trials.ngroups,
                      "stopped_early": int(trials.stopped_early.first().sum()),
                      "test_r2_selected": chosen[chosen.tissue == tissue].test_r2.mean(),
                      "test_r2_lambda0": zero.test_r2.mean() if len(zero) else np.nan,
-                     "test_r2_lasso": lasso.test_r2.mean() if len(lasso) else np.nan,
+                     **{f"test_r2_{method}": part[part.model == method].test_r2.mean()
+                        for method in BASELINES},
                      "lambdas_selected": ", ".join(f"{lam:g}: {n}" for lam, n in
                                                    selected[selected.tissue == tissue]["lambda"]
                                                    .value_counts().sort_index().items())})
@@ -123,10 +130,12 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
             "test_r2_selected: mean test R² of the genes at the λ chosen on validation per "
             "(tissue, cluster, replicate); test_r2_lambda0: the independent per-gene networks; "
             "test_r2_lasso: the per-gene lasso on the same standardized TF expression and "
-            "splits, alpha chosen on validation.",
-            "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and λ, and the lasso baseline",
+            "splits, alpha chosen on validation; test_r2_grnboost2: GRNBoost2's boosted trees "
+            "on the same, the number of trees chosen on validation (empty: not in "
+            "search.baselines).",
+            "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and λ, and the baselines",
             "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 and the "
-            "lasso beside it"]
+            "baselines beside it"]
     if failed:
         text += ["", "## Failed trials and baselines\n", *[f"- {name}" for name in failed]]
     write_atomically(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))

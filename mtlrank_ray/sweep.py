@@ -45,7 +45,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from . import ray_data
 from .asha import GroupedASHA, rungs
 from .atomic_fs import tune_storage
-from .baseline import LassoFit, lasso_name
+from .baselines import BaselineFit, baseline_name
 from .cluster_data import replicate_split
 from .config import Config, RunSettings
 from .data.store import fetch_files, filesystem, put_file, read_file, sibling
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 def groups(tissues: list[ray_data.TissueBlocks], config: Config) -> list[Group]:
     """Every (tissue, cluster, replicate): the λ values of one group compete, and each
-    group gets one lasso baseline and one ranking."""
+    group gets its baselines and one ranking."""
     return [(tissue.name, cluster, replicate)
             for tissue in tissues for cluster in ray_data.tissue_clusters(tissue)
             for replicate in range(config.search.replicates)]
@@ -391,12 +391,12 @@ def fetch_models(experiment: str, trials: list[Trial], folder: Path) -> None:
                          f"model (it failed, or the sweep at {experiment} is gone).")
 
 
-def stage_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experiment: str,
+def stage_models(selected: pd.DataFrame, baselines: dict[tuple[Group, str], BaselineFit], experiment: str,
                  folder: Path, keep: list[Path] = ()) -> Path:
     """A staging folder beside FOLDER for `store.install` to put in its place whole (so
     models/ never mixes runs): the models the results use (`used_trials`), fetched from
-    the sweep's storage in parallel, each lasso baseline as
-    <tissue>_c<cluster>_r<replicate>_lasso.npz, and the files `keep` (earlier tissues'
+    the sweep's storage in parallel, each baseline as
+    <tissue>_c<cluster>_r<replicate>_<method>.npz, and the files `keep` (earlier tissues'
     models). The other trials' models stay in the sweep's storage
     (`mtlrank-ray rank RUN --lambda X` fetches them)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -404,8 +404,8 @@ def stage_models(selected: pd.DataFrame, lasso: dict[Group, LassoFit], experimen
     staging.mkdir()
     try:
         fetch_models(experiment, used_trials(selected), staging)
-        for group, fit in lasso.items():
-            fit.save(staging / f"{lasso_name(*group)}.npz")
+        for (group, method), fit in baselines.items():
+            fit.save(staging / f"{baseline_name(*group, method)}.npz")
         for path in keep:
             shutil.copy2(path, staging / path.name)
     except BaseException:

@@ -53,9 +53,10 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert len(output.splitlines()) < 60, output
         assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
-        # tissues x genes x replicates x (lambdas + the lasso baseline)
-        assert len(genes) == 2 * 40 * 1 * (2 + 1) and genes.test_r2.notna().all()
+        # tissues x genes x replicates x (lambdas + the lasso and GRNBoost2)
+        assert len(genes) == 2 * 40 * 1 * (2 + 2) and genes.test_r2.notna().all()
         assert set(genes["lambda"].dropna()) == {0.0, 0.01} and (genes.model == "lasso").sum() == 80
+        assert (genes.model == "grnboost2").sum() == 80 and (genes.trees.dropna() >= 1).all()
         # Trials stopped early still carry their best epoch's results.
         stopped = genes[genes.stopped_early]
         assert (stopped.best_epoch <= stopped.epochs_run).all() and (stopped.epochs_run < 4).all()
@@ -66,10 +67,10 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     rankings = pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet")
     assert len(rankings) == 2 * 40 * 60 and set(rankings["rank"]) == set(range(1, 61))
     assert (tmp_path / "runs/smoke/network.csv").is_file()
-    # models/ holds what the results use: per group the selected λ, λ = 0 and the lasso.
+    # models/ holds what the results use: per group the selected λ, λ = 0 and the baselines.
     selected = pd.read_csv(tmp_path / "runs/smoke/selected.csv")
     expected = {f"{r['tissue']}_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
-                for r in selected.to_dict("records") for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso"}}
+                for r in selected.to_dict("records") for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso", "grnboost2"}}
     assert {p.name for p in (tmp_path / "runs/smoke/models").iterdir()} == expected
     # Rankings made during the sweep equal those `mtlrank-ray rank` makes afterwards.
     assert main(["rank", str(tmp_path / "runs/smoke"), "-q"]) == 0
@@ -80,7 +81,8 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     assert len(list((tmp_path / "runs/smoke/models").glob("*_lam0.01.npz"))) == 8
     assert main(["rank", str(tmp_path / "runs/smoke"), "--lambda", "0.5", "-q"]) == 2
     evaluation = pd.read_csv(tmp_path / "runs/smoke/evaluation.csv").set_index(["tissue", "method", "measure"])
-    assert set(evaluation.index.get_level_values("method")) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
+    assert set(evaluation.index.get_level_values("method")) == {"mtlrank (DeepLIFT)", "abs lasso coefficient",
+                                                                "GRNBoost2 importance", "abs Pearson"}
     ours = evaluation.loc[("Kidney_Left", "mtlrank (DeepLIFT)", "average precision")]
     assert ours.low > 3 * ours.chance  # the planted regulators are found, well above chance
     # The planted truth is one reference like any other: evaluate reproduces the table.

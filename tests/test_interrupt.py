@@ -97,7 +97,7 @@ def test_ctrl_c_mid_sweep_keeps_the_last_results_whole_and_resume_finishes_once(
     assert len(after) == 16 and all(after[name] == text for name, text in kept.items())
     genes = pd.read_csv(folder / "run" / "gene_r2.csv")
     assert not genes.duplicated(["tissue", "cluster", "replicate", "model", "lambda", "gene"]).any()
-    assert len(genes) == 2 * 16 * 3  # every gene once per λ and once for the lasso
+    assert len(genes) == 2 * 16 * 4  # every gene once per λ and once per baseline
 
 
 def test_ctrl_c_while_the_data_loads_stops_at_once_and_writes_nothing(folder, small_atlas_template):

@@ -7,15 +7,15 @@ import pytest
 
 from mtlrank_ray import report
 from mtlrank_ray.cli import main
-from mtlrank_ray.baseline import LassoFit
+from mtlrank_ray.baselines import BaselineFit
 from mtlrank_ray.results import gene_table, write_results
 
 
 def fake_run(folder):
-    """Results of 2 tissues x 2 clusters x λ in {0, 0.01, 0.1} and the lasso, and the
+    """Results of 2 tissues x 2 clusters x λ in {0, 0.01, 0.1} and both baselines, and the
     networks' models."""
     rng = np.random.default_rng(0)
-    trials, lasso = [], []
+    trials, baselines = [], []
     (folder / "models").mkdir(parents=True)
     for tissue in ("Kidney_Left", "Liver"):
         for cluster in (0, 1):
@@ -28,10 +28,12 @@ def fake_run(folder):
                 kernel = rng.normal(size=(5, 7, 64)).astype(np.float32) / (1 + 100 * lam)
                 np.savez(folder / "models" / f"{tissue}_c{cluster}_r0_lam{lam:g}.npz",
                          genes=np.array(genes), dense_64_kernel=kernel)
-            val = rng.uniform(0, 0.4, 5)
-            lasso.append(((tissue, cluster, 0),
-                          LassoFit(genes, np.full(5, 0.01), np.zeros((5, 7)), np.zeros(5), val, val - 0.1)))
-    genes = gene_table(trials, epochs=4, lasso=lasso)
+            for method, setting in (("lasso", 0.01), ("grnboost2", 700)):
+                val = rng.uniform(0, 0.4, 5)
+                baselines.append(((tissue, cluster, 0),
+                                  BaselineFit(method, genes, np.full(5, setting), np.zeros((5, 7)),
+                                              val, val - 0.1)))
+    genes = gene_table(trials, epochs=4, baselines=baselines)
     write_results(folder, genes, [], "fake")
     return genes
 
@@ -47,11 +49,15 @@ def test_plots_draw_the_results(tmp_path):
     lasso = genes[genes.model == "lasso"]
     assert len(lasso) == 20 and lasso["lambda"].isna().all()
     np.testing.assert_array_equal(drawn["Liver", "lasso"], lasso[lasso.tissue == "Liver"].test_r2)
+    boosted = genes[genes.model == "grnboost2"]
+    assert len(boosted) == 20 and (boosted.trees == 700).all() and boosted.alpha.isna().all()
+    np.testing.assert_array_equal(drawn["Liver", "GRNBoost2"], boosted[boosted.tissue == "Liver"].test_r2)
     curve = report.plot_lambda_curve(genes, tmp_path / "b.png")
     kidney = genes[genes.tissue == "Kidney_Left"]
     expected = kidney[kidney.model == "mtlrank"].groupby("lambda").val_r2.mean()
     assert curve["Kidney_Left"] == pytest.approx(expected.to_dict())
-    assert curve["Kidney_Left", "lasso"] == pytest.approx(kidney[kidney.model == "lasso"].val_r2.mean())
+    for method in ("lasso", "grnboost2"):
+        assert curve["Kidney_Left", method] == pytest.approx(kidney[kidney.model == method].val_r2.mean())
     pairs = report.plot_selected_vs_zero(genes, tmp_path / "c.png")
     assert len(pairs) == 20 and (pairs.test_r2_selected.to_numpy() != pairs.test_r2_zero.to_numpy()).all()
     values = report.plot_singular_values(genes, tmp_path / "models", tmp_path / "d.png")
@@ -81,6 +87,7 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     # Every plot has a caption; tables have plain headers and a line saying what they hold.
     assert page.count("<figcaption>") == len(names) == page.count("<img ")
     assert "Validation R², lasso" in page and "lasso_mean_val_r2" not in page
+    assert "Mean test R², GRNBoost2" in page and "Validation R², GRNBoost2" in page
     assert page.count("<h2>") == page.count("</table>") == 3 and page.count("<p>") == 3
     assert "Kidney_Left" in page and "against the reference network" in page
     assert "0.500 [0.400, 0.600]" in page  # a value with its interval over genes

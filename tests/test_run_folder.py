@@ -45,7 +45,7 @@ def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_temp
     assert {p.name for p in (run / "models").glob("Liver_*")} == {
         f"Liver_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
         for r in selected[selected.tissue == "Liver"].to_dict("records")
-        for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso"}}
+        for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso", "grnboost2"}}
     assert set(pd.read_parquet(run / "rankings.parquet").tissue) == {"Kidney_Left", "Liver"}
     assert set(selected.tissue) == {"Kidney_Left", "Liver"}
     summary = (run / "summary.md").read_text()

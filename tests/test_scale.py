@@ -138,8 +138,9 @@ def last_waits_for_rankings(config, tissues, settings):
 
 def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path):
     """With one trial at a time on two CPUs, one CPU is free: every lasso baseline and the
-    rankings of groups done early run before the last trial ends, and the rankings equal
-    those ranked afterwards from the stored model."""
+    rankings of groups done early run before the last trial ends (the rankings ahead of
+    the queued GRNBoost2 fits), and the rankings equal those ranked afterwards from the
+    stored model."""
     config = config_from_dict({**SMALL_SETTINGS, "training": {"epochs": 2, "batch_size": 64},
                                "search": {"lambdas": [0.0, 0.01], "replicates": 1},
                                "asha": {"enabled": False},
@@ -147,7 +148,7 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
     experiment = sweep.experiment_path(config, tmp_path)
     tasks = GroupTasks(blocks, config, lambda g, lam: sweep.model_location(experiment, Trial(*g, lam)))
-    tasks.add_lasso(sweep.groups(list(blocks.values()), config))
+    tasks.add_baselines(sweep.groups(list(blocks.values()), config))
     gate = tmp_path / "gate"
     gate.mkdir()
 
@@ -176,7 +177,8 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     during = [(kind, group) for kind, group, at in tasks.submitted if at < ended]
     assert sum(kind == "lasso" for kind, _ in during) == 4
     assert sum(kind == "rankings" for kind, _ in during) >= 2
-    assert len(tasks.lasso) == 4 and len(tasks.rankings) == 4
+    assert sorted(method for _, method in tasks.baselines) == ["grnboost2"] * 4 + ["lasso"] * 4
+    assert len(tasks.rankings) == 4
     tissue = load_tissue(store, "Liver")
     for ((_, cluster, replicate), lam), rows in tasks.rankings.items():
         means = {r.config["trial"]["lam"]: np.mean(r.metrics["best_val_r2"]) for r in grid

@@ -184,13 +184,14 @@ def test_a_notebook_prepares_and_sweeps_an_anndata(written, tmp_path):
     results = mtlrank_ray.tune(store.data_root, out=tmp_path / "run", config={
         **SETTINGS, "training": {"epochs": 2, "batch_size": 64},
         "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
-    assert set(results.gene_r2.model) == {"mtlrank", "lasso"} and len(results.selected) == 4
+    assert set(results.gene_r2.model) == {"mtlrank", "lasso", "grnboost2"} and len(results.selected) == 4
     assert results.network.tissue.eq("Pancreas").all() and results.report.is_file()
     first_tf = store.load("Pancreas").tfs[0]
     reference = tmp_path / "reference.csv"
     pd.DataFrame({"tf": first_tf, "gene": store.load("Pancreas").genes}).to_csv(reference, index=False)
     evaluation = results.evaluate(reference)
-    assert set(evaluation.method) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "abs Pearson"}
+    assert set(evaluation.method) == {"mtlrank (DeepLIFT)", "abs lasso coefficient", "GRNBoost2 importance",
+                                      "abs Pearson"}
     assert (evaluation.genes == 16).all()
 
 

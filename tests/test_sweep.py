@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mtlrank_ray import ray_data
-from mtlrank_ray.baseline import LassoFit, fit_lasso
+from mtlrank_ray.baselines import BaselineFit, fit_baseline
 from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
@@ -55,12 +55,12 @@ def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, 
     assert len(set(firsts)) > 1  # no λ always starts first
 
 
-def run_lasso(blocks, config):
-    """The lasso baseline of every group, as the sweep runs it: ((group, fit) pairs, failures)."""
+def run_baselines(blocks, config):
+    """The baselines of every group, as the sweep runs them: ({(group, method): fit}, failures)."""
     tasks = GroupTasks(blocks, config, model_location=None)
-    tasks.add_lasso(groups(list(blocks.values()), config))
+    tasks.add_baselines(groups(list(blocks.values()), config))
     tasks.finish()
-    return sorted(tasks.lasso.items()), tasks.failed
+    return tasks.baselines, tasks.failed
 
 
 def fake_trials():
@@ -76,33 +76,39 @@ def fake_trials():
     return trials
 
 
-def fake_lasso():
-    """The lasso of the same two groups; it beats every λ on validation in cluster 0."""
+def fake_baselines():
+    """The baselines of the same two groups; the lasso beats every λ on validation in
+    cluster 0, GRNBoost2 in cluster 1."""
     return [(("Liver", cluster, 0),
-             LassoFit([f"g{cluster}a", f"g{cluster}b"], np.array([0.1, 0.01]), np.zeros((2, 3)),
-                      np.zeros(2), np.array([val, val]), np.array([val - 0.2, val - 0.2])))
-            for cluster, val in ((0, 0.9), (1, 0.1))]
+             BaselineFit(method, [f"g{cluster}a", f"g{cluster}b"], np.array(setting), np.zeros((2, 3)),
+                         np.array([val, val]), np.array([val - 0.2, val - 0.2])))
+            for method, setting, scores in (("lasso", [0.1, 0.01], (0.9, 0.1)),
+                                            ("grnboost2", [300, 45], (0.2, 0.8)))
+            for cluster, val in enumerate(scores)]
 
 
 def test_results_tables():
-    genes = gene_table(fake_trials(), epochs=4, lasso=fake_lasso())
+    genes = gene_table(fake_trials(), epochs=4, baselines=fake_baselines())
     assert list(genes.columns) == ["tissue", "cluster", "gene", "replicate", "model", "lambda",
-                                   "alpha", "val_r2", "test_r2", "best_epoch", "epochs_run",
+                                   "alpha", "trees", "val_r2", "test_r2", "best_epoch", "epochs_run",
                                    "stopped_early"]
-    assert len(genes) == 12 and genes.stopped_early.sum() == 2
-    lasso = genes[genes.model == "lasso"]
+    assert len(genes) == 16 and genes.stopped_early.sum() == 2
+    lasso, boosted = genes[genes.model == "lasso"], genes[genes.model == "grnboost2"]
     assert len(lasso) == 4 and lasso["lambda"].isna().all() and lasso.best_epoch.isna().all()
-    assert lasso.alpha.tolist() == [0.1, 0.01, 0.1, 0.01]
+    assert lasso.alpha.tolist() == [0.1, 0.01, 0.1, 0.01] and lasso.trees.isna().all()
+    assert boosted.trees.tolist() == [300, 45, 300, 45] and boosted.alpha.isna().all()
     selected = selected_table(genes).set_index("cluster")
     assert selected.loc[0, "lambda"] == 0.0 and selected.loc[1, "lambda"] == 0.1  # λ only
     assert selected.loc[1, "mean_test_r2"] == pytest.approx(0.25)
     assert selected.loc[1, "lambda0_mean_test_r2"] == pytest.approx(0.15)
     assert selected.loc[0, "lasso_mean_val_r2"] == pytest.approx(0.9)
     assert selected.loc[1, "lasso_mean_test_r2"] == pytest.approx(-0.1)
+    assert selected.loc[1, "grnboost2_mean_val_r2"] == pytest.approx(0.8)
+    assert selected.loc[0, "grnboost2_mean_test_r2"] == pytest.approx(0.0)
 
 
 def test_results_files_are_replaced_not_appended(tmp_path):
-    genes = gene_table(fake_trials(), epochs=4, lasso=fake_lasso())
+    genes = gene_table(fake_trials(), epochs=4, baselines=fake_baselines())
     previous = os.umask(0o022)
     try:
         for _ in range(2):
@@ -111,11 +117,12 @@ def test_results_files_are_replaced_not_appended(tmp_path):
         os.umask(previous)
     assert (tmp_path / "gene_r2.csv").stat().st_mode & 0o777 == 0o644  # the umask's, not private
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "gene_r2.parquet"), genes)
-    assert len(pd.read_csv(tmp_path / "gene_r2.csv")) == 12
+    assert len(pd.read_csv(tmp_path / "gene_r2.csv")) == 16
     assert len(pd.read_csv(tmp_path / "selected.csv")) == 2
     assert summary.loc[0, "test_r2_selected"] == pytest.approx(genes.query(
         "(cluster == 0 and `lambda` == 0) or (cluster == 1 and `lambda` == 0.1)").test_r2.mean())
     assert summary.loc[0, "test_r2_lasso"] == pytest.approx(0.3)
+    assert summary.loc[0, "test_r2_grnboost2"] == pytest.approx(0.3)
     assert summary.loc[0, "trials"] == 4 and summary.loc[0, "stopped_early"] == 1
     assert "| Liver |" in (tmp_path / "summary.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -123,7 +130,7 @@ def test_results_files_are_replaced_not_appended(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    genes = gene_table(fake_trials(), epochs=4, lasso=fake_lasso())
+    genes = gene_table(fake_trials(), epochs=4, baselines=fake_baselines())
     write_results(tmp_path, genes, [], "first")
     before = (tmp_path / "gene_r2.csv").read_text()
     monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
@@ -133,30 +140,36 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_lasso_tasks_fit_every_group_as_the_baseline_does_locally(local_ray, store):
+def test_baseline_tasks_fit_every_group_as_the_baselines_do_locally(local_ray, store):
     config = config_from_dict({"search": {"replicates": 2, "lambdas": [0.0, 0.1]}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    fits, failed = run_lasso(blocks, config)
+    fits, failed = run_baselines(blocks, config)
     assert not failed
-    assert [group for group, _ in fits] == [
-        ("Liver", cluster, replicate) for cluster in range(4) for replicate in range(2)]
-    group, fit = fits[3]  # cluster 1, replicate 1
+    assert sorted(fits) == sorted((("Liver", cluster, replicate), method) for cluster in range(4)
+                                  for replicate in range(2) for method in ("lasso", "grnboost2"))
     search = config.search
     data = ClusterData.from_tissue(load_tissue(store, "Liver"), 1)
     split = split_cells(len(data.expression), search.test_fraction, search.val_fraction,
                         search.seed, 1)  # spelled out: the tasks' split is the trainer's
-    expected = fit_lasso(data, split, config.training.standardize, search.lasso_alphas)
-    assert fit.genes == expected.genes
-    np.testing.assert_array_equal(fit.coef, expected.coef)
-    np.testing.assert_array_equal(fit.test_r2, expected.test_r2)
+    for method in ("lasso", "grnboost2"):
+        fit = fits[("Liver", 1, 1), method]  # cluster 1, replicate 1
+        expected = fit_baseline(method, data, split, config.training.standardize, search, replicate=1)
+        assert fit.method == method and fit.genes == expected.genes
+        np.testing.assert_array_equal(fit.importance, expected.importance)
+        np.testing.assert_array_equal(fit.setting, expected.setting)
+        np.testing.assert_array_equal(fit.test_r2, expected.test_r2)
+    # Replicates are drawn apart: other cells, other trees.
+    assert not np.array_equal(fits[("Liver", 1, 0), "grnboost2"].importance,
+                              fits[("Liver", 1, 1), "grnboost2"].importance)
 
 
-def test_a_failed_lasso_baseline_is_reported_not_raised(local_ray, store):
+def test_a_failed_baseline_is_reported_not_raised(local_ray, store):
     config = config_from_dict({"search": {"replicates": 1, "val_fraction": 0.001}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    fits, failed = run_lasso(blocks, config)  # one validation cell: R² is undefined
-    assert fits == [] and len(failed) == 4
+    fits, failed = run_baselines(blocks, config)  # one validation cell: R² is undefined
+    assert fits == {} and len(failed) == 8
     assert "cells with velocity in the val split; R² needs at least 2" in failed[0]
+    assert {line.split()[0] for line in failed} == {"lasso", "grnboost2"}
 
 
 def test_a_trial_that_failed_after_reporting_is_listed_never_selected():
@@ -167,4 +180,4 @@ def test_a_trial_that_failed_after_reporting_is_listed_never_selected():
     finished = SimpleNamespace(config={"trial": {**spec, "lam": 0.0}}, error=None, metrics=metrics)
     trials, failed = collect([failed_late, finished])
     assert [t[0]["lam"] for t in trials] == [0.0] and len(failed) == 1 and "0.1" in failed[0]
-    assert selected_table(gene_table(trials, epochs=2, lasso=[]))["lambda"].tolist() == [0.0]
+    assert selected_table(gene_table(trials, epochs=2, baselines=[]))["lambda"].tolist() == [0.0]

@@ -1,9 +1,7 @@
-"""The per-gene lasso baseline the networks are compared with.
+"""The per-gene lasso baseline.
 
-For one (cluster, replicate), each gene gets a lasso on the same inputs and
-cells as the networks: the TF expression standardized as the trainer does it
-(`training.standardize`), the same standardized velocity, the same train /
-validation / test cells. sklearn's objective on the training cells,
+For one (cluster, replicate), each gene gets a lasso on the standardized splits
+(`prepare_splits`). sklearn's objective on the training cells,
 1/(2n)·‖y − Xw − b‖² + alpha·‖w‖₁, is solved along the grid
 `search.lasso_alphas` (strongest first, warm-started); the alpha with the best
 validation R² is kept and its test R² reported, as λ is chosen for the networks.
@@ -16,49 +14,18 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import lasso_path
 
-from .cluster_data import ClusterData, GeneSplit, prepare_splits, r2_scores
+from ..cluster_data import ClusterData, GeneSplit, gene_features, r2_scores
+from . import BaselineFit
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LassoFit:
-    """One cluster's lasso models for one replicate, at the alphas chosen on validation."""
-
-    genes: list[str]
-    alpha: np.ndarray  # (G,)
-    coef: np.ndarray  # (G, T), on standardized expression
-    intercept: np.ndarray  # (G,)
-    val_r2: np.ndarray  # (G,)
-    test_r2: np.ndarray  # (G,)
-
-    def save(self, path: Path) -> None:
-        np.savez(path, genes=np.array(self.genes), alpha=self.alpha, coef=self.coef,
-                 intercept=self.intercept, val_r2=self.val_r2, test_r2=self.test_r2)
-
-    @classmethod
-    def load(cls, path: Path) -> "LassoFit":
-        with np.load(path) as saved:
-            return cls(genes=saved["genes"].tolist(), alpha=saved["alpha"], coef=saved["coef"],
-                       intercept=saved["intercept"], val_r2=saved["val_r2"],
-                       test_r2=saved["test_r2"])
-
-
-def lasso_name(tissue: str, cluster: int, replicate: int) -> str:
-    """The baseline's file name stem beside the networks' (`Trial.name`)."""
-    return f"{tissue}_c{cluster}_r{replicate}_lasso"
-
-
-def fit_lasso(data: ClusterData, split: dict[str, np.ndarray], standardize: str,
-              alphas: list[float]) -> LassoFit:
-    splits = prepare_splits(data, split, standardize)
+def fit_lasso(data: ClusterData, splits: dict[str, GeneSplit], alphas: list[float]) -> BaselineFit:
     grid = np.sort(np.asarray(alphas, np.float64))[::-1]
     fits, unconverged = [], 0
     for g in range(len(data.genes)):
@@ -71,19 +38,13 @@ def fit_lasso(data: ClusterData, split: dict[str, np.ndarray], standardize: str,
                     "iteration limit at small alphas; their R² is the last iterate's",
                     data.genes[0], unconverged, len(data.genes))
     alpha, coef, intercept, val_r2, test_r2 = (np.array(v) for v in zip(*fits))
-    return LassoFit(data.genes, alpha, coef.astype(np.float32), intercept, val_r2, test_r2)
-
-
-def _features(expression: np.ndarray, split: GeneSplit, g: int) -> np.ndarray:
-    s = split.standardization
-    features = expression[split.cells[g]]  # a copy: safe to modify in place
-    features -= s.shift[g]
-    features /= s.scale[g]
-    return features
+    coef = coef.astype(np.float32)
+    return BaselineFit("lasso", data.genes, setting=alpha, importance=np.abs(coef), val_r2=val_r2,
+                       test_r2=test_r2, parameters={"coef": coef, "intercept": intercept})
 
 
 def _fit_gene(expression: np.ndarray, splits: dict[str, GeneSplit], g: int, grid: np.ndarray):
-    x = _features(expression, splits["train"], g)
+    x = gene_features(expression, splits["train"], g)
     y = splits["train"].target[g]
     x_mean, y_mean = x.mean(axis=0), y.mean()
     x -= x_mean
@@ -95,7 +56,7 @@ def _fit_gene(expression: np.ndarray, splits: dict[str, GeneSplit], g: int, grid
     r2 = {}
     for name in ("val", "test"):
         target = splits[name].target[g][:, None].astype(np.float64)
-        predicted = _features(expression, splits[name], g) @ coefs + intercepts
+        predicted = gene_features(expression, splits[name], g) @ coefs + intercepts
         ss_tot = np.sum((target - target.mean()) ** 2)
         r2[name] = r2_scores(np.sum((target - predicted) ** 2, axis=0), np.full(len(grid), ss_tot))
     best = int(np.argmax(r2["val"]))  # ties: the sparser model (grid is strongest first)

@@ -1,16 +1,35 @@
 """A synthetic atlas in the seed layout, with the truth it was drawn from.
 
-What is planted, so that each part of the pipeline has something to find:
+The regulation is kinetic, so that velocity responds to TFs as transcription
+does (saturating, cooperative), not linearly:
 
-- cells carry a few continuous latent states; each expressed TF's
-  log10(RPKM + 1) is a noisy, zero-inflated function of them, and some TFs
-  are never expressed at all;
-- genes fall into regulatory programs; each program has a few true TFs and a
-  low-rank ReLU response to them, shared by every gene of the program, which
-  mixes it with its own weights (so multi-task sharing has structure to find);
-- each gene's velocity is that signal plus Gaussian noise whose level sets a
+- cells lie along trajectories: per tissue, `n_lineages` lineages leave one
+  root, each cell at a random time on one of them;
+- along each lineage every expressed TF's level rises and falls smoothly (a
+  log-level that is a sum of two sigmoid switches at random times), and each
+  cell's TFs fluctuate about that (a log-normal Ornstein-Uhlenbeck process,
+  slower than unspliced and faster than spliced RNA's turnover), so TFs vary
+  independently from cell to cell; some TFs are never expressed;
+- genes fall into regulatory programs; each program has a few true TFs with
+  fixed roles: the first two a cooperative activating pair (an AND of two
+  Hill functions), the next a repressor, further ones alternately activators
+  and repressors. A gene's transcription rate is
+  α = basal + vmax · Σ_role weight · Hill term, with its own basal rate, vmax
+  and weights (so genes of a program share structure and multi-task sharing
+  has something to find), Hill functions x^n / (K^n + x^n) (activation) and
+  K^n / (K^n + x^n) (repression), K the TF's typical level, n
+  `hill_coefficient`;
+- unspliced and spliced abundances follow the splicing model
+  u' = α − βu, s' = βu − γs (per-gene rates; β faster than γ), solved exactly
+  along each cell's path from the steady state of the root;
+- recorded expression is s for target genes and the TF level for TFs, with
+  multiplicative noise and expression-dependent dropout, as RPKM
+  (log10(RPKM + 1) is what the tool reads);
+- velocity is βu − γs plus Gaussian measurement noise whose level sets a
   known R² ceiling, with a gene-specific share of cells missing (NaN), some
-  genes below the cell thresholds;
+  genes below the cell thresholds. Velocity depends on the TFs' history, not
+  only their present levels: even the noise-free velocity is not a function
+  of the recorded expression, so the ceiling is an upper bound;
 - activity scores are enriched at true (TF, gene) pairs, with empty cells,
   TFs and genes without scores and symbols the id mapping lacks;
 - the lasso list names tissues the notebook's way ("Kidney (Left)") and
@@ -18,9 +37,10 @@ What is planted, so that each part of the pipeline has something to find:
 
 Written: DIR/data/... and DIR/results/r2/lasso_r2.csv exactly as the seed
 reads them (see README, "Data layout"), and DIR/truth/: regulators.csv
-(gene, tf, program, weight; one network for every tissue), genes.csv (tissue, gene, program,
-noise_sd, n_cells, r2_ceiling: the R² of the noise-free signal on the cells
-with velocity) and params.json. The same seed gives the same files' contents.
+(gene, tf, program, effect, partner, weight; one network for every tissue),
+genes.csv (tissue, gene, program, beta, gamma, noise_sd, n_cells, r2_ceiling:
+the R² of the noise-free velocity on the cells with velocity) and params.json.
+The same seed gives the same files' contents.
 """
 
 from __future__ import annotations
@@ -52,8 +72,10 @@ class DemoSpec:
     n_expression_only_genes: int = 20  # in expression, without velocity
     n_programs: int = 4
     regulators_per_program: int = 3
-    program_rank: int = 2
-    n_latent_states: int = 3
+    n_lineages: int = 6  # trajectories per tissue, from one root
+    hill_coefficient: float = 2.0  # cooperativity of each TF's binding
+    cell_variation: float = 0.5  # sd of a cell's log-deviation from its lineage's TF levels
+    fluctuation_time: float = 1.5  # how long a deviation lasts: longer than 1/β, shorter than 1/γ
     r2_ceiling_range: tuple[float, float] = (0.3, 0.9)
     missing_fraction_range: tuple[float, float] = (0.0, 0.55)
 
@@ -78,16 +100,14 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     genes = gene_pool.iloc[:n_other].reset_index(drop=True)
     velocity_genes = genes.iloc[:spec.n_genes]
 
-    # The network is shared by all tissues; cells differ.
+    # The network and the genes' kinetics are shared by all tissues; cells differ.
     expressed = np.arange(spec.n_silent_tfs, spec.n_tfs)
     regulators = rng.choice(expressed, (spec.n_programs, spec.regulators_per_program),
                             replace=False)
-    loadings = rng.normal(size=(spec.n_programs, spec.regulators_per_program, spec.program_rank))
     program = rng.integers(spec.n_programs, size=spec.n_genes)
-    mixing = rng.normal(size=(spec.n_genes, spec.program_rank))
+    kinetics = _gene_kinetics(rng, spec, program)
+    typical_level = np.exp(rng.uniform(np.log(2.0), np.log(30.0), size=spec.n_tfs))  # also Hill's K
     ceiling = rng.uniform(*spec.r2_ceiling_range, size=spec.n_genes)
-    noise_sd = np.sqrt((1 - ceiling) / ceiling)  # signal has unit variance
-    velocity_scale = rng.uniform(0.1, 2.0, size=spec.n_genes)
 
     staging = sibling(out, "staging")
     staging.mkdir()
@@ -95,34 +115,41 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
         truth_genes, truth_regulators, lasso_rows = [], [], []
         for name, n_cells in spec.cells.items():
             tissue = normalize_tissue(name)
-            expression = _tf_expression(rng, n_cells, spec)
-            standardized = (expression - expression.mean(0)) / np.where(
-                expression.std(0) > 0, expression.std(0), 1)
-            latent = np.maximum(np.einsum("cpr,prk->cpk", standardized[:, regulators], loadings), 0)
-            signal = np.einsum("cgk,gk->cg", latent[:, program], mixing)
-            signal = (signal - signal.mean(0)) / signal.std(0)
-            noise = rng.normal(size=signal.shape) * noise_sd
-            velocity = (signal + noise) * velocity_scale
+            tf_level, spliced, true_velocity = _trajectories(rng, n_cells, spec, typical_level,
+                                                             regulators, program, kinetics)
+            expression = _recorded(rng, tf_level, typical_level[None, :])
+            expression[:, :spec.n_silent_tfs] = 0
+            noise_sd = true_velocity.std(0) * np.sqrt((1 - ceiling) / ceiling)
+            noise = rng.normal(size=true_velocity.shape) * noise_sd
+            velocity = true_velocity + noise
             missing = rng.uniform(*spec.missing_fraction_range, size=spec.n_genes)
             velocity[rng.uniform(size=velocity.shape) < missing] = np.nan
-            other = rng.gamma(1.5, 1.0, size=(n_cells, n_other)) * (rng.uniform(size=(n_cells, n_other)) > 0.4)
+            other = np.concatenate([_recorded(rng, spliced, spliced.mean(0, keepdims=True)),
+                                    rng.gamma(1.5, 1.0, size=(n_cells, spec.n_expression_only_genes))
+                                    * (rng.uniform(size=(n_cells, spec.n_expression_only_genes)) > 0.4)],
+                                   axis=1)
             _write_tissue_hdf5(staging, tissue, rng, tfs, genes, velocity_genes,
                                expression, other, velocity)
             _write_activity(staging, tissue, rng, tfs, velocity_genes, regulators, program, spec)
             observed = ~np.isnan(velocity)
             for g, gene in velocity_genes.reset_index(drop=True).iterrows():
                 cells = observed[:, g]
-                r2 = 1 - np.sum(noise[cells, g] ** 2 * velocity_scale[g] ** 2) / np.sum(
+                r2 = 1 - np.sum(noise[cells, g] ** 2) / np.sum(
                     (velocity[cells, g] - velocity[cells, g].mean()) ** 2)
                 truth_genes.append((tissue, gene.ensembl_id, gene.symbol, int(program[g]),
-                                    float(noise_sd[g] * velocity_scale[g]), int(cells.sum()), float(r2)))
-            lasso_rows += _lasso_rows(rng, name, expression, velocity, tfs, velocity_genes, gene_pool)
+                                    float(kinetics["beta"][g]), float(kinetics["gamma"][g]),
+                                    float(noise_sd[g]), int(cells.sum()), float(r2)))
+            lasso_rows += _lasso_rows(rng, name, np.log10(expression + 1), velocity, tfs,
+                                      velocity_genes, gene_pool)
         for p in range(spec.n_programs):
             for r, t in enumerate(regulators[p]):
+                effect, partner = _role(r)
                 for g in np.flatnonzero(program == p):
-                    truth_regulators.append((velocity_genes.ensembl_id.iat[g], velocity_genes.symbol.iat[g],
-                                             tfs.ensembl_id.iat[t], tfs.symbol.iat[t], p,
-                                             float(np.linalg.norm(loadings[p, r]))))
+                    truth_regulators.append((
+                        velocity_genes.ensembl_id.iat[g], velocity_genes.symbol.iat[g],
+                        tfs.ensembl_id.iat[t], tfs.symbol.iat[t], p, effect,
+                        "" if partner is None else tfs.ensembl_id.iat[regulators[p, partner]],
+                        float(kinetics["weights"][g, r if partner is None else min(r, partner)])))
         _write_references(staging, rng, tfs, genes, gene_pool)
         lasso = pd.DataFrame(lasso_rows, columns=["tissue", "r2", "gene_ensembl", "gene_hgnc",
                                                   "tf_ensembl", "tf_hgnc"])
@@ -130,10 +157,12 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
         lasso.to_csv(staging / LASSO)
         truth = staging / "truth"
         truth.mkdir()
-        pd.DataFrame(truth_genes, columns=["tissue", "gene", "gene_symbol", "program", "noise_sd",
-                                           "n_cells", "r2_ceiling"]).to_csv(truth / "genes.csv", index=False)
+        pd.DataFrame(truth_genes, columns=["tissue", "gene", "gene_symbol", "program", "beta", "gamma",
+                                           "noise_sd", "n_cells", "r2_ceiling"]).to_csv(
+            truth / "genes.csv", index=False)
         pd.DataFrame(truth_regulators, columns=["gene", "gene_symbol", "tf", "tf_symbol", "program",
-                                                "weight"]).to_csv(truth / "regulators.csv", index=False)
+                                                "effect", "partner", "weight"]).to_csv(
+            truth / "regulators.csv", index=False)
         (truth / "params.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
         install(staging, out)
     finally:
@@ -141,22 +170,107 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     return out
 
 
-def _tf_expression(rng: np.random.Generator, n_cells: int, spec: DemoSpec) -> np.ndarray:
-    """log10(RPKM + 1) of every TF: zero-inflated functions of latent cell states."""
-    states = rng.normal(size=(n_cells, spec.n_latent_states))
-    weights = rng.normal(scale=0.5, size=(spec.n_latent_states, spec.n_tfs))
-    level = rng.uniform(0.5, 2.0, size=spec.n_tfs)
-    log_rpkm = np.maximum(level + states @ weights + rng.normal(scale=0.2, size=(n_cells, spec.n_tfs)), 0)
-    log_rpkm *= rng.uniform(size=log_rpkm.shape) > 0.3  # dropout
-    log_rpkm[:, :spec.n_silent_tfs] = 0
-    return log_rpkm
+TIME, STEP = 10.0, 0.05  # each lineage's span and the solver's step, in the rates' time unit
+
+
+def _role(r: int) -> tuple[str, int | None]:
+    """A program's r-th regulator: its effect and its cooperative partner, if any."""
+    if r < 2:
+        return "activation", 1 - r
+    return ("repression" if r % 2 == 0 else "activation"), None
+
+
+def _gene_kinetics(rng: np.random.Generator, spec: DemoSpec, program: np.ndarray) -> dict:
+    """Per gene: basal rate, vmax, one weight per regulator role, splicing and degradation."""
+    n = spec.n_genes
+    return {"basal": rng.uniform(0.05, 0.3, n), "vmax": rng.uniform(1.0, 5.0, n),
+            "weights": rng.uniform(0.3, 1.0, (n, spec.regulators_per_program)),
+            "beta": rng.uniform(2.0, 5.0, n), "gamma": rng.uniform(0.1, 0.4, n)}
+
+
+def transcription_rate(level: np.ndarray, typical_level: np.ndarray, regulators: np.ndarray,
+                   program: np.ndarray, kinetics: dict, n: float) -> np.ndarray:
+    """α per (…, gene) from TF levels (…, TFs): basal + vmax · Σ weight · Hill term."""
+    ratio = (level / typical_level) ** n
+    activation, repression = ratio / (1 + ratio), 1 / (1 + ratio)
+    terms = np.zeros(level.shape[:-1] + (len(program),))
+    for r in range(regulators.shape[1]):
+        effect, partner = _role(r)
+        if partner is not None and partner < r:
+            continue  # the pair's one AND term is counted at its first member
+        tfs = regulators[program, r]
+        term = activation[..., tfs] if effect == "activation" else repression[..., tfs]
+        if partner is not None:
+            term = term * activation[..., regulators[program, partner]]
+        terms += kinetics["weights"][:, r] * term
+    return kinetics["basal"] + kinetics["vmax"] * terms
+
+
+def _trajectories(rng, n_cells, spec, typical_level, regulators, program, kinetics):
+    """Cells at random times on random lineages: (TF levels, spliced, noise-free velocity).
+
+    A cell's TF levels are its lineage's curves times its own fluctuation, a
+    log-normal Ornstein-Uhlenbeck process (sd `cell_variation`, correlation time
+    `fluctuation_time`, between the lifetimes 1/β and 1/γ): spliced RNA averages
+    past transcription, so velocity βu − γs reflects how the cell's present
+    regulator levels depart from their recent past. u and s are solved along
+    the cell's own path up to its time."""
+    steps = int(round(TIME / STEP)) + 1
+    times = np.arange(steps) * STEP
+    shape = (spec.n_lineages, 1, spec.n_tfs)
+    switches = [(rng.normal(scale=1.2, size=shape), rng.uniform(0, TIME, shape),
+                 rng.uniform(0.3, 1.5, shape)) for _ in range(2)]
+    log_change = sum(size / (1 + np.exp(-(times[None, :, None] - at) / width))
+                     for size, at, width in switches)
+    log_change -= log_change[:, :1]  # every lineage starts at the root
+    lineage = rng.integers(spec.n_lineages, size=n_cells)
+    end = rng.integers(steps, size=n_cells)
+    keep = np.exp(-STEP / spec.fluctuation_time)
+    fluctuation = rng.normal(scale=spec.cell_variation, size=(n_cells, spec.n_tfs))  # stationary
+
+    def level(k):
+        return typical_level * np.exp(log_change[lineage, k] + fluctuation)
+
+    def transcription(k):
+        return transcription_rate(level(k), typical_level, regulators, program, kinetics,
+                              spec.hill_coefficient)
+
+    beta, gamma = kinetics["beta"], kinetics["gamma"]
+    alpha = transcription(0)
+    u, s = alpha / beta, alpha / gamma
+    for k in range(1, steps):  # α held over each step, at its value at the step's start
+        moving = (end >= k)[:, None]
+        next_u, next_s = splice(u, s, alpha, beta, gamma, STEP)
+        u, s = np.where(moving, next_u, u), np.where(moving, next_s, s)
+        step = keep * fluctuation + np.sqrt(1 - keep ** 2) * spec.cell_variation * rng.normal(
+            size=fluctuation.shape)
+        fluctuation = np.where(moving, step, fluctuation)  # a cell's path stops at its time
+        alpha = transcription(k)
+    return level(end), s, beta * u - gamma * s
+
+
+def splice(u, s, alpha, beta, gamma, dt):
+    """u and s after dt of u' = α − βu, s' = βu − γs with α constant: the exact
+    solution (scVelo's), for β ≠ γ."""
+    decay_u, decay_s = np.exp(-beta * dt), np.exp(-gamma * dt)
+    next_u = alpha / beta + (u - alpha / beta) * decay_u
+    next_s = (alpha / gamma + (s - alpha / gamma) * decay_s
+              + (alpha - beta * u) / (gamma - beta) * (decay_s - decay_u))
+    return next_u, next_s
+
+
+def _recorded(rng: np.random.Generator, level: np.ndarray, typical: np.ndarray) -> np.ndarray:
+    """RPKM as sequenced: multiplicative noise, and dropout likelier at low levels."""
+    noisy = level * rng.lognormal(0.0, 0.2, level.shape)
+    dropped = rng.uniform(size=level.shape) < 0.4 * np.exp(-level / typical)
+    return np.where(dropped, 0.0, noisy)
 
 
 def _write_tissue_hdf5(root, tissue, rng, tfs, genes, velocity_genes, expression, other, velocity):
     n_cells = expression.shape[0]
     barcodes = np.array([f"{tissue}-{i:06d}-1" for i in range(n_cells)], dtype="S")
     columns = np.concatenate([tfs.ensembl_id, genes.ensembl_id])
-    rpkm = np.concatenate([10 ** expression - 1, other], axis=1).astype(np.float32)
+    rpkm = np.concatenate([expression, other], axis=1).astype(np.float32)
     shuffled = rng.permutation(len(columns))  # files list genes in no particular order
     for path, key, matrix, ids in ((RPKM, "exp", rpkm[:, shuffled], columns[shuffled]),
                                    (VELO, "velo", velocity.astype(np.float32), velocity_genes.ensembl_id)):

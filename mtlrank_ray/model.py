@@ -115,22 +115,26 @@ def nuclear_norm(matrix):
     The thin SVD comes from the G x G Gram matrix in float64: A Aᵀ = U Σ² Uᵀ
     and U Vᵀ = U Σ⁻¹ Uᵀ A. For G ≪ n this is one small eigendecomposition and
     two thin matmuls, where a direct SVD of the G x T·64 kernel costs ~18 matmuls
-    of the forward pass at T = 1600. Directions with a zero singular value get
-    no gradient (U Vᵀ over the nonzero ones, the minimal-norm subgradient).
+    of the forward pass at T = 1600.
+
+    Every direction gets its unit subgradient, as the seed's U Vᵀ gives it,
+    except those whose singular value the float64 Gram cannot tell from 0:
+    forming A Aᵀ from float32 entries and its eigendecomposition err by at most
+    ~max(G, n)·eps64·σ_max² in σ², so σ below √(max(G, n)·eps64)·σ_max (5e-6 of
+    σ_max at T = 1600) is treated as 0 and its direction gets no gradient (the
+    minimal-norm subgradient there). The products stay in float64, so a
+    direction just above that floor still gets U Vᵀ to float32 accuracy.
     """
     wide = tf.cast(matrix, tf.float64)
     eigenvalues, u = tf.linalg.eigh(tf.matmul(wide, wide, transpose_b=True))
     sigma = tf.sqrt(tf.maximum(eigenvalues, 0.0))
-    tolerance = tf.reduce_max(sigma) * float(np.finfo(np.float32).eps) * tf.cast(
-        tf.reduce_max(tf.shape(matrix)), tf.float64)
+    tolerance = tf.reduce_max(sigma) * tf.sqrt(
+        float(np.finfo(np.float64).eps) * tf.cast(tf.reduce_max(tf.shape(matrix)), tf.float64))
     inverse = tf.where(sigma > tolerance, 1.0 / tf.where(sigma > tolerance, sigma, 1.0), 0.0)
 
     def gradient(upstream):
-        # U, Σ are accurate from the float64 Gram; the thin products are float32.
-        u32 = tf.cast(u, matrix.dtype)
-        u_v = tf.matmul(u32 * tf.cast(inverse, matrix.dtype)[None, :],
-                        tf.matmul(u32, matrix, transpose_a=True))
-        return tf.cast(upstream, matrix.dtype) * u_v
+        u_v = tf.matmul(u * inverse[None, :], tf.matmul(u, wide, transpose_a=True))
+        return tf.cast(upstream, matrix.dtype) * tf.cast(u_v, matrix.dtype)
 
     return tf.cast(tf.reduce_sum(sigma), matrix.dtype), gradient
 

@@ -60,7 +60,7 @@ def test_the_lasso_grid_matters_and_fits_round_trip(cluster, tmp_path):
     assert not strong.importance.any() and (strong.test_r2 <= 0).all()  # above every |correlation|
     for method in ("lasso", "grnboost2"):
         fit = fit_baseline(method, data, split, "train", SearchConfig(lasso_alphas=ALPHAS), 0)
-        assert (fit.val_r2 > strong.val_r2).all()
+        assert fit.val_r2.mean() > strong.val_r2.mean() + 0.05
         fit.save(tmp_path / "fit.npz")
         again = BaselineFit.load(tmp_path / "fit.npz")
         assert again.method == method and again.genes == fit.genes

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mtlrank_ray import demo
 from mtlrank_ray.demo import DemoSpec, write_demo
 from mtlrank_ray.errors import InputError
 
@@ -92,3 +93,42 @@ def test_rewriting_a_demo_replaces_it(small_atlas_template, tmp_path):
     write_demo(tmp_path / "demo", SMALL_SPEC)
     assert not (first / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no staging left behind
+
+
+def test_truth_names_each_regulators_role(small_atlas_template):
+    regulators = pd.read_csv(small_atlas_template / "truth/regulators.csv", keep_default_na=False)
+    for _, edges in regulators.groupby("gene"):
+        assert sorted(edges.effect) == ["activation", "activation", "repression"]
+        pair = edges[edges.effect == "activation"]
+        assert set(pair.partner) == set(pair.tf)  # the activators are each other's partner
+        assert (edges.loc[edges.effect == "repression", "partner"] == "").all()
+    genes = pd.read_csv(small_atlas_template / "truth/genes.csv")
+    assert (genes.beta > genes.gamma).all()
+
+
+def test_transcription_is_cooperative_hill_kinetics():
+    """α = basal + vmax (w1 h+(x1) h+(x2) + w2 h-(x3)): saturating in each activator,
+    needing both of the pair, lowered by the repressor."""
+    regulators, program = np.array([[0, 1, 2]]), np.array([0])
+    kinetics = {"basal": np.array([0.1]), "vmax": np.array([2.0]), "weights": np.array([[1.0, 9.0, 0.5]])}
+    typical = np.array([1.0, 1.0, 1.0])
+
+    def alpha(x1, x2, x3):
+        return demo.transcription_rate(np.array([[x1, x2, x3]]), typical, regulators, program,
+                                       kinetics, n=2.0)[0, 0]
+    assert alpha(1, 1, 1) == pytest.approx(0.1 + 2 * (0.25 + 0.25))
+    assert alpha(0, 100, 1e-9) == pytest.approx(0.1 + 2 * 0.5)  # half the pair: no activation
+    assert alpha(10, 10, 1) - alpha(3, 10, 1) < alpha(1, 10, 1) - alpha(0.3, 10, 1)  # saturates
+    assert alpha(1, 1, 3) < alpha(1, 1, 1) < alpha(1, 1, 0.3)  # repression
+
+
+def test_splicing_is_solved_exactly():
+    """`splice` against a fine explicit integration of u' = α − βu, s' = βu − γs."""
+    u, s, alpha, beta, gamma = 0.3, 2.0, 1.5, np.array(3.0), np.array(0.25)
+    exact = demo.splice(u, s, alpha, beta, gamma, 0.8)
+    fine = np.array([u, s])
+    for _ in range(80_000):
+        fine = fine + 1e-5 * np.array([alpha - beta * fine[0], beta * fine[0] - gamma * fine[1]])
+    np.testing.assert_allclose(exact, fine, rtol=1e-4)
+    steady = demo.splice(alpha / beta, alpha / gamma, alpha, beta, gamma, 5.0)
+    np.testing.assert_allclose(steady, [alpha / beta, alpha / gamma])

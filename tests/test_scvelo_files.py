@@ -161,7 +161,7 @@ def test_tune_runs_on_scvelo_output(root, tmp_path, capsys):
     code = tune_main(["--data", str(root), "--config", str(config), "--out", str(tmp_path / "run"), "-q"])
     assert code == 0, capsys.readouterr().err[-3000:]
     genes = pd.read_csv(tmp_path / "run" / "gene_r2.csv")
-    assert set(genes.tissue) == {"Pancreas"} and len(genes) == 16 * 3
+    assert set(genes.tissue) == {"Pancreas"} and len(genes) == 16 * 4  # 2 λ, 2 baselines
     network = pd.read_csv(tmp_path / "run" / "network.csv")
     assert network.tf_symbol.isin(reference_genes().symbol).all()
 

@@ -1,5 +1,6 @@
 """The training loop: splits, batches, reports, early stop, resume, errors."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -88,14 +89,25 @@ def test_r2_scores_are_sklearns():
 
 
 def test_training_learns_and_reports_every_epoch(tissue):
+    """On velocity that is a simple function of two TFs (the demo's kinetic velocity is too
+    hard for 400 cells), every epoch is reported and the networks learn it."""
+    data = ClusterData.from_tissue(tissue, 0)
+    z = (data.expression - data.expression.mean(0)) / (data.expression.std(0) + 1e-6)
+    planted = np.maximum(z[:, [5, 9]] @ np.array([[1.0], [0.7]]), 0) + 0.3 * np.random.default_rng(
+        0).normal(size=(len(z), len(data.genes)))
+    data = dataclasses.replace(data, velocity=np.where(np.isnan(data.velocity), np.nan, planted)
+                               .astype(np.float32))
+    split = split_cells(len(tissue.barcodes), 0.1, 0.1, seed=0, replicate=0)
+    trainer = ClusterTrainer(data, Trial("Kidney_Left", 0, 0, 0.01), TrainingConfig(batch_size=64),
+                             split, seed=0)
     reports = []
-    result = make_trainer(tissue).fit(6, on_epoch=reports.append)
-    assert [r.epoch for r in reports] == list(range(1, 7))
+    result = trainer.fit(20, on_epoch=reports.append)
+    assert [r.epoch for r in reports] == list(range(1, 21))
     assert all(np.isfinite(r.val_r2).all() and r.steps_per_s > 0 for r in reports)
     assert reports[-1].train_loss < reports[0].train_loss
     assert result.val_r2.mean() == max(r.mean_val_r2 for r in reports)
-    assert result.val_r2.mean() > 0.1 and result.test_r2.mean() > 0.05
-    assert result.epochs_run == 6 and 1 <= result.best_epoch <= 6
+    assert result.val_r2.mean() > 0.5 and result.test_r2.mean() > 0.4
+    assert result.epochs_run == 20 and 1 <= result.best_epoch <= 20
 
 
 def test_test_r2_comes_from_the_best_epochs_weights(tissue):

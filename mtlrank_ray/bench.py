@@ -6,7 +6,9 @@ Every figure is measured in this run, on synthetic data of the stated sizes:
                          (T=100 TFs, G=25 genes, batch 256) over one of ours
     step_over_matmul     our full step (forward, backward, nuclear norms, Adam)
                          at T=1600, G=25, batch 256, over the one matmul no
-                         implementation avoids: (G, 256, T) x (G, T, 64)
+                         implementation avoids: (G, 256, T) x (G, T, 64);
+                         step_over_matmul_previous: the same with the first
+                         layer's backward as it was before the M / N products
     first_step_s         time of the first step at T=1600 (tracing included)
     ranking_s_per_gene_replicate  TF rankings (DeepLIFT over every cell of each
                          gene) for one cluster of 25 genes on 20,000 cells x
@@ -36,10 +38,12 @@ import os
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
 
+from . import model
 from .cluster_data import ClusterData, split_cells
 from .config import TrainingConfig
 from .data.store import aligned_empty
@@ -80,6 +84,36 @@ def our_step(n_tfs: int, n_genes: int, repeats: int) -> tuple[float, float]:
     targets = tf.constant(rng.standard_normal((n_genes, BATCH), dtype=np.float32))
     first = median_time(lambda: trainer.train_step(cells, targets).numpy(), 1)
     return median_time(lambda: trainer.train_step(cells, targets).numpy(), repeats), first
+
+
+@tf.function(jit_compile=True)
+def _previous_forward(expression, cells, a, c):
+    return tf.nn.relu(tf.gather(expression, cells) * a[:, None, :] + c[:, None, :])
+
+
+@tf.function(jit_compile=True)
+def _previous_backward(expression, cells, a, c, upstream):
+    rows = tf.gather(expression, cells)
+    active = tf.where(rows * a[:, None, :] + c[:, None, :] > 0, upstream, 0.0)
+    return tf.reduce_sum(active * rows, axis=1), tf.reduce_sum(active, axis=1)
+
+
+def previous_first_layers(expression, cells, a, c, kernel):
+    """The formulation `model.first_layers` replaced, for the comparison: the first
+    layer with its own gradient, so the backward pass forms the (G, B, T) gradient
+    dz Wᵀ and reduces it under the ReLU mask, then autodiff through the matmul."""
+    @tf.custom_gradient
+    def layer(a, c):
+        def gradient(upstream):
+            return _previous_backward(expression, cells, a, c, upstream)
+        return _previous_forward(expression, cells, a, c), gradient
+    return tf.matmul(layer(a, c), kernel)
+
+
+def previous_step(n_tfs: int, n_genes: int, repeats: int) -> float:
+    """Median step time with `previous_first_layers` in the model."""
+    with mock.patch.object(model, "first_layers", previous_first_layers):
+        return our_step(n_tfs, n_genes, repeats)[0]
 
 
 def matmul_time(n_tfs: int, n_genes: int, repeats: int) -> float:
@@ -187,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"our_step_s_t{large_tfs}: {ours_large:.5f}")
     print(f"matmul_s: {matmul:.5f}")
     print(f"step_over_matmul: {ours_large / matmul:.2f}")
+    previous = previous_step(large_tfs, genes, repeats)
+    print(f"step_over_matmul_previous: {previous / matmul:.2f}")
     print(f"first_step_s: {first:.2f}")
     per_gene = ranking_time(cells * 2 // 5, large_tfs, genes)
     print(f"ranking_s_per_gene_replicate: {per_gene:.3f}")

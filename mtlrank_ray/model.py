@@ -74,34 +74,45 @@ def first_layer_coefficients(weights, act_mean, act_sum, shift, scale, constant)
 
 
 @tf.function(jit_compile=True)
-def _first_layer_forward(expression, cells, a, c):
+def _first_layer(expression, cells, a, c):
     return tf.nn.relu(tf.gather(expression, cells) * a[:, None, :] + c[:, None, :])
 
 
 @tf.function(jit_compile=True)
-def _first_layer_backward(expression, cells, a, c, upstream):
+def _masked_rows(expression, cells, a, c):
     rows = tf.gather(expression, cells)
-    active = tf.where(rows * a[:, None, :] + c[:, None, :] > 0, upstream, 0.0)
-    return tf.reduce_sum(active * rows, axis=1), tf.reduce_sum(active, axis=1)
+    mask = tf.cast(rows * a[:, None, :] + c[:, None, :] > 0, rows.dtype)
+    return mask * rows, mask
 
 
-def first_layer(expression, cells, a, c):
-    """relu(e·A + C) for each gene's batch: (G, B, T) from the tissue's cells x TFs
-    matrix and cell indices (G, B). Gather, multiply-add and ReLU are one compiled
-    kernel each way (the batch's rows are gathered again in the backward pass
-    rather than kept), and only A and C get gradients: expression is data."""
+def first_layers(expression, cells, a, c, kernel):
+    """relu(e·A + C) @ W64 for each gene's batch: (G, B, 64), before Dense(64)'s bias,
+    from the tissue's cells x TFs matrix, cell indices (G, B) and the kernel (G, T, 64).
+
+    With h = mask·(e·A + C) (mask: where the pre-activation is positive) and dz the
+    upstream gradient, the backward pass is two products of the forward's size,
+    M = (mask·e)ᵀ dz and N = maskᵀ dz, and then dW = A·M + C·N, dA = Σ W·M and
+    dC = Σ W·N: no (G, B, T) gradient tensor is formed. Gather, multiply-add and
+    ReLU (and the masks) are one compiled kernel each way, the products
+    TensorFlow's own; the batch's rows are gathered again rather than kept, and
+    expression gets no gradient (it is data)."""
     @tf.custom_gradient
-    def layer(a, c):
+    def layers(a, c, kernel):
         def gradient(upstream):
-            return _first_layer_backward(expression, cells, a, c, upstream)
-        return _first_layer_forward(expression, cells, a, c), gradient
-    return layer(a, c)
+            masked, mask = _masked_rows(expression, cells, a, c)
+            m = tf.matmul(masked, upstream, transpose_a=True)  # (G, T, 64)
+            n = tf.matmul(mask, upstream, transpose_a=True)
+            return (tf.reduce_sum(kernel * m, axis=2), tf.reduce_sum(kernel * n, axis=2),
+                    a[:, :, None] * m + c[:, :, None] * n)
+        return tf.matmul(_first_layer(expression, cells, a, c), kernel), gradient
+    return layers(a, c, kernel)
 
 
 def predict(weights, expression, cells, a, c):
     """Predictions (G, B) for cell indices (G, B) into expression (cells, T)."""
-    hidden = first_layer(expression, cells, a, c)
-    for name in DENSE:
+    hidden = tf.nn.relu(first_layers(expression, cells, a, c, weights["dense_64_kernel"])
+                        + weights["dense_64_bias"][:, None, :])
+    for name in DENSE[1:]:
         hidden = tf.matmul(hidden, weights[f"{name}_kernel"]) + weights[f"{name}_bias"][:, None, :]
         if name != "output":
             hidden = tf.nn.relu(hidden)
@@ -113,7 +124,7 @@ def nuclear_norm(matrix):
     """Sum of singular values of a wide (G x n, G small) matrix; gradient U Vᵀ.
 
     The thin SVD comes from the G x G Gram matrix in float64: A Aᵀ = U Σ² Uᵀ
-    and U Vᵀ = U Σ⁻¹ Uᵀ A. For G ≪ n this is one small eigendecomposition and
+    and U Vᵀ = (U Σ⁻¹ Uᵀ) A. For G ≪ n this is one small eigendecomposition and
     two thin matmuls, where a direct SVD of the G x T·64 kernel costs ~18 matmuls
     of the forward pass at T = 1600.
 
@@ -133,7 +144,8 @@ def nuclear_norm(matrix):
     inverse = tf.where(sigma > tolerance, 1.0 / tf.where(sigma > tolerance, sigma, 1.0), 0.0)
 
     def gradient(upstream):
-        u_v = tf.matmul(u * inverse[None, :], tf.matmul(u, wide, transpose_a=True))
+        # U Σ⁻¹ Uᵀ is G x G: one product with A instead of two.
+        u_v = tf.matmul(tf.matmul(u * inverse[None, :], u, transpose_b=True), wide)
         return tf.cast(upstream, matrix.dtype) * tf.cast(u_v, matrix.dtype)
 
     return tf.cast(tf.reduce_sum(sigma), matrix.dtype), gradient

@@ -157,7 +157,7 @@ def test_gene_without_velocity_is_reported_and_skipped(atlas, small_config, tmp_
 
 def test_fewer_genes_than_clusters(atlas, tmp_path, capsys):
     from conftest import SMALL_SETTINGS, write_config
-    settings = {"genes": {**SMALL_SETTINGS["genes"], "min_cells": 390}}
+    settings = {"genes": {**SMALL_SETTINGS["genes"], "min_cells": 395}}
     message = prepare_fails(atlas, write_config(tmp_path / "c.yaml", settings), tmp_path, capsys)
     assert "tissue Kidney_Left:" in message and "fewer than the 4 clusters" in message
     assert "genes.min_cells" in message

@@ -28,15 +28,20 @@ def test_lasso_list_is_the_notebooks_and_feeds_the_gene_selection(atlas, small_c
     # R² is the mean 5-fold cross-validated R² of Lasso(alpha=0.1) on the gene's cells.
     store = load_tissue(tmp_path / "b", "Liver")
     liver = table[table.tissue == "Liver"].set_index("gene_ensembl")
-    for column in (0, 5):
-        gene = store.genes[column]
+    with_tf = 0
+    for column, gene in enumerate(store.genes):
         cells = ~np.isnan(store.velocity[:, column])
         x, y = store.expression[cells].astype(float), store.velocity[cells, column].astype(float)
         expected = cross_val_score(Lasso(alpha=0.1), x, y, cv=5).mean()
         assert liver.loc[gene, "r2"] == pytest.approx(expected, abs=1e-3)
-        top = store.tfs[np.argmax(np.abs(Lasso(alpha=0.1).fit(x, y).coef_))]
-        assert liver.loc[gene, "tf_ensembl"] == top
-    assert liver.r2.max() > 0.2  # the planted signal
+        coef = Lasso(alpha=0.1).fit(x, y).coef_
+        if coef.any():  # the TF with the largest |coefficient|; none when all are 0
+            assert liver.loc[gene, "tf_ensembl"] == store.tfs[np.argmax(np.abs(coef))]
+            with_tf += 1
+        else:
+            assert pd.isna(liver.loc[gene, "tf_ensembl"])
+    assert with_tf >= 3
+    assert liver.r2.max() > 0.1  # the planted signal (kinetic: little of it is linear)
     # The list holds every eligible gene in the velocity file's order, so the gene
     # selection draws what it draws without a list (and unlike the demo's own list).
     prepare_store(atlas, config, tmp_path / "c")

@@ -116,7 +116,7 @@ class Results:
 
     def evaluate(self, reference: str | Path, k: int = 10) -> pd.DataFrame:
         """Every ranking method against a reference network (see `evaluation`)."""
-        from .evaluation import evaluate_run
+        from .analysis.evaluation import evaluate_run
         return evaluate_run(self.out, Path(reference), k=k)
 
     @property

@@ -19,7 +19,7 @@ import yaml
 
 from .config import load_config
 from .data.prepare import TissueReport, prepare_store, selected_tissues
-from .demo import DemoSpec, write_demo
+from .dev.demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
 from .interrupts import CtrlC, Interrupted
 from .run_folder import EarlierTissues, earlier_tissues, stale_rankings
@@ -168,7 +168,7 @@ def _interrupt_hint(args, config, out: Path, ctrl_c: CtrlC):
     def hint(exc: BaseException) -> str:
         from ray import tune
 
-        from .sweep import experiment_path
+        from .distributed.sweep import experiment_path
 
         if isinstance(exc, Interrupted) and str(exc) == "publish":
             return f"the results in {out} were written whole first"
@@ -204,8 +204,8 @@ def _prepare(args) -> None:
 
 
 def _lasso(args) -> None:
+    from .analysis.results import markdown_table
     from .data.lasso_list import write_lasso_list
-    from .results import markdown_table
 
     path, rows = write_lasso_list(args.data, load_config(args.config), args.tissue, args.jobs)
     print(f"lasso list: {path} ({len(rows)} genes written)")
@@ -246,11 +246,11 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     selected λ per group, the GroupTasks with the baselines and rankings)."""
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
+    from .analysis.results import collect, gene_table, selected_table
     from .console import SweepProgress, phase, quiet_token_notice, quiet_worker_output
-    from .group_tasks import GroupsFinished, GroupTasks
-    from .ray_data import materialize_tissue
-    from .results import collect, gene_table, selected_table
-    from .sweep import (
+    from .distributed.group_tasks import GroupsFinished, GroupTasks
+    from .distributed.ray_data import materialize_tissue
+    from .distributed.sweep import (
         EXPERIMENT,
         check_storage,
         experiment_path,
@@ -259,7 +259,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         resumable,
         run_sweep,
     )
-    from .trial import Trial
+    from .distributed.trial import Trial
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
@@ -321,10 +321,10 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
     tissues and the `earlier` ones it keeps."""
     import shutil
 
+    from .analysis.rankings import concat_rankings, write_rankings
+    from .analysis.results import gene_table, markdown_table, write_results
     from .data.store import install, write_atomically
-    from .rankings import concat_rankings, write_rankings
-    from .results import gene_table, markdown_table, write_results
-    from .sweep import EXPERIMENT, experiment_path, stage_models
+    from .distributed.sweep import EXPERIMENT, experiment_path, stage_models
 
     baselines = [(group, fit) for (group, _), fit in sorted(tasks.baselines.items())]
     genes = gene_table(trials, config.training.epochs, baselines, earlier.genes)
@@ -365,13 +365,13 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
 
 
 def _report(args) -> None:
-    from .report import write_report
+    from .analysis.report import write_report
 
     print(f"report: {write_report(args.out)}")
 
 
 def _rank(args) -> None:
-    from .rankings import rank_run
+    from .analysis.rankings import rank_run
 
     _, network, quality = rank_run(args.out, args.top, args.lam)
     _print_rankings(args.out, args.top, network, quality, "" if args.lam is None else f"_lambda{args.lam:g}")
@@ -386,15 +386,15 @@ def _print_rankings(out: Path, top: int | None, network, evaluation, suffix: str
 
 
 def _print_evaluation(evaluation, against: str, path: Path) -> None:
-    from .evaluation import wide
-    from .results import markdown_table
+    from .analysis.evaluation import wide
+    from .analysis.results import markdown_table
 
     print(f"rankings against {against} (value [95% interval over genes]; chance beside): {path}")
     print(markdown_table(wide(evaluation)))
 
 
 def _evaluate(args) -> None:
-    from .evaluation import evaluate_run
+    from .analysis.evaluation import evaluate_run
 
     evaluation = evaluate_run(args.out, args.reference, args.lam, args.k)
     suffix = "" if args.lam is None else f"_lambda{args.lam:g}"

@@ -6,7 +6,7 @@ import pytest
 import ray
 import yaml
 
-from mtlrank_ray.demo import DemoSpec, write_demo
+from mtlrank_ray.dev.demo import DemoSpec, write_demo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import pytest
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
-from mtlrank_ray.asha import GroupedASHA
-from mtlrank_ray.sweep import group_of
+from mtlrank_ray.distributed.asha import GroupedASHA
+from mtlrank_ray.distributed.sweep import group_of
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

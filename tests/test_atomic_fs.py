@@ -4,11 +4,11 @@ import pickle
 import subprocess
 import sys
 
-from mtlrank_ray.atomic_fs import tune_storage
+from mtlrank_ray.distributed.atomic_fs import tune_storage
 
 WRITER = """
 import os, sys
-from mtlrank_ray.atomic_fs import tune_storage
+from mtlrank_ray.distributed.atomic_fs import tune_storage
 path, fs = tune_storage(sys.argv[1])
 stream = fs.open_output_stream(path + "/experiment_state.json")
 stream.write(b'{"trials": [')

@@ -4,16 +4,15 @@ trainer's standardized data and splits."""
 import lightgbm
 import numpy as np
 import pytest
+from conftest import SMALL_SETTINGS
 from sklearn.linear_model import Lasso
 from sklearn.metrics import r2_score
 
-from mtlrank_ray.baselines import BaselineFit, fit_baseline
-from mtlrank_ray.baselines.grnboost2 import gene_seed
-from mtlrank_ray.cluster_data import ClusterData, prepare_splits, split_cells
+from mtlrank_ray.analysis.baselines import BaselineFit, fit_baseline
+from mtlrank_ray.analysis.baselines.grnboost2 import gene_seed
 from mtlrank_ray.config import SearchConfig, config_from_dict
+from mtlrank_ray.core.cluster_data import ClusterData, prepare_splits, split_cells
 from mtlrank_ray.data import load_tissue, prepare_store
-
-from conftest import SMALL_SETTINGS
 
 ALPHAS = [0.1, 0.01, 0.001]
 

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from mtlrank_ray import bench
+from mtlrank_ray.dev import bench
 
 
 @pytest.mark.slow

@@ -4,11 +4,10 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from mtlrank_ray.cli import main
 from mtlrank_ray.data import load_tissue
-
-from conftest import REPO
 
 
 def test_demo_data_command(tmp_path, capsys):

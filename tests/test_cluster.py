@@ -1,4 +1,4 @@
-"""The sweep on a cluster shaped like cluster.yaml's (mtlrank_ray.local_cluster):
+"""The sweep on a cluster shaped like cluster.yaml's (mtlrank_ray.distributed.local_cluster):
 a head with no CPU, two GPU worker nodes that share no /tmp with the driver or
 each other, and a real S3 server (SeaweedFS) for the store and Tune's trials."""
 
@@ -15,11 +15,10 @@ import uuid
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, SMALL_SETTINGS, write_config
 from pyarrow import fs as pafs
 
-from mtlrank_ray.local_cluster import ClusterUnavailable, LocalCluster
-
-from conftest import REPO, SMALL_SETTINGS, write_config
+from mtlrank_ray.distributed.local_cluster import ClusterUnavailable, LocalCluster
 
 pytestmark = pytest.mark.slow
 TESTS = REPO / "tests"

@@ -1,7 +1,6 @@
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
-
 from conftest import REPO
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 
 def test_cluster_yaml_passes_rays_validator():

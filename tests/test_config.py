@@ -1,10 +1,9 @@
 import pytest
+from conftest import REPO
 
 from mtlrank_ray.cli import main
 from mtlrank_ray.config import Config, load_config
 from mtlrank_ray.errors import ConfigError
-
-from conftest import REPO
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "tune_configs").glob("*.yaml")), ids=lambda p: p.stem)

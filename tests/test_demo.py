@@ -4,12 +4,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from mtlrank_ray import demo
-from mtlrank_ray.demo import DemoSpec, write_demo
-from mtlrank_ray.errors import InputError
-
 from conftest import SMALL_SPEC
+
+from mtlrank_ray.dev import demo
+from mtlrank_ray.dev.demo import DemoSpec, write_demo
+from mtlrank_ray.errors import InputError
 
 
 def read_tissue(atlas, tissue):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrank_ray.evaluation import evaluate, wide
+from mtlrank_ray.analysis.evaluation import evaluate, wide
 
 TFS = np.array([f"tf{i}" for i in range(20)])
 

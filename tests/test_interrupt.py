@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, SMALL_SETTINGS, write_config
 
 pytestmark = pytest.mark.slow

@@ -3,14 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMALL_SETTINGS
 from sklearn.linear_model import Lasso
 from sklearn.model_selection import cross_val_score
 
 from mtlrank_ray.cli import main
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
-
-from conftest import SMALL_SETTINGS
 
 LIST = "results/r2/lasso_r2.csv"
 

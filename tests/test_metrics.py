@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import ray
 
-from mtlrank_ray.sweep import record_metrics
-from mtlrank_ray.trainer import EpochReport, Trial
+from mtlrank_ray.core.trainer import EpochReport, Trial
+from mtlrank_ray.distributed.sweep import record_metrics
 
 
 def free_port() -> int:

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtlrank_ray import model
-from mtlrank_ray.cluster_data import ClusterData, split_cells
 from mtlrank_ray.config import TrainingConfig
-from mtlrank_ray.trainer import ClusterTrainer, Trial
-
-from mtlrank_ray.seed_model import build_model, seed_features, seed_loss
+from mtlrank_ray.core import model
+from mtlrank_ray.core.cluster_data import ClusterData, split_cells
+from mtlrank_ray.core.trainer import ClusterTrainer, Trial
+from mtlrank_ray.dev.seed_model import build_model, seed_features, seed_loss
 
 N_CELLS, N_TFS, N_GENES = 60, 5, 3
 RTOL, ATOL = 1e-5, 1e-6

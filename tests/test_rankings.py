@@ -3,17 +3,16 @@
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-
-from mtlrank_ray import model
-from mtlrank_ray.attribution import contributions
-from mtlrank_ray.cluster_data import ClusterData, split_cells
-from mtlrank_ray.config import TrainingConfig, config_from_dict
-from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.evaluation import _abs_pearson
-from mtlrank_ray.rankings import _ranking_rows, consensus_network
-from mtlrank_ray.trainer import ClusterTrainer, Trial
-
 from conftest import SMALL_SETTINGS
+
+from mtlrank_ray.analysis.evaluation import _abs_pearson
+from mtlrank_ray.analysis.rankings import _ranking_rows, consensus_network
+from mtlrank_ray.config import TrainingConfig, config_from_dict
+from mtlrank_ray.core import model
+from mtlrank_ray.core.attribution import contributions
+from mtlrank_ray.core.cluster_data import ClusterData, split_cells
+from mtlrank_ray.core.trainer import ClusterTrainer, Trial
+from mtlrank_ray.data import load_tissue, prepare_store
 
 
 def test_contributions_sum_to_prediction_minus_background(small_atlas_template, tmp_path):

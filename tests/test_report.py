@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrank_ray import report
+from mtlrank_ray.analysis import report
+from mtlrank_ray.analysis.baselines import BaselineFit
+from mtlrank_ray.analysis.results import gene_table, write_results
 from mtlrank_ray.cli import main
-from mtlrank_ray.baselines import BaselineFit
-from mtlrank_ray.results import gene_table, write_results
 
 
 def fake_run(folder):

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse
+from conftest import SMALL_SETTINGS
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.errors import InputError
-
-from conftest import SMALL_SETTINGS
 
 
 def h5ad_atlas(seed_atlas, root, log_layer=False):

@@ -12,14 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse
+from conftest import write_config
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.data import scvelo as scvelo_input
 from mtlrank_ray.data.references import ID_MAP, TF_LIST
 from mtlrank_ray.errors import InputError
-
-from conftest import write_config
 
 SETTINGS = {"genes": {"n_genes": 16, "min_cells": 100, "min_cells_by_tissue": {}, "n_clusters": 4},
             "data": {"expression_is_log": True}}

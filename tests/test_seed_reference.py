@@ -3,13 +3,12 @@
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO, SMALL_SETTINGS
+from seed_reference import notebook_prepare
 
 from mtlrank_ray.config import load_config
 from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.demo import write_demo
-
-from conftest import REPO, SMALL_SETTINGS
-from seed_reference import notebook_prepare
+from mtlrank_ray.dev.demo import write_demo
 
 
 def assert_matches_notebook(store, reference, tissue):

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import SMALL_SETTINGS, write_config
 
 from mtlrank_ray.config import load_config
 from mtlrank_ray.data import load_tissue, prepare_store, store_tissues
 from mtlrank_ray.data.store import package_versions
-
-from conftest import SMALL_SETTINGS, write_config
 
 
 def test_files_open_with_pandas_and_pyarrow(atlas, small_config, tmp_path):

@@ -6,17 +6,21 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-
-from mtlrank_ray import ray_data
-from mtlrank_ray.baselines import BaselineFit, fit_baseline
-from mtlrank_ray.cluster_data import ClusterData, split_cells
-from mtlrank_ray.config import config_from_dict
-from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.results import collect, gene_table, selected_table, write_results
-from mtlrank_ray.group_tasks import GroupTasks
-from mtlrank_ray.sweep import groups, trial_grid
-
 from conftest import SMALL_SETTINGS
+
+from mtlrank_ray.analysis.baselines import BaselineFit, fit_baseline
+from mtlrank_ray.analysis.results import (
+    collect,
+    gene_table,
+    selected_table,
+    write_results,
+)
+from mtlrank_ray.config import config_from_dict
+from mtlrank_ray.core.cluster_data import ClusterData, split_cells
+from mtlrank_ray.data import load_tissue, prepare_store
+from mtlrank_ray.distributed import ray_data
+from mtlrank_ray.distributed.group_tasks import GroupTasks
+from mtlrank_ray.distributed.sweep import groups, trial_grid
 
 
 @pytest.fixture(scope="module")

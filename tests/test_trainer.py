@@ -6,16 +6,20 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL_SETTINGS
 from sklearn.metrics import r2_score
 
-from mtlrank_ray.cluster_data import (ClusterData, epoch_batches, prepare_splits, r2_scores,
-                                      split_cells)
 from mtlrank_ray.config import TrainingConfig, config_from_dict
+from mtlrank_ray.core.cluster_data import (
+    ClusterData,
+    epoch_batches,
+    prepare_splits,
+    r2_scores,
+    split_cells,
+)
+from mtlrank_ray.core.trainer import ClusterTrainer, Trial
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.errors import TrainingError
-from mtlrank_ray.trainer import ClusterTrainer, Trial
-
-from conftest import SMALL_SETTINGS
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Trainer benchmark: `python -m mtlrank_ray.bench`.
+"""Trainer benchmark: `python -m mtlrank_ray.dev.bench`.
 
 Every figure is measured in this run, on synthetic data of the stated sizes:
 
@@ -43,11 +43,11 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 
-from . import model
-from .cluster_data import ClusterData, split_cells
-from .config import TrainingConfig
-from .data.store import aligned_empty
-from .trainer import ClusterTrainer, Trial
+from ..config import TrainingConfig
+from ..core import model
+from ..core.cluster_data import ClusterData, split_cells
+from ..core.trainer import ClusterTrainer, Trial
+from ..data.store import aligned_empty
 
 BATCH = 256
 
@@ -141,8 +141,8 @@ def seed_step(n_tfs: int, n_genes: int) -> float:
             loss = seed_loss(models, x, y, n_tfs, 0.01)
         grads = tape.gradient(loss, [m.trainable_weights for m in models],
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        for grad, model, optimizer in zip(grads, models, optimizers):
-            optimizer.apply_gradients(zip(grad, model.trainable_weights))
+        for grad, keras_model, optimizer in zip(grads, models, optimizers):
+            optimizer.apply_gradients(zip(grad, keras_model.trainable_weights))
 
     step()
     return median_time(step, 1)
@@ -150,7 +150,7 @@ def seed_step(n_tfs: int, n_genes: int) -> float:
 
 def ranking_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
     """Seconds per gene to rank TFs over all of each gene's cells."""
-    from .attribution import tf_scores
+    from ..core.attribution import tf_scores
     data = synthetic_cluster(n_cells, n_tfs, n_genes)
     trainer = make_trainer(data)
     weights = {k: v.numpy() for k, v in trainer.weights.items()}
@@ -163,8 +163,8 @@ def ranking_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
 
 def baseline_time(method: str, n_cells: int, n_tfs: int, n_genes: int) -> tuple[float, object]:
     """Seconds per gene of one baseline over one cluster's splits, and the fit."""
-    from .baselines import fit_baseline
-    from .config import SearchConfig
+    from ..analysis.baselines import fit_baseline
+    from ..config import SearchConfig
     data = synthetic_cluster(n_cells, n_tfs, n_genes)
     # Velocity a noisy nonlinear function of 3 TFs (R² ceiling ~0.5): boosting keeps
     # as many trees as on data with signal, not the 25 that pure noise stops at.
@@ -197,7 +197,7 @@ def memory_probe(n_cells: int, n_tfs: int, n_genes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.dev.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--memory-probe", nargs=3, type=int, metavar=("CELLS", "TFS", "GENES"),
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"grnboost2_trees: {int(fit.setting[0])}")
     # Peak memory varies a little between runs (allocator caching, compilation): median of 3.
     ratios = sorted(float(subprocess.run(
-        [sys.executable, "-m", "mtlrank_ray.bench", "--memory-probe", str(cells), str(large_tfs),
+        [sys.executable, "-m", "mtlrank_ray.dev.bench", "--memory-probe", str(cells), str(large_tfs),
          str(genes)], capture_output=True, text=True, check=True).stdout.split()[-1])
         for _ in range(3))
     print(f"peak_rss_over_input_runs: {', '.join(f'{r:.2f}' for r in ratios)}")

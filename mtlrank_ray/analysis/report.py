@@ -31,12 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .data.store import write_atomically  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .evaluation import wide  # noqa: E402
+from ..data.store import write_atomically  # noqa: E402
+from ..distributed.trial import Trial  # noqa: E402
+from ..errors import InputError  # noqa: E402
 from .baselines import BASELINES, LABEL  # noqa: E402
+from .evaluation import wide  # noqa: E402
 from .results import GROUP, networks, selected_table, tissue_summary  # noqa: E402
-from .trial import Trial  # noqa: E402
 
 
 def chosen_rows(genes: pd.DataFrame) -> pd.DataFrame:

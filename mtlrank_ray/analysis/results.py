@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.store import write_atomically
 from .baselines import BASELINES, SETTING, BaselineFit
-from .data.store import write_atomically
 
 GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "trees",
                 "val_r2", "test_r2", "best_epoch", "epochs_run", "stopped_early"]

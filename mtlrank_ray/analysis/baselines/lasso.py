@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import lasso_path
 
-from ..cluster_data import ClusterData, GeneSplit, gene_features, r2_scores
+from ...core.cluster_data import ClusterData, GeneSplit, gene_features, r2_scores
 from . import BaselineFit
 
 log = logging.getLogger(__name__)

@@ -26,12 +26,12 @@ import pandas as pd
 import ray
 from ray.tune import Callback
 
+from ..analysis.baselines import LABEL, BaselineFit, fit_baseline
+from ..analysis.results import choose_lambda
+from ..config import Config, SearchConfig
+from ..core.cluster_data import replicate_split
+from ..data.store import read_file
 from . import ray_data
-from .baselines import LABEL, BaselineFit, fit_baseline
-from .cluster_data import replicate_split
-from .config import Config, SearchConfig
-from .data.store import read_file
-from .results import choose_lambda
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _baseline_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, 
 @ray.remote
 def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, model: str,
                   search: SearchConfig) -> pd.DataFrame:
-    from .rankings import group_rankings
+    from ..analysis.rankings import group_rankings
     from .trial import load_model
 
     genes, weights = load_model(read_file(model))

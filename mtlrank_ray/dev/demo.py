@@ -56,10 +56,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .data.references import ID_MAP, LASSO, TF_LIST, normalize_tissue
-from .data.seed_layout import MEAN_TF, RPKM, SUM_TF, VELO
-from .data.store import install, sibling
-from .errors import InputError
+from ..data.references import ID_MAP, LASSO, TF_LIST, normalize_tissue
+from ..data.seed_layout import MEAN_TF, RPKM, SUM_TF, VELO
+from ..data.store import install, sibling
+from ..errors import InputError
 
 
 @dataclass(frozen=True)

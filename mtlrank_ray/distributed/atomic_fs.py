@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .data.store import is_uri
+from ..data.store import is_uri
 
 
 class _ReplaceOnClose(io.FileIO):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import SearchConfig
-from .data.store import AlignedTissue
-from .errors import InputError
+from ..config import SearchConfig
+from ..data.store import AlignedTissue
+from ..errors import InputError
 
 SPLITS = ("train", "val", "test")
 STATS_CHUNK = 4096  # cells per block when summing statistics (bounds temporaries)

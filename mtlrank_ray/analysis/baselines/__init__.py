@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cluster_data import ClusterData, prepare_splits
-from ..config import SearchConfig
+from ...config import SearchConfig
+from ...core.cluster_data import ClusterData, prepare_splits
 
 BASELINES = ("lasso", "grnboost2")
 LABEL = {"lasso": "lasso", "grnboost2": "GRNBoost2"}  # as plots and tables name them

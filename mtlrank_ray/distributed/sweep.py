@@ -42,19 +42,19 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.util.metrics import Gauge
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..analysis.baselines import BaselineFit, baseline_name
+from ..config import Config, RunSettings
+from ..core.cluster_data import replicate_split
+from ..data.store import fetch_files, filesystem, put_file, read_file, sibling
+from ..errors import InputError
 from . import ray_data
 from .asha import GroupedASHA, rungs
 from .atomic_fs import tune_storage
-from .baselines import BaselineFit, baseline_name
-from .cluster_data import replicate_split
-from .config import Config, RunSettings
-from .data.store import fetch_files, filesystem, put_file, read_file, sibling
-from .errors import InputError
 from .group_tasks import Group, group_of
 from .trial import Trial
 
 if TYPE_CHECKING:
-    from .trainer import ClusterTrainer, EpochReport
+    from ..core.trainer import ClusterTrainer, EpochReport
 
 EXPERIMENT = "sweep"
 STATE = "trainer_state.npz"
@@ -135,7 +135,7 @@ class _TrialStorage:
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
     """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
-    from .trainer import (  # TensorFlow: in the trials' workers only
+    from ..core.trainer import (  # TensorFlow: in the trials' workers only
         ClusterTrainer,
         configure_runtime,
     )

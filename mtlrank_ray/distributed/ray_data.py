@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from .cluster_data import ClusterData
-from .data.store import aligned_empty, is_uri
+from ..core.cluster_data import ClusterData
+from ..data.store import aligned_empty, is_uri
 
 DATASETS = {"expression": ("expression",), "velocity": ("velocity",),
             "activity": ("activity_mean", "activity_sum")}

@@ -28,11 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
-from .config import SearchConfig, load_config
-from .data import load_tissue
-from .data.store import write_atomically
-from .errors import InputError
+from ..config import SearchConfig, load_config
+from ..core.cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
+from ..data import load_tissue
+from ..data.store import write_atomically
+from ..distributed.sweep import experiment_path, fetch_models
+from ..distributed.trial import Trial, load_model
+from ..errors import InputError
 from .evaluation import (
     data_id_map,
     evaluate,
@@ -42,8 +44,6 @@ from .evaluation import (
     with_reference,
     write_evaluation,
 )
-from .sweep import experiment_path, fetch_models
-from .trial import Trial, load_model
 
 TOP_FRACTION = 0.1  # the network's default size: a tenth of the tissue's TFs per gene
 CATEGORICAL = ("tissue", "gene", "tf")
@@ -52,7 +52,7 @@ CATEGORICAL = ("tissue", "gene", "tf")
 def group_rankings(tissue: str, cluster: int, replicate: int, data: ClusterData, tfs: np.ndarray,
                    weights: dict[str, np.ndarray], search: SearchConfig) -> pd.DataFrame:
     """Rows (tissue, cluster, gene, replicate, tf, score, rank) of one model's rankings."""
-    from .attribution import tf_scores  # TensorFlow: only where models are ranked
+    from ..core.attribution import tf_scores  # TensorFlow: only where models are ranked
     splits = prepare_splits(data, replicate_split(search, len(data.expression), replicate), "train")
     cells = [np.sort(np.concatenate([splits[s].cells[g] for s in SPLITS]))
              for g in range(len(data.genes))]

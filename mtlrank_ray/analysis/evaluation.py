@@ -37,17 +37,17 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score
 
-from .baselines import BASELINES, BaselineFit, baseline_name
-from .data import load_tissue
-from .data.references import (
+from ..data import load_tissue
+from ..data.references import (
     ID_MAP,
     gene_ids,
     normalize_tissue,
     read_csv_checked,
     read_id_map,
 )
-from .data.store import read_manifest, write_atomically
-from .errors import InputError
+from ..data.store import read_manifest, write_atomically
+from ..errors import InputError
+from .baselines import BASELINES, BaselineFit, baseline_name
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def wide(evaluation: pd.DataFrame) -> pd.DataFrame:
 def evaluate_run(out: Path, reference: Path, lam: float | None = None, k: int = K) -> pd.DataFrame:
     """Evaluate a finished run folder's rankings (of the selected λ, or `lam`) against the
     reference network at `reference`; writes evaluation<suffix>.csv and returns it."""
-    from .config import load_config
+    from ..config import load_config
 
     out = Path(out)
     suffix = "" if lam is None else f"_lambda{lam:g}"

@@ -1,4 +1,4 @@
-"""Sweep benchmark: `python -m mtlrank_ray.sweep_bench`.
+"""Sweep benchmark: `python -m mtlrank_ray.dev.sweep_bench`.
 
 On a demo atlas (12,000 and 6,000 cells, 100 TFs; clusters of 10 genes, 20
 epochs, early stopping off so every trial does the same work) it runs the
@@ -12,7 +12,7 @@ with one CPU per trial, and prints for each, measured in this run:
     parallel_efficiency    sum_trial_s / (wall_s x concurrent trials)
     overhead_per_trial_s   (wall_s x concurrent trials - sum_trial_s) / trials
 
-`--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.atlas_bench`).
+`--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.dev.atlas_bench`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import ray
 
-from .config import config_from_dict
-from .data import prepare_store
+from ..config import config_from_dict
+from ..data import prepare_store
+from ..distributed.ray_data import materialize_tissue
+from ..distributed.sweep import run_sweep
 from .demo import DemoSpec, write_demo
-from .ray_data import materialize_tissue
-from .sweep import run_sweep
 
 SPEC = DemoSpec(cells={"Kidney (Left)": 12000, "Liver": 6000}, n_tfs=100)
 

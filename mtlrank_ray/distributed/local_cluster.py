@@ -17,7 +17,7 @@ Every node has its own loopback address (127.77.0.1 the head, .2, .3, ... the
 workers) and ports. Each process is started in a session of its own and
 stopped by its process group id, so `stop()` leaves nothing running.
 
-    python -m mtlrank_ray.local_cluster [--workers 2] [--cpus-per-worker 1]
+    python -m mtlrank_ray.distributed.local_cluster [--workers 2] [--cpus-per-worker 1]
 
 starts one, prints the address and the variables to export, and stops it on
 Ctrl-C. It needs Linux and `unshare` (root, or unprivileged user namespaces).
@@ -320,7 +320,7 @@ def private_tmp_command(command: list[str]) -> list[str]:
     where they live under /tmp (a CI checkout): they are bound back in place."""
     keep = sorted({str(Path(p).resolve()) for p in (sys.prefix, Path(__file__).parents[1])
                    if str(Path(p).resolve()).startswith(("/tmp/", "/dev/shm/"))})
-    inner = [sys.executable, "-m", "mtlrank_ray.local_cluster", "--enter-private-tmp",
+    inner = [sys.executable, "-m", "mtlrank_ray.distributed.local_cluster", "--enter-private-tmp",
              *[arg for path in keep for arg in ("--keep", path)], "--", *command]
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     return ["unshare", *user, "--mount", "--propagation", "private", "--", *inner]
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         split = argv.index("--")
         keep = argv[1:split][1::2]
         enter_private_tmp(keep, argv[split + 1:])
-    parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.local_cluster",
+    parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.distributed.local_cluster",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cpus-per-worker", type=int, default=1)

@@ -1,4 +1,4 @@
-"""Atlas-shaped sweep benchmark: `python -m mtlrank_ray.sweep_bench --atlas`.
+"""Atlas-shaped sweep benchmark: `python -m mtlrank_ray.dev.sweep_bench --atlas`.
 
 One synthetic tissue of atlas shape (20,000 cells x 1,600 TFs, 4 clusters of
 25 genes) in a local store; the sweep tune.py runs (λ in {0, 0.01}, one
@@ -38,8 +38,8 @@ import pandas as pd
 import psutil
 import ray
 
-from .config import config_from_dict
-from .data.store import AlignedTissue, aligned_empty, publish, write_tissue
+from ..config import config_from_dict
+from ..data.store import AlignedTissue, aligned_empty, publish, write_tissue
 
 CELLS, TFS, CLUSTERS, GENES_PER_CLUSTER, EPOCHS = 20_000, 1_600, 4, 25, 4
 PAPER_TRIALS, PAPER_EPOCHS, WORKERS = 1_440, 10, 8
@@ -107,10 +107,10 @@ class MemorySampler(threading.Thread):
 def _four_trials_worker(tissue, cluster: int, private: bool, start: float) -> int:
     """Build one trial's trainer on the tissue, train one epoch; returns this worker's
     private memory. `private`: on its own copy of the expression, as before."""
-    from . import ray_data
-    from .cluster_data import replicate_split
-    from .config import SearchConfig, TrainingConfig
-    from .trainer import ClusterTrainer, Trial
+    from ..config import SearchConfig, TrainingConfig
+    from ..core.cluster_data import replicate_split
+    from ..core.trainer import ClusterTrainer, Trial
+    from ..distributed import ray_data
 
     data = ray_data.cluster_data(tissue, cluster)
     if private:
@@ -138,10 +138,10 @@ def tissue_bytes() -> int:
 
 def state_bytes(tissue) -> tuple[int, int]:
     """(a trainer state's bytes, a model's bytes) at this tissue's sizes, measured."""
-    from . import ray_data
-    from .cluster_data import replicate_split
-    from .config import SearchConfig, TrainingConfig
-    from .trainer import ClusterTrainer, Trial
+    from ..config import SearchConfig, TrainingConfig
+    from ..core.cluster_data import replicate_split
+    from ..core.trainer import ClusterTrainer, Trial
+    from ..distributed import ray_data
 
     data = ray_data.cluster_data(tissue, 0)
     trainer = ClusterTrainer(data, Trial("Atlas", 0, 0, 0.0), TrainingConfig(),
@@ -152,11 +152,11 @@ def state_bytes(tissue) -> tuple[int, int]:
 
 
 def main() -> None:
-    from . import ray_data
+    from ..distributed import ray_data
+    from ..distributed.group_tasks import GroupsFinished, GroupTasks
+    from ..distributed.sweep import experiment_path, groups, model_location, run_sweep
+    from ..distributed.trial import Trial
     from .bench import memory_bytes
-    from .group_tasks import GroupsFinished, GroupTasks
-    from .sweep import experiment_path, groups, model_location, run_sweep
-    from .trial import Trial
 
     cpus = os.cpu_count()
     print(f"cores: {cpus}")
@@ -223,7 +223,7 @@ def main() -> None:
 
 def project(trials: int, sweep_s: float, written: float, state: int, model: int, cpus: int) -> None:
     """The paper's sweep from this run's figures; every assumption is printed as one."""
-    from .asha import rungs
+    from ..distributed.asha import rungs
 
     print("\nprojection: 1,440 trials (6 tissues x 20 clusters x 3 replicates x 4 λ), 10 epochs, "
           "T = 1,600, G = 25, on 8 g5.xlarge (1 A10G, 4 vCPU each), tune_configs/gpu.yaml")

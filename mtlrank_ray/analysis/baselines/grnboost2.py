@@ -24,7 +24,7 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 
-from ..cluster_data import ClusterData, GeneSplit, gene_features, r2_scores
+from ...core.cluster_data import ClusterData, GeneSplit, gene_features, r2_scores
 from . import BaselineFit
 
 MAX_TREES = 5000

@@ -26,6 +26,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from ..config import TrainingConfig
+from ..data.store import write_atomically
+from ..distributed.trial import Trial
+from ..errors import TrainingError
 from . import model
 from .cluster_data import (
     ClusterData,
@@ -35,10 +39,6 @@ from .cluster_data import (
     prepare_splits,
     r2_scores,
 )
-from .config import TrainingConfig
-from .data.store import write_atomically
-from .errors import TrainingError
-from .trial import Trial
 
 EVAL_CHUNK = 256  # cells per gene per evaluation step: (G, 256, T) temporaries
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras' defaults, as the seed used

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .data.store import is_aligned
+from ..data.store import is_aligned
 
 HIDDEN = (64, 32, 16)
 DENSE = ("dense_64", "dense_32", "dense_16", "output")

@@ -1,7 +1,7 @@
 """The seed notebook's per-gene Keras model, features and loss.
 
 Kept as the reference the batched model is tested against (tests) and
-measured against (`python -m mtlrank_ray.bench`); training never uses it.
+measured against (`python -m mtlrank_ray.dev.bench`); training never uses it.
 
 `build_model`, `nuclear_norm`, `TensorUnfold` and `trace_norm` are the
 notebook's (steps 1 and 6); `seed_features` and `seed_loss` follow its

@@ -248,6 +248,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
 
     from .analysis.results import collect, gene_table, selected_table
     from .console import SweepProgress, phase, quiet_token_notice, quiet_worker_output
+    from .core.trial import Trial
     from .distributed.group_tasks import GroupsFinished, GroupTasks
     from .distributed.ray_data import materialize_tissue
     from .distributed.sweep import (
@@ -259,7 +260,6 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         resumable,
         run_sweep,
     )
-    from .distributed.trial import Trial
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume

@@ -13,6 +13,7 @@ from mtlrank_ray.analysis.baselines.grnboost2 import gene_seed
 from mtlrank_ray.config import SearchConfig, config_from_dict
 from mtlrank_ray.core.cluster_data import ClusterData, prepare_splits, split_cells
 from mtlrank_ray.data import load_tissue, prepare_store
+from mtlrank_ray.errors import InputError
 
 ALPHAS = [0.1, 0.01, 0.001]
 
@@ -84,7 +85,7 @@ def test_grnboost2_equals_a_direct_fit_with_arboretos_settings(cluster, replicat
             learning_rate=0.01, n_estimators=5000, max_depth=3, num_leaves=2 ** 3,
             colsample_bynode=0.1, subsample=0.9, subsample_freq=1, min_child_samples=1,
             min_child_weight=0.0, reg_lambda=0.0, importance_type="gain", n_jobs=1,
-            random_state=gene_seed((3, replicate), g), deterministic=True, force_col_wise=True,
+            random_state=gene_seed((3, replicate), data.genes[g]), deterministic=True, force_col_wise=True,
             feature_pre_filter=False, verbose=-1)
         model.fit(sets["train"][0].astype(np.float32), sets["train"][1],
                   eval_X=(sets["val"][0].astype(np.float32),), eval_y=(sets["val"][1],),
@@ -111,3 +112,16 @@ def test_grnboost2_finds_nonlinear_regulators_the_lasso_misses():
     assert set(np.argsort(-boosted.importance[0])[:2]) == {5, 9}
     assert boosted.test_r2[0] > 0.4 > 0.2 > lasso.test_r2[0]
     assert 25 < boosted.setting[0] < 5000  # early stopping chose the trees
+
+
+def test_a_lasso_fit_written_before_grnboost2_still_loads(tmp_path):
+    """models/<group>_lasso.npz from before the baselines shared one format."""
+    coef = np.array([[0.5, -0.2, 0.0]], np.float32)
+    np.savez(tmp_path / "old.npz", genes=np.array(["g"]), alpha=np.array([0.01]), coef=coef,
+             intercept=np.array([0.1]), val_r2=np.array([0.3]), test_r2=np.array([0.2]))
+    fit = BaselineFit.load(tmp_path / "old.npz")
+    assert fit.method == "lasso" and fit.genes == ["g"] and fit.setting.tolist() == [0.01]
+    np.testing.assert_array_equal(fit.importance, np.abs(coef))
+    np.savez(tmp_path / "other.npz", genes=np.array(["g"]))
+    with pytest.raises(InputError, match="rerun the sweep with --fresh"):
+        BaselineFit.load(tmp_path / "other.npz")

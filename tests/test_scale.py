@@ -16,10 +16,10 @@ from ray import tune
 from mtlrank_ray.analysis.rankings import group_rankings
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.core.cluster_data import ClusterData
+from mtlrank_ray.core.trial import Trial, load_model
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.distributed import ray_data, sweep
 from mtlrank_ray.distributed.group_tasks import GroupsFinished, GroupTasks
-from mtlrank_ray.distributed.trial import Trial, load_model
 from mtlrank_ray.errors import InputError
 
 EPOCHS = 6

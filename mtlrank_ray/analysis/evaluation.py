@@ -47,12 +47,11 @@ from ..data.references import (
 )
 from ..data.store import read_manifest, write_atomically
 from ..errors import InputError
-from .baselines import BASELINES, BaselineFit, baseline_name
+from .baselines import BASELINES, RANKING, BaselineFit, baseline_name
 
 log = logging.getLogger(__name__)
 
 OURS, PEARSON = "mtlrank (DeepLIFT)", "abs Pearson"
-BASELINE_METHODS = {"lasso": "abs lasso coefficient", "grnboost2": "GRNBoost2 importance"}
 K = 10
 BOOTSTRAP = 1000
 SEED = 0
@@ -117,7 +116,7 @@ def run_scores(rankings: pd.DataFrame, models: Path, store: str) -> dict[tuple[s
         for method in BASELINES:
             ranks = _baseline_ranks(part, models, str(tissue_name), method)
             if ranks is not None:
-                scores[tissue_name, BASELINE_METHODS[method]] = (ranks.index.tolist(), np.asarray(tissue.tfs),
+                scores[tissue_name, RANKING[method]] = (ranks.index.tolist(), np.asarray(tissue.tfs),
                                                                  -ranks.to_numpy())
         scores[tissue_name, PEARSON] = (list(tissue.genes), np.asarray(tissue.tfs), _pearson_scores(tissue))
     return scores

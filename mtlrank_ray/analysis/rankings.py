@@ -30,10 +30,10 @@ import pandas as pd
 
 from ..config import SearchConfig, load_config
 from ..core.cluster_data import SPLITS, ClusterData, prepare_splits, replicate_split
+from ..core.trial import Trial, load_model
 from ..data import load_tissue
 from ..data.store import write_atomically
 from ..distributed.sweep import experiment_path, fetch_models
-from ..distributed.trial import Trial, load_model
 from ..errors import InputError
 from .evaluation import (
     data_id_map,

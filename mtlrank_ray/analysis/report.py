@@ -31,10 +31,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..core.trial import Trial  # noqa: E402
 from ..data.store import write_atomically  # noqa: E402
-from ..distributed.trial import Trial  # noqa: E402
 from ..errors import InputError  # noqa: E402
-from .baselines import BASELINES, LABEL  # noqa: E402
+from .baselines import BASELINES, LABEL, LINE  # noqa: E402
 from .evaluation import wide  # noqa: E402
 from .results import GROUP, networks, selected_table, tissue_summary  # noqa: E402
 
@@ -77,7 +77,6 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     curves = network.groupby(["tissue", "lambda"]).val_r2.mean()
     baselines = {m: genes[genes.model == m].groupby("tissue").val_r2.mean() for m in BASELINES
                  if (genes.model == m).any()}
-    styles = dict(zip(BASELINES, ("--", ":")))
     drawn = {}
     fig, (zero_ax, ax) = plt.subplots(1, 2, sharey=True, figsize=(6.5, 4), layout="constrained",
                                       gridspec_kw={"width_ratios": [1, 6]})
@@ -93,10 +92,10 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
         for method, values in baselines.items():
             if tissue in values.index:
                 for axis in (zero_ax, ax):
-                    axis.axhline(values[tissue], color=f"C{k}", linestyle=styles[method], linewidth=1)
+                    axis.axhline(values[tissue], color=f"C{k}", linestyle=LINE[method], linewidth=1)
                 drawn[tissue, method] = values[tissue]
     for method in baselines:
-        ax.plot([], [], color="grey", linestyle=styles[method], linewidth=1,
+        ax.plot([], [], color="grey", linestyle=LINE[method], linewidth=1,
                 label=f"{LABEL[method]} (each tissue's colour)")
     zero_ax.set_xticks([0], ["λ = 0"])
     zero_ax.set_xlim(-1, 1)
@@ -150,8 +149,8 @@ def plot_singular_values(genes: pd.DataFrame, models: Path, path: Path) -> dict:
 CAPTIONS = {
     "test_r2.png": "Test R² of every gene on held-out cells, per tissue: the networks at the λ "
                    "chosen on validation for each gene's cluster and replicate, the independent "
-                   "per-gene networks (λ = 0), and the per-gene baselines on the same inputs and "
-                   "cells: the lasso and GRNBoost2's boosted trees. "
+                   "per-gene networks (λ = 0), and the per-gene baselines of `search.baselines` "
+                   "on the same inputs and cells (the lasso, GRNBoost2's boosted trees). "
                    "Each box spans the middle half of the genes, the black line is the median and "
                    "the whiskers reach 1.5 box-lengths. 1 is a perfect prediction of the gene's "
                    "velocity; 0 is no better than its mean.",

@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from ..config import TrainingConfig
 from ..data.store import write_atomically
-from ..distributed.trial import Trial
 from ..errors import TrainingError
 from . import model
 from .cluster_data import (
@@ -39,6 +38,7 @@ from .cluster_data import (
     prepare_splits,
     r2_scores,
 )
+from .trial import Trial
 
 EVAL_CHUNK = 256  # cells per gene per evaluation step: (G, 256, T) temporaries
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras' defaults, as the seed used

@@ -152,10 +152,10 @@ def state_bytes(tissue) -> tuple[int, int]:
 
 
 def main() -> None:
+    from ..core.trial import Trial
     from ..distributed import ray_data
     from ..distributed.group_tasks import GroupsFinished, GroupTasks
     from ..distributed.sweep import experiment_path, groups, model_location, run_sweep
-    from ..distributed.trial import Trial
     from .bench import memory_bytes
 
     cpus = os.cpu_count()

@@ -143,7 +143,7 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                                       velocity_genes, gene_pool)
         for p in range(spec.n_programs):
             for r, t in enumerate(regulators[p]):
-                effect, partner = _role(r)
+                effect, partner = _role(r, spec.regulators_per_program)
                 for g in np.flatnonzero(program == p):
                     truth_regulators.append((
                         velocity_genes.ensembl_id.iat[g], velocity_genes.symbol.iat[g],
@@ -173,10 +173,12 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
 TIME, STEP = 10.0, 0.05  # each lineage's span and the solver's step, in the rates' time unit
 
 
-def _role(r: int) -> tuple[str, int | None]:
-    """A program's r-th regulator: its effect and its cooperative partner, if any."""
-    if r < 2:
+def _role(r: int, n: int) -> tuple[str, int | None]:
+    """Of a program's n regulators, the r-th's effect and its cooperative partner, if any."""
+    if r < 2 and n >= 2:
         return "activation", 1 - r
+    if n == 1:
+        return "activation", None
     return ("repression" if r % 2 == 0 else "activation"), None
 
 
@@ -195,7 +197,7 @@ def transcription_rate(level: np.ndarray, typical_level: np.ndarray, regulators:
     activation, repression = ratio / (1 + ratio), 1 / (1 + ratio)
     terms = np.zeros(level.shape[:-1] + (len(program),))
     for r in range(regulators.shape[1]):
-        effect, partner = _role(r)
+        effect, partner = _role(r, regulators.shape[1])
         if partner is not None and partner < r:
             continue  # the pair's one AND term is counted at its first member
         tfs = regulators[program, r]

@@ -26,7 +26,7 @@ import pandas as pd
 import ray
 from ray.tune import Callback
 
-from ..analysis.baselines import LABEL, BaselineFit, fit_baseline
+from ..analysis.baselines import BASELINES, LABEL, BaselineFit, fit_baseline
 from ..analysis.results import choose_lambda
 from ..config import Config, SearchConfig
 from ..core.cluster_data import replicate_split
@@ -51,7 +51,7 @@ def _baseline_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, 
 def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, model: str,
                   search: SearchConfig) -> pd.DataFrame:
     from ..analysis.rankings import group_rankings
-    from .trial import load_model
+    from ..core.trial import load_model
 
     genes, weights = load_model(read_file(model))
     data = ray_data.cluster_data(tissue, cluster)
@@ -77,7 +77,7 @@ class GroupTasks:
         self._polled = 0.0
 
     def add_baselines(self, groups: list[Group]) -> None:
-        for method in self.config.search.baselines:
+        for method in (m for m in BASELINES if m in self.config.search.baselines):
             self.queue.extend(("baseline", group, method) for group in groups)
 
     def baseline_counts(self) -> str:

@@ -45,13 +45,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..analysis.baselines import BaselineFit, baseline_name
 from ..config import Config, RunSettings
 from ..core.cluster_data import replicate_split
+from ..core.trial import Trial
 from ..data.store import fetch_files, filesystem, put_file, read_file, sibling
 from ..errors import InputError
 from . import ray_data
 from .asha import GroupedASHA, rungs
 from .atomic_fs import tune_storage
 from .group_tasks import Group, group_of
-from .trial import Trial
 
 if TYPE_CHECKING:
     from ..core.trainer import ClusterTrainer, EpochReport

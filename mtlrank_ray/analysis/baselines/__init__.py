@@ -19,10 +19,13 @@ import numpy as np
 
 from ...config import SearchConfig
 from ...core.cluster_data import ClusterData, prepare_splits
+from ...errors import InputError
 
-BASELINES = ("lasso", "grnboost2")
+BASELINES = ("lasso", "grnboost2")  # the order they are queued and shown in
 LABEL = {"lasso": "lasso", "grnboost2": "GRNBoost2"}  # as plots and tables name them
 SETTING = {"lasso": "alpha", "grnboost2": "trees"}  # what validation chooses, as gene_r2 names it
+RANKING = {"lasso": "abs lasso coefficient", "grnboost2": "GRNBoost2 importance"}  # evaluation's
+LINE = {"lasso": "--", "grnboost2": ":"}  # the validation plot's line for each
 
 
 @dataclass
@@ -45,6 +48,14 @@ class BaselineFit:
     @classmethod
     def load(cls, path: Path) -> "BaselineFit":
         with np.load(path) as saved:
+            if "method" not in saved.files:
+                if {"alpha", "coef"} <= set(saved.files):  # a lasso fit from before GRNBoost2
+                    return cls(method="lasso", genes=saved["genes"].tolist(), setting=saved["alpha"],
+                               importance=np.abs(saved["coef"]), val_r2=saved["val_r2"],
+                               test_r2=saved["test_r2"],
+                               parameters={"coef": saved["coef"], "intercept": saved["intercept"]})
+                raise InputError(f"{path} is not a baseline fit this version reads; rerun the "
+                                 "sweep with --fresh")
             return cls(method=str(saved["method"]), genes=saved["genes"].tolist(),
                        setting=saved["setting"], importance=saved["importance"],
                        val_r2=saved["val_r2"], test_r2=saved["test_r2"],

@@ -1,5 +1,5 @@
 """What names a trial and reads its model file; no TensorFlow, so the driver and the
-lasso's workers never load it."""
+baselines' workers never load it."""
 
 from __future__ import annotations
 

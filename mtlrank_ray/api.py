@@ -62,8 +62,14 @@ def tune(data, config: dict | str | Path | None = None, out: str | Path = "runs/
     """Prepare, sweep and write the results into `out`, exactly as `python tune.py`;
     returns them. A sweep interrupted (Ctrl-C, the notebook's stop button) goes on
     with `resume=True`."""
+    import ray
+
     from .cli import tune_parser
 
+    if ray.is_initialized():
+        raise InputError("Ray is already running in this Python process (ray.init was called); "
+                         "call ray.shutdown() first: mtlrank_ray.tune starts and stops its own "
+                         "(address='auto' joins a running cluster)")
     root = _data_root(data, tf_list, id_map, Path(out), tissue)
     with tempfile.TemporaryDirectory() as folder:
         argv = ["--data", str(root), "--out", str(out), "--tissue", tissues, "-q"]

@@ -10,6 +10,7 @@ import pytest
 from mtlrank_ray.cli import main
 from mtlrank_ray.config import load_config
 from mtlrank_ray.data import load_tissue, prepare_store
+from mtlrank_ray.errors import InputError
 
 RPKM = "data/processed/rpkm/rpkm.hdf5"
 VELO = "data/processed/velo/velo.hdf5"
@@ -186,7 +187,6 @@ def test_corrupt_hdf5(atlas, small_config, tmp_path, capsys):
 
 def test_debug_shows_the_traceback(atlas, small_config, tmp_path):
     (atlas / VELO).unlink()
-    from mtlrank_ray.errors import InputError
     with pytest.raises(InputError):
         main(["prepare", "--debug", "--data", str(atlas), "--config", str(small_config),
               "--out", str(tmp_path / "store")])
@@ -228,3 +228,13 @@ def test_data_folder_without_inputs(tmp_path, small_config, capsys):
     (tmp_path / "empty").mkdir()
     message = prepare_fails(tmp_path / "empty", small_config, tmp_path, capsys)
     assert "holds neither the seed layout" in message and "demo-data" in message
+
+
+def test_the_notebook_tune_refuses_a_ray_already_started(atlas, tmp_path, monkeypatch):
+    import ray
+
+    import mtlrank_ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    with pytest.raises(InputError, match=r"Ray is already running .* call ray.shutdown\(\) first"):
+        mtlrank_ray.tune(atlas, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

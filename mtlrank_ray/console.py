@@ -31,6 +31,14 @@ STARTUP_NOISE = re.compile("|".join([
 
 
 NO_GPU = re.compile(r"failed call to cuInit")  # noise only where no trial asked for a GPU
+# When Tune ends a trial stopped early, Ray's SIGTERM handler in its worker can fire while
+# Python runs a finalizer: the interpreter prints "Exception ignored in: ..." and a
+# traceback ending in SystemExit. The trial is fine; a block holding Ray's handler is
+# dropped whole, any other block printed as it came. A block ends at its exception's
+# line: the first unindented one after "Traceback (most recent call last):".
+IGNORED, STOPPED, BLOCK_END = (re.compile(p) for p in (
+    r"^Exception ignored in: ", r"in sigterm_handler$", r"^(?!Traceback \(most recent)\S"))
+BLOCK_LINES = 40  # a longer block is printed, whatever it is
 
 
 def quiet_worker_output(gpus: float) -> None:
@@ -42,9 +50,21 @@ def quiet_worker_output(gpus: float) -> None:
     noise = [STARTUP_NOISE] + ([NO_GPU] if not gpus else [])
 
     def without_noise(handle):
+        blocks: dict = {}  # worker pid -> the lines of an "Exception ignored" block so far
+
         def emit(batch: dict) -> None:
-            lines = [line for line in batch.get("lines", [])
-                     if not any(pattern.search(line) for pattern in noise)]
+            lines, pid = [], batch.get("pid")
+            for line in batch.get("lines", []):
+                if pid in blocks:
+                    blocks[pid].append(line)
+                    if BLOCK_END.search(line) or len(blocks[pid]) > BLOCK_LINES:
+                        block = blocks.pop(pid)
+                        if not any(STOPPED.search(kept) for kept in block):
+                            lines += block
+                elif IGNORED.search(line):
+                    blocks[pid] = [line]
+                elif not any(pattern.search(line) for pattern in noise):
+                    lines.append(line)
             if lines:
                 handle({**batch, "lines": lines})
         return emit

@@ -10,6 +10,9 @@ once 25 trees in a row bring no better validation error and keeps the best
 number of trees (chosen on validation, as the lasso's alpha and the networks'
 λ are). A TF's importance is its total split gain up to that tree, the
 quantity arboreto ranks TFs by (sklearn's feature_importances_, unnormalized).
+arboreto's out-of-bag rule, at learning rate 0.01, often stops within a few
+dozen trees: on the nonlinear case of tests/test_baselines.py it stops at 24
+trees with test R² 0.04, where validation keeps 875 with 0.66.
 
 A gene that is itself a TF keeps its own expression among the features, as in
 the networks and the lasso (arboreto drops it): every method sees the same
@@ -19,8 +22,10 @@ LightGBM grows the trees, not sklearn's GradientBoostingRegressor that arboreto
 wraps: its histogram splits made one tree ~11x faster at 16,000 cells x 1,600
 TFs (51 against 569 ms on a 2-core machine), with the same per-split TF sampling
 (feature_fraction_bynode), per-tree bagging and early stopping on a given
-validation set, and results fixed by a seed. arboreto itself needs Dask and is
-no longer maintained.
+validation set, and results fixed by a seed. Its trees are not sklearn's
+(histogram splits, another split search): on that same case sklearn's reach
+test R² 0.49 at 875 trees and 0.61 at 5,000, ranking the same TFs first.
+arboreto itself needs Dask and is no longer maintained.
 """
 
 from __future__ import annotations

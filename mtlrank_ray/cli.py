@@ -217,12 +217,12 @@ def _tune(args) -> None:
     if args.demo:
         args.data = DEMO_DATA
         args.config = args.config or SMOKE_CONFIG
-    elif args.data is None:  # the notebook reads data/... from the folder it runs in
+    config = load_config(args.config)  # a bad config is named before a missing data folder
+    if args.data is None:  # the notebook reads data/... from the folder it runs in
         if not Path("data").is_dir():
             raise InputError(f"no data/ folder in {Path.cwd()}: run from the folder that holds "
                              "data/, or pass --data DIR (or --demo for the demo atlas)")
         args.data = Path.cwd()
-    config = load_config(args.config)
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
     ctrl_c = CtrlC()
     args.interrupt_hint = _interrupt_hint(args, config, out, ctrl_c)
@@ -247,7 +247,13 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
     from .analysis.results import collect, gene_table, selected_table
-    from .console import SweepProgress, phase, quiet_token_notice, quiet_worker_output
+    from .console import (
+        SweepProgress,
+        phase,
+        quiet_missing_metrics,
+        quiet_token_notice,
+        quiet_worker_output,
+    )
     from .core.trial import Trial
     from .distributed.group_tasks import GroupsFinished, GroupTasks
     from .distributed.ray_data import materialize_tissue
@@ -270,6 +276,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     local = {} if address else {"include_dashboard": args.dashboard}
     if not address:
         quiet_token_notice()
+    quiet_missing_metrics()
     context = ray.init(address=address or "local", **local,
                        logging_level=logging.INFO if args.verbose else logging.WARNING)
     if context.dashboard_url:

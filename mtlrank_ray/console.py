@@ -97,6 +97,12 @@ def quiet_token_notice() -> None:
     DropMessages("Token authentication is enabled for this Ray cluster").install()
 
 
+def quiet_missing_metrics() -> None:
+    """Drop Tune's warning, on --resume, that the trials not started yet have no metrics
+    (no result.json): the progress line counts them."""
+    DropMessages("Failed to fetch metrics for").install()
+
+
 def phase(text: str) -> None:
     print(text, flush=True)
 

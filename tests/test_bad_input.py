@@ -238,3 +238,16 @@ def test_the_notebook_tune_refuses_a_ray_already_started(atlas, tmp_path, monkey
     with pytest.raises(InputError, match=r"Ray is already running .* call ray.shutdown\(\) first"):
         mtlrank_ray.tune(atlas, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_config_is_named_before_a_missing_data_folder(tmp_path, monkeypatch, capsys):
+    from mtlrank_ray.cli import tune_main
+    monkeypatch.chdir(tmp_path)  # no data/ here either
+    assert tune_main(["--config", "tune_configs/nope.yaml"]) == 2
+    assert "config file tune_configs/nope.yaml does not exist" in capsys.readouterr().err
+
+
+def test_a_missing_reference_network_says_what_to_pass(tmp_path, capsys):
+    from mtlrank_ray.analysis.evaluation import read_reference
+    with pytest.raises(InputError, match="pass a CSV with columns tf, gene and optionally tissue"):
+        read_reference(tmp_path / "missing.csv", str(tmp_path / "store"), ["Liver"])

@@ -108,3 +108,10 @@ def test_the_lambda_curve_draws_lambda_zero_apart_from_the_log_axis(tmp_path):
     drawn = report.plot_lambda_curve(genes, tmp_path / "b.png")
     assert list(drawn["Liver", "log axis"]) == [0.01, 0.1]  # no stand-in position for λ = 0
     assert drawn["Liver", "λ = 0 panel"] == pytest.approx([drawn["Liver"][0.0]])
+
+
+def test_captions_show_setting_names_as_code(tmp_path):
+    fake_run(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<code>search.baselines</code>" in page and "`" not in page

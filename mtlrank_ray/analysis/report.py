@@ -22,6 +22,7 @@ pictures show the results.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import matplotlib
@@ -263,10 +264,10 @@ def write_report(out: Path) -> Path:
     if (out / "evaluation.csv").is_file():
         tables["TF rankings against the reference network"] = wide(pd.read_csv(out / "evaluation.csv"))
     body = [f"<h1>MTLRank sweep: {html.escape(str(out))}</h1>"]
-    body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{html.escape(CAPTIONS[name])}'
+    body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{_prose(CAPTIONS[name])}'
              "</figcaption></figure>" for name in plots]
     for title, table in tables.items():
-        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(TABLE_LINES[title])}</p>",
+        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{_prose(TABLE_LINES[title])}</p>",
                  '<div class="wide">' + table.rename(columns=COLUMN_NAMES).to_html(
                      index=False, float_format="%.3f") + "</div>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>MTLRank sweep</title>"
@@ -277,6 +278,11 @@ def write_report(out: Path) -> Path:
             + "\n".join(body) + "</body></html>")
     write_atomically(folder / "index.html", lambda p: Path(p).write_text(page))
     return folder / "index.html"
+
+
+def _prose(text: str) -> str:
+    """A caption as HTML: escaped, `names` as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _save(fig, path: Path) -> None:

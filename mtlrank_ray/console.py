@@ -2,7 +2,7 @@
 and the workers' output without TensorFlow's start-up lines.
 
 The sweep's bar (tqdm) shows trials done out of all, elapsed time, the time
-left and the best mean validation R² so far per tissue; where the output is
+left and the best trial's mean validation R² so far per tissue; where the output is
 not a terminal it is a plain line every PLAIN_EVERY_S seconds. Tune's own
 per-trial tables appear only with -v.
 """
@@ -160,8 +160,8 @@ class SweepProgress(Callback):
 
     def _show(self, final: bool = False) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str(f"best mean val R²: {self._best_text()}" if self._best else "",
-                                      refresh=False)
+            best = f"best trial's mean val R²: {self._best_text()}" if self._best else ""
+            self._bar.set_postfix_str(best, refresh=False)
             return
         now = time.monotonic()
         if not self._total or (not final and now - self._printed < PLAIN_EVERY_S):
@@ -172,4 +172,5 @@ class SweepProgress(Callback):
         left = elapsed / finished_here * (self._total - self._done) if finished_here else 0.0
         print(f"sweep: {self._done}/{self._total} trials, {elapsed:.0f} s elapsed"
               + (f", about {left:.0f} s left" if finished_here and not final else "")
-              + (f"; best mean validation R²: {self._best_text()}" if self._best else ""), flush=True)
+              + (f"; best trial's mean validation R²: {self._best_text()}" if self._best else ""),
+              flush=True)

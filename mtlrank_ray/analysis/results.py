@@ -135,7 +135,10 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
             "search.baselines).",
             "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and λ, and the baselines",
             "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 and the "
-            "baselines beside it"]
+            "baselines beside it",
+            "- rankings.parquet, network.csv: the TF rankings of the chosen models and the network; "
+            "evaluation.csv: the rankings against a reference network (where there is one)",
+            "- models/: the models these results use; report/index.html: the plots and tables"]
     if failed:
         text += ["", "## Failed trials and baselines\n", *[f"- {name}" for name in failed]]
     write_atomically(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))

@@ -388,7 +388,8 @@ def fetch_models(experiment: str, trials: list[Trial], folder: Path) -> None:
             temporary.unlink(missing_ok=True)
     if missing:
         raise InputError(f"{missing[0]} is missing ({len(missing)} models): that trial kept no "
-                         f"model (it failed, or the sweep at {experiment} is gone).")
+                         f"model (it failed, the sweep at {experiment} is gone, or a later sweep "
+                         "into the folder was interrupted: finish it with python tune.py ... --resume).")
 
 
 def stage_models(selected: pd.DataFrame, baselines: dict[tuple[Group, str], BaselineFit], experiment: str,

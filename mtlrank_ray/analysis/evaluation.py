@@ -62,10 +62,9 @@ Scores = tuple[list[str], np.ndarray, np.ndarray]  # genes, TFs, scores (genes x
 
 def read_reference(path: Path, store: str, tissues: list[str]) -> pd.DataFrame:
     """(tissue, gene, tf) edges in the data's ids, one row per tissue an edge holds in."""
-    if not Path(path).is_file():
-        raise InputError(f"reference network {path} does not exist; pass a CSV with columns tf, "
-                         "gene and optionally tissue (see README, 'Evaluating rankings')")
-    table = read_csv_checked(Path(path), ["tf", "gene"], "reference network")
+    table = read_csv_checked(Path(path), ["tf", "gene"], "reference network",
+                             fix="pass a CSV with columns tf, gene and optionally tissue (see "
+                                 "README, 'Evaluating rankings')")
     if "tissue" not in table.columns:
         table["tissue"] = np.nan
     everywhere = table.tissue.isna() | (table.tissue.astype(str).str.strip() == "")

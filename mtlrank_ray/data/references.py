@@ -29,10 +29,10 @@ ID_MAP = Path("data/raw/id_mapping/ensembl_to_symbol.csv")
 LASSO = Path("results/r2/lasso_r2.csv")
 
 
-def read_csv_checked(path: Path, columns: list[str], what: str, **kwargs) -> pd.DataFrame:
+def read_csv_checked(path: Path, columns: list[str], what: str,
+                     fix: str = "put it there (see README, 'Data layout')", **kwargs) -> pd.DataFrame:
     if not path.is_file():
-        raise InputError(f"{what} {path} does not exist; put it there (see README, "
-                         "'Data layout').")
+        raise InputError(f"{what} {path} does not exist; {fix}.")
     try:
         table = pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

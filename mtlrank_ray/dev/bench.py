@@ -87,11 +87,6 @@ def our_step(n_tfs: int, n_genes: int, repeats: int) -> tuple[float, float]:
 
 
 @tf.function(jit_compile=True)
-def _previous_forward(expression, cells, a, c):
-    return tf.nn.relu(tf.gather(expression, cells) * a[:, None, :] + c[:, None, :])
-
-
-@tf.function(jit_compile=True)
 def _previous_backward(expression, cells, a, c, upstream):
     rows = tf.gather(expression, cells)
     active = tf.where(rows * a[:, None, :] + c[:, None, :] > 0, upstream, 0.0)
@@ -106,7 +101,7 @@ def previous_first_layers(expression, cells, a, c, kernel):
     def layer(a, c):
         def gradient(upstream):
             return _previous_backward(expression, cells, a, c, upstream)
-        return _previous_forward(expression, cells, a, c), gradient
+        return model._first_layer(expression, cells, a, c), gradient
     return tf.matmul(layer(a, c), kernel)
 
 

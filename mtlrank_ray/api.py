@@ -15,6 +15,7 @@ are written into `<out>/input/` with the TF list and id mapping, as one tissue.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -158,7 +159,8 @@ def _data_root(data, tf_list, id_map, out: Path, tissue: str) -> Path:
     root = out / "input"
     target = root / "data" / "h5ad" / tissue / "cells.h5ad"
     target.parent.mkdir(parents=True, exist_ok=True)
-    write = ((lambda p: shutil.copyfile(data, p)) if isinstance(data, (str, Path))
+    # A file is linked, not copied (scVelo output can be several GB); an object is written.
+    write = ((lambda p: os.symlink(Path(data).resolve(), p)) if isinstance(data, (str, Path))
              else (lambda p: data.write_h5ad(p)))
     write_atomically(target, write)
     for table, where in ((tf_list, TF_LIST), (id_map, ID_MAP)):

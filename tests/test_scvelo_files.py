@@ -5,6 +5,7 @@ gene symbols as var names, made unique the way scanpy users do, and sparse X."""
 import logging
 import shutil
 from importlib.resources import files
+from pathlib import Path
 
 import anndata
 import h5py
@@ -201,3 +202,18 @@ def test_names_are_ids_of_any_species_versioned_or_symbols():
     names = pd.Index(["ENSG00000137203.5", "FBgn0000001", "TFAP2B", "a", "TFAP2B-1"])
     assert gene_ids(names, id_map, "test").tolist() == [
         "ENSG00000137203", "FBgn0000001", "ENSG00000008196", "FBgn0000001", ""]
+
+
+def test_a_notebooks_h5ad_path_is_linked_not_copied(written, tmp_path):
+    import mtlrank_ray
+    genes = reference_genes()
+    tf_list = pd.DataFrame({"Ensembl ID": genes.ensembl_id[genes.is_tf].to_numpy()})
+    id_map = genes.rename(columns={"symbol": "gene_symbol"})[["ensembl_id", "gene_symbol"]]
+    store = mtlrank_ray.prepare(written, tf_list=tf_list, id_map=id_map, config=SETTINGS,
+                                tissue="Pancreas", out=tmp_path / "run")
+    linked = store.data_root / "data/h5ad/Pancreas/cells.h5ad"
+    assert linked.is_symlink() and linked.resolve() == Path(written).resolve()
+    assert len(store.load("Pancreas").genes) == 16
+    again = mtlrank_ray.prepare(written, tf_list=tf_list, id_map=id_map, config=SETTINGS,
+                                tissue="Pancreas", out=tmp_path / "run")
+    assert again.tissues.status.tolist() == ["reused"]  # the link replaced, the store kept

@@ -172,7 +172,9 @@ def _interrupt_hint(args, config, out: Path, ctrl_c: CtrlC):
 
         if isinstance(exc, Interrupted) and str(exc) == "publish":
             return f"the results in {out} were written whole first"
-        command = ["python", "tune.py", *[a for a in args.argv if a != "--resume"]]
+        # The script as it was started (a user in the data folder runs it by its path).
+        script = sys.argv[0] if Path(sys.argv[0]).name == "tune.py" else "tune.py"
+        command = ["python", script, *[a for a in args.argv if a != "--resume"]]
         try:
             resumable = ((ctrl_c.swept or args.resume)
                          and tune.Tuner.can_restore(experiment_path(config, out)))

@@ -123,8 +123,12 @@ class SweepProgress(Callback):
         if not trials:  # Tune creates the trials in its first steps
             return
         if not self._started:
-            self._started = self._printed = time.monotonic()
+            # The first plain line comes at once, so a log shows the sweep has started.
+            self._started, self._printed = time.monotonic(), time.monotonic() - PLAIN_EVERY_S
             self._done = self._done_before = sum(t.status in (t.TERMINATED, t.ERROR) for t in trials)
+            for trial in trials:  # a resumed sweep's earlier trials count towards the best
+                if trial.last_result:
+                    self.on_trial_result(iteration, trials, trial, trial.last_result)
             if sys.stderr.isatty():
                 from tqdm import tqdm
                 self._bar = tqdm(total=len(trials), initial=self._done, desc="sweep", unit="trial",

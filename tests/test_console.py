@@ -34,3 +34,32 @@ def test_a_stopped_trials_sigterm_traceback_is_dropped_and_other_output_kept():
     finally:
         dispatcher.handlers = saved
     assert printed == [(1, ["epoch 3 done"]), (2, ["a real line"]), (3, other)]
+
+
+def test_the_interrupt_hint_names_the_script_as_it_was_started(monkeypatch, tmp_path):
+    from argparse import Namespace
+
+    from mtlrank_ray.cli import _interrupt_hint
+    from mtlrank_ray.config import config_from_dict
+    from mtlrank_ray.interrupts import CtrlC, Interrupted
+    monkeypatch.setattr("sys.argv", ["/home/me/mtlrank_ray/tune.py", "--tissue", "all"])
+    hint = _interrupt_hint(Namespace(argv=["--tissue", "all"], resume=False), config_from_dict({}),
+                           tmp_path / "run", CtrlC())
+    assert hint(Interrupted("prepare")) == ("nothing was written; run again with: "
+                                            "python /home/me/mtlrank_ray/tune.py --tissue all")
+
+
+def test_a_resumed_sweeps_progress_counts_its_earlier_trials(capsys):
+    from types import SimpleNamespace
+
+    from mtlrank_ray.console import SweepProgress
+
+    def trial(status, value):
+        return SimpleNamespace(status=status, TERMINATED="TERMINATED", ERROR="ERROR",
+                               config={"trial": {"tissue": "Liver"}},
+                               last_result={"best_mean_val_r2": value} if value is not None else None)
+    progress = SweepProgress()
+    trials = [trial("TERMINATED", 0.3), trial("TERMINATED", 0.1), trial("PENDING", None)]
+    progress.on_step_begin(0, trials)  # the first step of a resumed sweep
+    printed = capsys.readouterr().out  # at once, not after 30 s
+    assert printed == "sweep: 2/3 trials, 0 s elapsed; best trial's mean validation R²: Liver 0.300\n"

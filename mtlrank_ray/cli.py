@@ -259,6 +259,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     from .core.trial import Trial
     from .distributed.group_tasks import GroupsFinished, GroupTasks
     from .distributed.ray_data import materialize_tissue
+    from .distributed.search_space import trials_per_group
     from .distributed.sweep import (
         EXPERIMENT,
         check_storage,
@@ -299,14 +300,14 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         say(f"data: {len(blocks)} tissue{'s' * (len(blocks) != 1)} in Ray's object store "
             f"({time.monotonic() - started:.0f} s)")
         # Baselines and rankings run beside the trials, on the CPUs they leave free.
-        tasks = GroupTasks(blocks, config, lambda group, lam: model_location(experiment, Trial(*group, lam)))
+        tasks = GroupTasks(blocks, config, lambda trial: model_location(experiment, trial))
         tasks.add_baselines(groups(list(blocks.values()), config))
         GroupsFinished.tasks = tasks
         try:
             progress = () if args.quiet or args.verbose else (SweepProgress(),)
             with ctrl_c.during("sweep"):
                 grid = run_sweep(blocks, config, out, resume=args.resume, verbose=int(args.verbose),
-                                 callbacks=(GroupsFinished(len(config.search.lambdas)), *progress))
+                                 callbacks=(GroupsFinished(trials_per_group(config.search)), *progress))
         finally:
             GroupsFinished.tasks = None
         trials, failed = collect(grid)
@@ -314,7 +315,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
             raise TrainingError(f"no trial reported a result; Tune's logs are in {out / EXPERIMENT}")
         chosen = selected_table(gene_table(trials, config.training.epochs, []))
         for row in chosen.to_dict("records"):  # groups not ranked yet (resumed, or a trial failed)
-            tasks.add_ranking((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])
+            tasks.add_ranking(Trial.from_config(row))
         swept = time.monotonic()
         tasks.finish()
         during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
@@ -332,13 +333,14 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
 
     from .analysis.rankings import concat_rankings, write_rankings
     from .analysis.results import gene_table, markdown_table, write_results
+    from .core.trial import Trial
     from .data.store import install, write_atomically
     from .distributed.sweep import EXPERIMENT, experiment_path, stage_models
 
     baselines = [(group, fit) for (group, _), fit in sorted(tasks.baselines.items())]
     genes = gene_table(trials, config.training.epochs, baselines, earlier.genes)
-    ranked = [tasks.rankings[key] for row in chosen.to_dict("records")
-              if (key := ((row["tissue"], row["cluster"], row["replicate"]), row["lambda"])) in tasks.rankings]
+    ranked = [tasks.rankings[trial] for row in chosen.to_dict("records")
+              if (trial := Trial.from_config(row)) in tasks.rankings]
     if earlier.rankings is not None:
         ranked.append(earlier.rankings)
     rankings = concat_rankings(ranked) if ranked else None

@@ -82,6 +82,12 @@ class SearchConfig:
     test_fraction: float = field(default=0.1, metadata=_FRACTION)
     val_fraction: float = field(default=0.1, metadata=_FRACTION)
     seed: int = 0
+    # The training settings searched beside λ (README, "Search space"): key -> {grid: [...]},
+    # {choice: [...]}, {uniform: [low, high]} or {loguniform: [low, high]}. A fixed value
+    # there sets training.<key>; lambda: {grid: [...]} sets `lambdas`.
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = field(default=1, metadata=_POSITIVE)  # draws of the sampled keys
+    searcher: Literal["optuna"] | None = None  # None: the grid and seeded draws, fixed up front
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+INTEGER_KEYS = frozenset(k for k, hint in typing.get_type_hints(TrainingConfig).items() if hint is int)
+DOMAINS = {"grid": "a list", "choice": "a list", "uniform": "[low, high]",
+           "loguniform": "[low, high]"}
+SAMPLED = ("choice", "uniform", "loguniform")
+
+
 def load_config(path: str | Path | None) -> Config:
     """Read and validate a YAML config; None gives the defaults."""
     if path is None:
@@ -155,7 +168,77 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def config_from_dict(raw: Any, source: str = "<config>") -> Config:
-    return _build(Config, raw, prefix="", source=source)
+    config = _build(Config, raw, prefix="", source=source)
+    given_lambdas = isinstance(raw.get("search"), dict) and "lambdas" in raw["search"]
+    return _resolve_space(config, given_lambdas, source)
+
+
+def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
+    """Check `search.space` and fold its fixed values into `training` and its λ grid
+    into `search.lambdas`, so each setting has one place."""
+    search = config.search
+    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    hints = typing.get_type_hints(TrainingConfig)
+    fixed, domains, lambdas = {}, {}, search.lambdas
+    for key, spec in search.space.items():
+        where = f"search.space.{key}"
+        if key != "lambda" and key not in fields:
+            raise ConfigError(f"{source}: unknown key '{where}'; searchable keys: lambda, "
+                              f"{', '.join(TRAINING_KEYS)}")
+        if key == "lambda" and given_lambdas:
+            raise ConfigError(f"{source}: λ is given twice, in search.lambdas and {where}; keep one")
+        hint, check = ((float, _NON_NEGATIVE["check"]) if key == "lambda"
+                       else (hints[key], fields[key].metadata.get("check")))
+
+        def value(v, name):
+            v = _coerce(v, hint, name, source)
+            if check and not check[0](v):
+                raise ConfigError(f"{source}: {name} must be {check[1]}, got {v!r}")
+            return v
+
+        if not isinstance(spec, dict):
+            fixed[key] = value(spec, where)
+            continue
+        if len(spec) != 1 or next(iter(spec)) not in DOMAINS:
+            raise ConfigError(f"{source}: {where} must be a value or one domain: "
+                              + ", ".join(f"{{{kind}: {form}}}" for kind, form in DOMAINS.items())
+                              + f"; got {spec!r}")
+        (kind, values), name = next(iter(spec.items())), f"{where}.{next(iter(spec))}"
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: {name} must be {DOMAINS[kind]}, got {values!r}")
+        if kind in ("uniform", "loguniform") and hint not in (int, float):
+            raise ConfigError(f"{source}: {name}: {key} is not a number; write {{choice: [...]}} "
+                              "or {grid: [...]}")
+        values = [value(v, f"{name}[{i}]") for i, v in enumerate(values)]
+        if kind in ("grid", "choice") and len(set(values)) < len(values):
+            raise ConfigError(f"{source}: {name} lists a value twice: {values!r}")
+        if kind in ("uniform", "loguniform"):
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ConfigError(f"{source}: {name} must be [low, high] with low < high, "
+                                  f"got {spec[kind]!r}")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ConfigError(f"{source}: {name} must start above 0, got {values[0]!r}")
+        if key == "lambda" and kind != "grid":
+            raise ConfigError(f"{source}: {where} must be a value or {{grid: [...]}}: every "
+                              "setting is trained at each λ of the grid, λ = 0 its baseline")
+        domains[key] = {kind: values}
+    if "lambda" in fixed or "lambda" in domains:
+        lambdas = [fixed.pop("lambda")] if "lambda" in fixed else domains.pop("lambda")["grid"]
+    sampled = [key for key, spec in domains.items() if next(iter(spec)) in SAMPLED]
+    if search.num_samples > 1 and not sampled:
+        raise ConfigError(f"{source}: search.num_samples {search.num_samples} draws nothing: no "
+                          "key of search.space is sampled (choice, uniform, loguniform); for "
+                          "repeats, use search.replicates")
+    if search.searcher == "optuna":
+        gridded = [key for key in domains if key not in sampled]
+        if not sampled or gridded:
+            raise ConfigError(f"{source}: search.searcher optuna samples the training settings: "
+                              + (f"write search.space.{gridded[0]} as {{choice: [...]}}" if gridded
+                                 else "give search.space a choice, uniform or loguniform key")
+                              + " (λ stays a grid)")
+    return dataclasses.replace(
+        config, training=dataclasses.replace(config.training, **fixed),
+        search=dataclasses.replace(search, lambdas=lambdas, space=domains))
 
 
 def _build(cls, raw: Any, prefix: str, source: str):
@@ -185,6 +268,8 @@ def _build(cls, raw: Any, prefix: str, source: str):
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Return `value` as type `hint`, or raise an error naming key and file."""
+    if hint is Any:
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

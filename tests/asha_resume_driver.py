@@ -28,7 +28,7 @@ EPOCHS = 6
 def curve(config):
     for epoch in range(1, EPOCHS + 1):
         time.sleep(0.3)
-        tune.report({"epoch": epoch, "score": 0.9 - config["trial"]["lam"]})
+        tune.report({"epoch": epoch, "score": 0.9 - config["trial"]["lambda"]})
 
 
 def main(address: str, storage: str, resume: bool) -> None:
@@ -39,14 +39,14 @@ def main(address: str, storage: str, resume: bool) -> None:
     else:
         scheduler = GroupedASHA(group_of, "score", max_t=EPOCHS, grace_period=1, reduction_factor=2,
                                 time_attr="epoch")
-        grid = [{"tissue": "T", "cluster": 0, "replicate": 0, "lam": lam} for lam in LAMBDAS]
+        grid = [{"tissue": "T", "cluster": 0, "replicate": 0, "lambda": lam} for lam in LAMBDAS]
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
             run_config=tune.RunConfig(storage_path=storage, name="asha", verbose=0,
                                       callbacks=[scheduler.records_keeper()]))
     results = tuner.fit()
-    print(json.dumps({str(r.config["trial"]["lam"]): r.metrics["epoch"] for r in results}))
+    print(json.dumps({str(r.config["trial"]["lambda"]): r.metrics["epoch"] for r in results}))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 def trial(tissue, cluster, lam, replicate=0):
-    spec = {"tissue": tissue, "cluster": cluster, "replicate": replicate, "lam": lam}
+    spec = {"tissue": tissue, "cluster": cluster, "replicate": replicate, "lambda": lam}
     return SimpleNamespace(trial_id=f"{tissue}-{cluster}-{replicate}-{lam}", config={"trial": spec})
 
 
@@ -58,7 +58,7 @@ def test_missing_or_non_finite_metric_never_counts_as_good(bad):
 
 
 def test_the_baseline_runs_to_the_end_and_still_counts():
-    asha = scheduler(never_stop=lambda config: config["trial"]["lam"] == 0)
+    asha = scheduler(never_stop=lambda config: config["trial"]["lambda"] == 0)
     strong, baseline, weak = (trial("Liver", 0, lam) for lam in (0.01, 0.0, 0.1))
     assert asha.on_trial_result(None, strong, {"epoch": 1, "score": 0.9}) == CONTINUE
     assert asha.on_trial_result(None, baseline, {"epoch": 1, "score": 0.2}) == CONTINUE
@@ -94,18 +94,18 @@ def curve(config):
     spec = config["trial"]
     level = 0.9 if spec["cluster"] == 0 else 0.1
     for epoch in range(1, 9):
-        tune.report({"epoch": epoch, "score": level - spec["lam"]})
+        tune.report({"epoch": epoch, "score": level - spec["lambda"]})
 
 
 @pytest.mark.slow
 def test_in_a_tune_run_each_groups_best_lambda_runs_to_the_end(local_ray, tmp_path):
-    grid = [{"tissue": "T", "cluster": c, "replicate": 0, "lam": lam}
+    grid = [{"tissue": "T", "cluster": c, "replicate": 0, "lambda": lam}
             for c in (0, 1) for lam in (0.0, 0.02, 0.04, 0.06)]
     results = tune.Tuner(
         curve, param_space={"trial": tune.grid_search(grid)},
         tune_config=tune.TuneConfig(scheduler=scheduler(), max_concurrent_trials=2),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="asha", verbose=0),
     ).fit()
-    epochs = {(r.config["trial"]["cluster"], r.config["trial"]["lam"]): r.metrics["epoch"] for r in results}
+    epochs = {(r.config["trial"]["cluster"], r.config["trial"]["lambda"]): r.metrics["epoch"] for r in results}
     assert epochs[0, 0.0] == 8 and epochs[1, 0.0] == 8  # each group's best λ is never stopped
     assert min(epochs.values()) < 8  # and weaker λ are

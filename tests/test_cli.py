@@ -77,7 +77,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     # Another λ's models are fetched from the sweep's storage when asked for.
     assert main(["rank", str(tmp_path / "runs/smoke"), "--lambda", "0.01", "-q"]) == 0
     assert len(pd.read_parquet(tmp_path / "runs/smoke/rankings_lambda0.01.parquet")) == len(rankings)
-    assert len(list((tmp_path / "runs/smoke/models").glob("*_lam0.01.npz"))) == 8
+    assert len(list((tmp_path / "runs/smoke/models").glob("*_lambda0.01.npz"))) == 8
     assert main(["rank", str(tmp_path / "runs/smoke"), "--lambda", "0.5", "-q"]) == 2
     evaluation = pd.read_csv(tmp_path / "runs/smoke/evaluation.csv").set_index(["tissue", "method", "measure"])
     assert set(evaluation.index.get_level_values("method")) == {"mtlrank (DeepLIFT)", "abs lasso coefficient",

@@ -47,4 +47,4 @@ def test_trial_metrics_reach_the_prometheus_endpoint():
     by_name = {name.split("{")[0]: value for name, value in lines.items()}
     assert by_name["ray_mtlrank_val_r2"] == pytest.approx(0.375)
     assert by_name["ray_mtlrank_epochs"] == 2 and by_name["ray_mtlrank_steps_per_s"] == 42
-    assert any('cluster="3"' in name and 'lam="0.01"' in name for name in lines)
+    assert any('cluster="3"' in name and 'lambda="0.01"' in name for name in lines)

@@ -22,11 +22,11 @@ def fake_run(folder):
             genes = [f"{tissue}-{cluster}-{g}" for g in range(5)]
             for lam in (0.0, 0.01, 0.1):
                 val = rng.uniform(0, 0.6, 5) + (0.1 if lam == 0.01 else 0)
-                trials.append(({"tissue": tissue, "cluster": cluster, "replicate": 0, "lam": lam},
+                trials.append(({"tissue": tissue, "cluster": cluster, "replicate": 0, "lambda": lam},
                                {"genes": genes, "best_val_r2": list(val), "best_test_r2": list(val - 0.05),
                                 "best_epoch": 3, "epoch": 4}))
                 kernel = rng.normal(size=(5, 7, 64)).astype(np.float32) / (1 + 100 * lam)
-                np.savez(folder / "models" / f"{tissue}_c{cluster}_r0_lam{lam:g}.npz",
+                np.savez(folder / "models" / f"{tissue}_c{cluster}_r0_lambda{lam:g}.npz",
                          genes=np.array(genes), dense_64_kernel=kernel)
             for method, setting in (("lasso", 0.01), ("grnboost2", 700)):
                 val = rng.uniform(0, 0.4, 5)
@@ -43,9 +43,9 @@ def test_plots_draw_the_results(tmp_path):
     drawn = report.plot_test_r2(genes, tmp_path / "a.png")
     zero = genes[genes["lambda"] == 0]
     np.testing.assert_array_equal(drawn["Liver", "λ = 0"], zero[zero.tissue == "Liver"].test_r2)
-    chosen = report.chosen_rows(genes)
+    chosen = report.at_selected(genes, report.selected_table(genes))
     assert set(chosen["lambda"]) == {0.01}  # the planted winner on validation
-    np.testing.assert_array_equal(drawn["Liver", "selected λ"], chosen[chosen.tissue == "Liver"].test_r2)
+    np.testing.assert_array_equal(drawn["Liver", "selected"], chosen[chosen.tissue == "Liver"].test_r2)
     lasso = genes[genes.model == "lasso"]
     assert len(lasso) == 20 and lasso["lambda"].isna().all()
     np.testing.assert_array_equal(drawn["Liver", "lasso"], lasso[lasso.tissue == "Liver"].test_r2)
@@ -61,7 +61,7 @@ def test_plots_draw_the_results(tmp_path):
     pairs = report.plot_selected_vs_zero(genes, tmp_path / "c.png")
     assert len(pairs) == 20 and (pairs.test_r2_selected.to_numpy() != pairs.test_r2_zero.to_numpy()).all()
     values = report.plot_singular_values(genes, tmp_path / "models", tmp_path / "d.png")
-    with np.load(tmp_path / "models" / "Kidney_Left_c0_r0_lam0.01.npz") as saved:
+    with np.load(tmp_path / "models" / "Kidney_Left_c0_r0_lambda0.01.npz") as saved:
         np.testing.assert_allclose(values[0.01], np.linalg.svd(saved["dense_64_kernel"].reshape(5, -1),
                                                                compute_uv=False), rtol=1e-5)
     assert values[0.0].sum() > values[0.01].sum()

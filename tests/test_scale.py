@@ -20,6 +20,7 @@ from mtlrank_ray.core.trial import Trial, load_model
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.distributed import ray_data, sweep
 from mtlrank_ray.distributed.group_tasks import GroupsFinished, GroupTasks
+from mtlrank_ray.distributed.search_space import trials_per_group
 from mtlrank_ray.errors import InputError
 
 EPOCHS = 6
@@ -42,7 +43,7 @@ def settings(**run):
 def crash_once(config, tissues, settings):
     """train_trial, failing once right after reporting epoch CRASH_AFTER (a node lost
     between checkpoints, in effect)."""
-    marker = Path(config["marker"] + Trial(**config["trial"]).name)
+    marker = Path(config["marker"] + Trial.from_config(config["trial"]).name)
     report = tune.report
 
     def report_then_crash(metrics, checkpoint=None):
@@ -128,7 +129,7 @@ def last_waits_for_rankings(config, tissues, settings):
     driver has submitted two groups' rankings. Had the driver kept them for the sweep's end,
     it would wait in vain, and the sweep would end with none submitted."""
     gate = Path(config["gate"])
-    (gate / Trial(**config["trial"]).name).touch()
+    (gate / Trial.from_config(config["trial"]).name).touch()
     if len([p for p in gate.iterdir() if p.name != RANKINGS_SUBMITTED]) == config["trials"]:
         deadline = time.monotonic() + 60
         while not (gate / RANKINGS_SUBMITTED).exists() and time.monotonic() < deadline:
@@ -147,7 +148,7 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
                                "resources": {"max_concurrent_trials": 1}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
     experiment = sweep.experiment_path(config, tmp_path)
-    tasks = GroupTasks(blocks, config, lambda g, lam: sweep.model_location(experiment, Trial(*g, lam)))
+    tasks = GroupTasks(blocks, config, lambda trial: sweep.model_location(experiment, trial))
     tasks.add_baselines(sweep.groups(list(blocks.values()), config))
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -166,7 +167,7 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     GroupsFinished.tasks = tasks
     try:
         grid = sweep.run_sweep(blocks, config, tmp_path, verbose=0, trainable=trainable,
-                               callbacks=(GroupsFinished(len(config.search.lambdas)),))
+                               callbacks=(GroupsFinished(trials_per_group(config.search)),))
     finally:
         GroupsFinished.tasks = None
         swept.set()
@@ -181,7 +182,7 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     assert len(tasks.rankings) == 4
     tissue = load_tissue(store, "Liver")
     for ((_, cluster, replicate), lam), rows in tasks.rankings.items():
-        means = {r.config["trial"]["lam"]: np.mean(r.metrics["best_val_r2"]) for r in grid
+        means = {r.config["trial"]["lambda"]: np.mean(r.metrics["best_val_r2"]) for r in grid
                  if r.config["trial"]["cluster"] == cluster}
         assert lam == max(sorted(means), key=means.get)
         data = ClusterData.from_tissue(tissue, cluster)

@@ -55,7 +55,7 @@ def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, 
     # group the λ come in a seeded random order, whatever order the config lists them in.
     reordered = config_from_dict({"search": {"replicates": 2, "lambdas": [1.0, 0.0, 0.1]}})
     assert trial_grid(tissues, reordered) == grid == trial_grid(tissues, config)
-    firsts = [grid[i]["lam"] for i in range(0, len(grid), 3)]
+    firsts = [grid[i]["lambda"] for i in range(0, len(grid), 3)]
     assert len(set(firsts)) > 1  # no λ always starts first
 
 
@@ -73,7 +73,7 @@ def fake_trials():
     for cluster, scores in ((0, {0.0: 0.5, 0.1: 0.4}), (1, {0.0: 0.2, 0.1: 0.3})):
         for lam, score in scores.items():
             stopped = score < 0.3
-            trials.append(({"tissue": "Liver", "cluster": cluster, "replicate": 0, "lam": lam},
+            trials.append(({"tissue": "Liver", "cluster": cluster, "replicate": 0, "lambda": lam},
                            {"genes": [f"g{cluster}a", f"g{cluster}b"], "best_val_r2": [score, score + 0.1],
                             "best_test_r2": [score - 0.1, score], "best_epoch": 1,
                             "epoch": 2 if stopped else 4}))
@@ -179,9 +179,9 @@ def test_a_failed_baseline_is_reported_not_raised(local_ray, store):
 def test_a_trial_that_failed_after_reporting_is_listed_never_selected():
     spec = {"tissue": "Liver", "cluster": 0, "replicate": 0}
     metrics = {"genes": ["g1"], "best_val_r2": [0.9], "best_test_r2": [0.8], "best_epoch": 2, "epoch": 2}
-    failed_late = SimpleNamespace(config={"trial": {**spec, "lam": 0.1}}, error=RuntimeError("node lost"),
+    failed_late = SimpleNamespace(config={"trial": {**spec, "lambda": 0.1}}, error=RuntimeError("node lost"),
                                   metrics={**metrics, "best_val_r2": [0.99]})
-    finished = SimpleNamespace(config={"trial": {**spec, "lam": 0.0}}, error=None, metrics=metrics)
+    finished = SimpleNamespace(config={"trial": {**spec, "lambda": 0.0}}, error=None, metrics=metrics)
     trials, failed = collect([failed_late, finished])
-    assert [t[0]["lam"] for t in trials] == [0.0] and len(failed) == 1 and "0.1" in failed[0]
+    assert [t[0]["lambda"] for t in trials] == [0.0] and len(failed) == 1 and "0.1" in failed[0]
     assert selected_table(gene_table(trials, epochs=2, baselines=[]))["lambda"].tolist() == [0.0]

@@ -91,7 +91,8 @@ def concat_rankings(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                               pd.DataFrame | None]:
-    """Rank the models of a finished run folder (the selected λ, or `lam`) and write
+    """Rank the models of a finished run folder (each group's selected configuration,
+    or `lam` at its other settings) and write
     the rankings, network and evaluation; returns them. Each tissue is read once."""
     out = Path(out)
     for needed in ("selected.csv", "config.yaml", "models"):
@@ -105,7 +106,7 @@ def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tup
             raise InputError(f"λ={lam:g} was not in the sweep of {out} (search.lambdas: "
                              f"{', '.join(f'{v:g}' for v in config.search.lambdas)}).")
         selected = selected.assign(**{"lambda": lam})
-        trials = [Trial(r["tissue"], r["cluster"], r["replicate"], lam) for r in selected.to_dict("records")]
+        trials = [Trial.from_config(row) for row in selected.to_dict("records")]
         fetch_models(experiment_path(config, out),
                      [t for t in trials if not (out / "models" / f"{t.name}.npz").is_file()], out / "models")
     store = config.run.store(out)
@@ -113,7 +114,7 @@ def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tup
     for tissue_name, chosen in selected.groupby("tissue"):
         tissue = load_tissue(store, tissue_name)
         for pick in chosen.to_dict("records"):
-            trial = Trial(tissue_name, pick["cluster"], pick["replicate"], pick["lambda"])
+            trial = Trial.from_config(pick)
             data = ClusterData.from_tissue(tissue, trial.cluster)
             frames.append(group_rankings(tissue_name, trial.cluster, trial.replicate, data,
                                          tissue.tfs, _model_weights(out, data, trial), config.search))

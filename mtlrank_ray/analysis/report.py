@@ -6,6 +6,8 @@
                         the baselines (lasso, GRNBoost2)
     lambda_curve.png    mean validation R² against λ per tissue (log axis; λ = 0 as its
                         own point in a panel beside it; the baselines as flat lines)
+    search_space.png    when training keys are searched: mean validation R² of every
+                        configuration against each searched key
     selected_vs_zero.png  per gene: test R² at the selected λ against λ = 0
     network.png         per tissue, the network's TFs with the most targets against the
                         genes they regulate (mean rank over replicates), clustered
@@ -37,16 +39,20 @@ from ..data.store import write_atomically  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from .baselines import BASELINES, LABEL, LINE  # noqa: E402
 from .evaluation import wide  # noqa: E402
-from .results import GROUP, networks, selected_table, tissue_summary  # noqa: E402
-
-
-def chosen_rows(genes: pd.DataFrame) -> pd.DataFrame:
-    """Gene rows at the λ selected for their (tissue, cluster, replicate)."""
-    return genes.merge(selected_table(genes)[[*GROUP, "lambda"]], on=[*GROUP, "lambda"])
+from .results import (  # noqa: E402
+    GROUP,
+    at_selected,
+    configuration,
+    networks,
+    searched,
+    selected_table,
+    tissue_summary,
+)
 
 
 def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
-    models = {"selected λ": chosen_rows(genes), "λ = 0": genes[genes["lambda"] == 0],
+    selected = selected_table(genes)
+    models = {"selected": at_selected(genes, selected), "λ = 0": at_selected(genes, selected, lam=0),
               **{LABEL[m]: genes[genes.model == m] for m in BASELINES if (genes.model == m).any()}}
     tissues = sorted(genes.tissue.unique())
     drawn = {}
@@ -71,11 +77,14 @@ def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
 
 def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     """Mean validation R² against λ: λ > 0 on a log axis, λ = 0 as its own point in a
-    narrow panel beside it (a log axis has no 0), each baseline's as a flat line.
+    narrow panel beside it (a log axis has no 0), each baseline's as a flat line. With
+    searched training keys, each group counts at each λ with its best setting there.
     Returns {tissue: {λ: mean val R²}}, {(tissue, method): mean val R²} and what each
     panel drew."""
     network = networks(genes)
-    curves = network.groupby(["tissue", "lambda"]).val_r2.mean()
+    means = network.groupby([*GROUP, *configuration(genes)]).val_r2.mean().reset_index()
+    best = means.loc[means.groupby([*GROUP, "lambda"]).val_r2.idxmax(), [*GROUP, *configuration(genes)]]
+    curves = network.merge(best, on=list(best.columns)).groupby(["tissue", "lambda"]).val_r2.mean()
     baselines = {m: genes[genes.model == m].groupby("tissue").val_r2.mean() for m in BASELINES
                  if (genes.model == m).any()}
     drawn = {}
@@ -109,17 +118,45 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     return drawn
 
 
+def plot_search_space(genes: pd.DataFrame, path: Path) -> dict:
+    """Mean validation R² (over the tissue's genes that were trained so) of every
+    configuration against each searched training key, one panel per key; returns
+    {(tissue, key): the points drawn}."""
+    keys = searched(genes)
+    points = networks(genes).groupby(["tissue", *configuration(genes)]).val_r2.mean().reset_index()
+    fig, axes = plt.subplots(1, len(keys), figsize=(1.5 + 3.8 * len(keys), 3.8), squeeze=False,
+                             sharey=True, layout="constrained")
+    drawn = {}
+    for ax, key in zip(axes[0], keys):
+        numeric = pd.api.types.is_numeric_dtype(points[key])
+        levels = sorted(points[key].unique())
+        for k, (tissue, part) in enumerate(points.groupby("tissue")):
+            x = part[key].astype(float) if numeric else part[key].map(levels.index)
+            ax.scatter(x, part.val_r2, s=18, color=f"C{k}", alpha=0.8, label=tissue)
+            drawn[tissue, key] = part[[key, "lambda", "val_r2"]].reset_index(drop=True)
+        if numeric and min(levels) > 0 and max(levels) / min(levels) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(levels)), levels)
+        ax.set_xlabel(key)
+    axes[0, 0].set_ylabel("mean validation R²")
+    axes[0, 0].legend(fontsize="small")
+    _save(fig, path)
+    return drawn
+
+
 def plot_selected_vs_zero(genes: pd.DataFrame, path: Path) -> pd.DataFrame:
     key = ["tissue", "cluster", "replicate", "gene"]
-    pairs = chosen_rows(genes)[[*key, "test_r2"]].merge(
-        genes[genes["lambda"] == 0][[*key, "test_r2"]], on=key, suffixes=("_selected", "_zero"))
+    selected = selected_table(genes)
+    pairs = at_selected(genes, selected)[[*key, "test_r2"]].merge(
+        at_selected(genes, selected, lam=0)[[*key, "test_r2"]], on=key, suffixes=("_selected", "_zero"))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for tissue, part in pairs.groupby("tissue"):
         ax.scatter(part.test_r2_zero, part.test_r2_selected, s=10, label=tissue)
     low = min(pairs.test_r2_zero.min(), pairs.test_r2_selected.min(), 0) if len(pairs) else 0
     ax.plot([low, 1], [low, 1], color="grey", linewidth=0.8)
     ax.set_xlabel("test R², λ = 0")
-    ax.set_ylabel("test R², selected λ")
+    ax.set_ylabel("test R², selected configuration")
     ax.legend()
     _save(fig, path)
     return pairs
@@ -132,8 +169,9 @@ def plot_singular_values(genes: pd.DataFrame, models: Path, path: Path) -> dict:
     pick = (candidates if len(candidates) else selected).iloc[0]
     drawn = {}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for lam in sorted({0.0, float(pick["lambda"])}):
-        name = Trial(pick.tissue, int(pick.cluster), int(pick.replicate), lam).name
+    chosen = Trial.from_config(pick.to_dict())
+    for lam in sorted({0.0, chosen.lam}):
+        name = chosen.at(lam).name
         with np.load(models / f"{name}.npz") as saved:
             kernel = saved["dense_64_kernel"]
         values = np.linalg.svd(kernel.reshape(kernel.shape[0], -1), compute_uv=False)
@@ -160,8 +198,15 @@ CAPTIONS = {
                         "gene's network on its own; a larger λ makes the genes of a cluster share "
                         "more of their first layers. Dashed: the lasso; dotted: GRNBoost2. Each cluster's λ is chosen "
                         "where its own validation R² is highest.",
-    "selected_vs_zero.png": "One point per gene and replicate: test R² at the chosen λ against "
-                            "test R² of the independent networks (λ = 0). Above the grey diagonal "
+    "search_space.png": "Mean validation R² of every configuration the sweep trained (over the "
+                        "genes, clusters and replicates it was trained for), against each "
+                        "training setting of `search.space`, one panel per setting; each point is "
+                        "one combination of λ and the settings. A setting whose points rise "
+                        "together to one side is worth moving that way; a wide spread at one "
+                        "value means the other settings matter more there.",
+    "selected_vs_zero.png": "One point per gene and replicate: test R² at the configuration "
+                            "chosen on validation against test R² of the independent networks "
+                            "(λ = 0, at the chosen configuration's other settings). Above the grey diagonal "
                             "the gene gained from sharing with its cluster; below it, it lost.",
     "singular_values.png": "Singular values of one cluster's Dense(64) layer (its genes' kernels "
                            "stacked), at λ = 0 and at the chosen λ. A faster fall means the genes "
@@ -251,6 +296,9 @@ def write_report(out: Path) -> Path:
     plot_lambda_curve(genes, folder / "lambda_curve.png")
     plot_selected_vs_zero(genes, folder / "selected_vs_zero.png")
     plots = ["test_r2.png", "lambda_curve.png", "selected_vs_zero.png"]
+    if searched(genes):
+        plot_search_space(genes, folder / "search_space.png")
+        plots.insert(2, "search_space.png")
     if (out / "models").is_dir() and (genes["lambda"] == 0).any():
         plot_singular_values(genes, out / "models", folder / "singular_values.png")
         plots.append("singular_values.png")

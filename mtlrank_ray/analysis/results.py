@@ -2,17 +2,20 @@
 
 Written to the run folder, each file atomically (a re-run replaces them):
 
-    gene_r2.parquet, gene_r2.csv  tissue, cluster, gene, replicate, model, lambda, alpha,
-                                  trees, val_r2, test_r2, best_epoch, epochs_run,
+    gene_r2.parquet, gene_r2.csv  tissue, cluster, gene, replicate, model, lambda, a
+                                  column per searched training key (`search.space`),
+                                  alpha, trees, val_r2, test_r2, best_epoch, epochs_run,
                                   stopped_early. model "mtlrank": the networks, one row
-                                  per λ (R² at the trial's best validation epoch); model
+                                  per configuration (R² at the trial's best validation
+                                  epoch); model
                                   "lasso": the per-gene lasso at the alpha chosen on
                                   validation; model "grnboost2": GRNBoost2 with the number
                                   of trees chosen on validation (`baselines`; lambda and
                                   the epoch columns empty)
-    selected.csv                  per (tissue, cluster, replicate): the λ with the best
-                                  mean validation R², its mean test R², and λ = 0's and
-                                  each baseline's beside it
+    selected.csv                  per (tissue, cluster, replicate): the configuration
+                                  (λ and searched keys) with the best mean validation
+                                  R², its mean test R², and beside it λ = 0's at the
+                                  same settings and each baseline's
     summary.md                    per-tissue table and what ran
 """
 
@@ -23,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import INTEGER_KEYS, TRAINING_KEYS
+from ..core.trial import Trial
 from ..data.store import write_atomically
 from .baselines import BASELINES, SETTING, BaselineFit
 
@@ -32,11 +37,21 @@ GROUP = ["tissue", "cluster", "replicate"]
 NETWORK = "mtlrank"
 
 
+def searched(table: pd.DataFrame) -> list[str]:
+    """The searched training keys a results table has columns for."""
+    return [key for key in TRAINING_KEYS if key in table.columns]
+
+
+def configuration(table: pd.DataFrame) -> list[str]:
+    """The columns that tell a group's trials apart: λ and the searched keys."""
+    return ["lambda", *searched(table)]
+
+
 def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
     """(trial spec, last reported metrics) of every trial that finished, and a line
     per failed trial, from a Tune ResultGrid. A trial that failed after reporting
     (its retries spent) is only listed: its last report is not a result, and its
-    λ is never selected."""
+    configuration is never selected."""
     trials, failed = [], []
     for result in results:
         spec = result.config["trial"]
@@ -52,60 +67,76 @@ def gene_table(trials: list[tuple[dict, dict]], epochs: int,
                ) -> pd.DataFrame:
     """Rows per gene from (trial spec, last reported metrics) pairs and from the
     baselines' ((tissue, cluster, replicate), BaselineFit) pairs, with the
-    `earlier` rows of other tissues the run folder keeps."""
-    rows = []
+    `earlier` rows of other tissues the run folder keeps. `epochs`: training.epochs,
+    for trials that do not search it."""
+    rows, keys = [], {key for spec, _ in trials for key in spec}
     for spec, metrics in trials:
+        trial = Trial.from_config(spec)
         for gene, val, test in zip(metrics["genes"], metrics["best_val_r2"], metrics["best_test_r2"]):
-            rows.append({"tissue": spec["tissue"], "cluster": spec["cluster"], "gene": gene,
-                         "replicate": spec["replicate"], "model": NETWORK, "lambda": spec["lam"],
-                         "val_r2": val, "test_r2": test, "best_epoch": metrics["best_epoch"],
-                         "epochs_run": metrics["epoch"], "stopped_early": metrics["epoch"] < epochs})
+            rows.append({**trial.config, "gene": gene, "model": NETWORK, "val_r2": val, "test_r2": test,
+                         "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epoch"],
+                         "stopped_early": metrics["epoch"] < spec.get("epochs", epochs)})
     for (tissue, cluster, replicate), fit in baselines:
         rows += [{"tissue": tissue, "cluster": cluster, "gene": gene, "replicate": replicate,
                   "model": fit.method, SETTING[fit.method]: setting, "val_r2": val, "test_r2": test}
                  for gene, setting, val, test in zip(fit.genes, fit.setting, fit.val_r2, fit.test_r2)]
-    table = pd.DataFrame(rows, columns=GENE_COLUMNS).astype(
+    keys = [key for key in TRAINING_KEYS if key in keys or (earlier is not None and key in earlier)]
+    columns = [*GENE_COLUMNS[:6], *keys, *GENE_COLUMNS[6:]]
+    table = pd.DataFrame(rows, columns=columns).astype(
         {"lambda": float, "alpha": float, "trees": "Int64", "best_epoch": "Int64",
-         "epochs_run": "Int64", "stopped_early": "boolean"})
+         "epochs_run": "Int64", "stopped_early": "boolean",
+         **{key: "Int64" for key in keys if key in INTEGER_KEYS}})
     if earlier is not None:  # a run folder from before a column existed lacks it
-        table = pd.concat([earlier.reindex(columns=GENE_COLUMNS).astype(table.dtypes.to_dict()), table])
-    return table.sort_values(["tissue", "cluster", "replicate", "model", "lambda", "gene"],
+        table = pd.concat([earlier.reindex(columns=columns).astype(table.dtypes.to_dict()), table])
+    return table.sort_values(["tissue", "cluster", "replicate", "model", *configuration(table), "gene"],
                              ignore_index=True)
 
 
 def networks(genes: pd.DataFrame) -> pd.DataFrame:
-    """The networks' rows (one per λ), without the baselines."""
+    """The networks' rows (one per configuration), without the baselines."""
     return genes[genes.model == NETWORK]
 
 
-def choose_lambda(mean_val_r2: dict[float, float]) -> float | None:
-    """The λ with the best mean validation R² (ties: the smallest λ), as selected.csv
-    chooses it; None when no λ has a finite value."""
-    finite = {lam: value for lam, value in mean_val_r2.items() if np.isfinite(value)}
+def choose(mean_val_r2: dict[Trial, float]) -> Trial | None:
+    """The trial with the best mean validation R² (ties: the smallest λ, then the
+    smallest settings), as selected.csv chooses it; None when none is finite."""
+    finite = {trial: value for trial, value in mean_val_r2.items() if np.isfinite(value)}
     return max(sorted(finite), key=finite.get) if finite else None
 
 
+def at_selected(genes: pd.DataFrame, selected: pd.DataFrame, lam: float | None = None) -> pd.DataFrame:
+    """The networks' rows at each group's chosen configuration, or at λ = `lam` with
+    the chosen configuration's other settings (`lam=0`: its baseline)."""
+    keys = selected[[*GROUP, *configuration(genes)]]
+    if lam is not None:
+        keys = keys.assign(**{"lambda": float(lam)})
+    return networks(genes).merge(keys, on=list(keys.columns))
+
+
 def selected_table(genes: pd.DataFrame) -> pd.DataFrame:
-    means = (genes.groupby([*GROUP, "model", "lambda"], dropna=False)[["val_r2", "test_r2"]].mean()
+    config = configuration(genes)
+    means = (genes.groupby([*GROUP, "model", *config], dropna=False)[["val_r2", "test_r2"]].mean()
              .rename(columns={"val_r2": "mean_val_r2", "test_r2": "mean_test_r2"}).reset_index())
     network = means[means.model == NETWORK].drop(columns="model")
-    chosen = network.groupby(GROUP)[["lambda", "mean_val_r2"]].apply(
-        lambda g: choose_lambda(dict(zip(g["lambda"], g["mean_val_r2"])))).rename("lambda")
-    best = network.merge(chosen.dropna().reset_index(), on=[*GROUP, "lambda"])
-    for name, rows in (("lambda0", network[network["lambda"] == 0]),
-                       *((method, means[means.model == method]) for method in BASELINES)):
-        rows = rows[[*GROUP, "mean_val_r2", "mean_test_r2"]].rename(
+    picks = [choose({Trial.from_config(row): row["mean_val_r2"] for row in part.to_dict("records")})
+             for _, part in network.groupby(GROUP)]
+    chosen = pd.DataFrame([pick.config for pick in picks if pick is not None], columns=[*GROUP, *config])
+    best = network.merge(chosen.astype(network[chosen.columns].dtypes.to_dict()), on=[*GROUP, *config])
+    others = [*GROUP, *config[1:]]  # λ = 0 at the chosen configuration's other settings
+    for name, rows, on in (("lambda0", network[network["lambda"] == 0], others),
+                           *((method, means[means.model == method], GROUP) for method in BASELINES)):
+        rows = rows[[*on, "mean_val_r2", "mean_test_r2"]].rename(
             columns={"mean_val_r2": f"{name}_mean_val_r2", "mean_test_r2": f"{name}_mean_test_r2"})
-        best = best.merge(rows, on=GROUP, how="left")
+        best = best.merge(rows, on=on, how="left")
     return best.sort_values(GROUP, ignore_index=True)
 
 
 def tissue_summary(genes: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
-    chosen = genes.merge(selected[[*GROUP, "lambda"]], on=[*GROUP, "lambda"])
+    chosen, zeros = at_selected(genes, selected), at_selected(genes, selected, lam=0)
     rows = []
     for tissue, part in genes.groupby("tissue"):
-        trials = networks(part).groupby([*GROUP, "lambda"])
-        zero = part[part["lambda"] == 0]
+        trials = networks(part).groupby([*GROUP, *configuration(genes)], dropna=False)
+        zero = zeros[zeros.tissue == tissue]
         rows.append({"tissue": tissue, "genes": part.gene.nunique(), "trials": trials.ngroups,
                      "stopped_early": int(trials.stopped_early.first().sum()),
                      "test_r2_selected": chosen[chosen.tissue == tissue].test_r2.mean(),

@@ -152,9 +152,9 @@ def state_bytes(tissue) -> tuple[int, int]:
 
 
 def main() -> None:
-    from ..core.trial import Trial
     from ..distributed import ray_data
     from ..distributed.group_tasks import GroupsFinished, GroupTasks
+    from ..distributed.search_space import trials_per_group
     from ..distributed.sweep import experiment_path, groups, model_location, run_sweep
     from .bench import memory_bytes
 
@@ -176,11 +176,11 @@ def main() -> None:
             blocks = {"Atlas": ray_data.materialize_tissue(str(root / "store"), "Atlas", 0.5)}
             print(f"materialize_s: {time.time() - started:.1f}")
             experiment = experiment_path(config, root / "run")
-            tasks = GroupTasks(blocks, config, lambda g, lam: model_location(experiment, Trial(*g, lam)))
+            tasks = GroupTasks(blocks, config, lambda trial: model_location(experiment, trial))
             tasks.add_baselines(groups(list(blocks.values()), config))
             GroupsFinished.tasks = tasks
             swept = time.time()
-            grid = run_sweep(blocks, config, root / "run", verbose=0, callbacks=(GroupsFinished(len(config.search.lambdas)),))
+            grid = run_sweep(blocks, config, root / "run", verbose=0, callbacks=(GroupsFinished(trials_per_group(config.search)),))
             sweep_s = time.time() - swept
             GroupsFinished.tasks = None
             tasks.finish()

@@ -2,7 +2,7 @@
 
 - The baselines of every group (`search.baselines`: the lasso, GRNBoost2),
   queued when the sweep starts, the cheap lasso first.
-- The TF rankings of a group's chosen λ, queued as soon as every trial of the
+- The TF rankings of a group's chosen configuration, queued as soon as every trial of the
   group has finished (Tune tells `GroupsFinished`), so rankings are done while
   the cluster is up, not afterwards on the driver.
 
@@ -27,9 +27,10 @@ import ray
 from ray.tune import Callback
 
 from ..analysis.baselines import BASELINES, LABEL, BaselineFit, fit_baseline
-from ..analysis.results import choose_lambda
+from ..analysis.results import choose
 from ..config import Config, SearchConfig
 from ..core.cluster_data import replicate_split
+from ..core.trial import Trial
 from ..data.store import read_file
 from . import ray_data
 
@@ -69,9 +70,9 @@ class GroupTasks:
         self.blocks, self.config, self.model_location = blocks, config, model_location
         self.cpu = config.resources.cpu
         self.queue: deque = deque()
-        self.pending: dict = {}  # ObjectRef -> (kind, group, λ or baseline method)
+        self.pending: dict = {}  # ObjectRef -> (kind, group, Trial or baseline method)
         self.baselines: dict[tuple[Group, str], BaselineFit] = {}  # (group, method) -> fit
-        self.rankings: dict[tuple[Group, float], pd.DataFrame] = {}  # (group, λ) -> rows
+        self.rankings: dict[Trial, pd.DataFrame] = {}  # the group's chosen trial -> rows
         self.failed: list[str] = []
         self.submitted: list[tuple[str, Group, float]] = []  # (method or "rankings", group, time)
         self._polled = 0.0
@@ -85,10 +86,10 @@ class GroupTasks:
         counts = Counter(method for _, method in self.baselines)
         return " and ".join(f"{counts[m]} {LABEL[m]}" for m in self.config.search.baselines) + " fits"
 
-    def add_ranking(self, group: Group, lam: float) -> None:
-        queued = ("rankings", group, lam) in self.queue or ("rankings", group, lam) in self.pending.values()
-        if (group, lam) not in self.rankings and not queued:
-            self.queue.appendleft(("rankings", group, lam))  # before queued baselines: GRNBoost2's are long
+    def add_ranking(self, trial: Trial) -> None:
+        task = ("rankings", (trial.tissue, trial.cluster, trial.replicate), trial)
+        if trial not in self.rankings and task not in self.queue and task not in self.pending.values():
+            self.queue.appendleft(task)  # before queued baselines: GRNBoost2's are long
 
     def poll(self) -> None:
         """Submit queued tasks onto the CPUs free now (at most every POLL_S)."""
@@ -115,7 +116,7 @@ class GroupTasks:
                 self.config.training.standardize, max(1, int(self.cpu)))
         else:
             ref = _ranking_task.options(**options).remote(
-                self.blocks[tissue], cluster, replicate, self.model_location(group, detail),
+                self.blocks[tissue], cluster, replicate, self.model_location(detail),
                 self.config.search)
         self.pending[ref] = (kind, group, detail)
         self.submitted.append((detail if kind == "baseline" else kind, group, time.monotonic()))
@@ -138,7 +139,7 @@ class GroupTasks:
                 self.baselines[group, detail] = value
                 log.debug("baselines: %d (group, method) done", len(self.baselines))
             else:
-                self.rankings[group, detail] = value
+                self.rankings[detail] = value
 
 
 class GroupsFinished(Callback):
@@ -164,10 +165,10 @@ class GroupsFinished(Callback):
         if (tasks is None or len(members) < self.trials_per_group
                 or any(t is not trial and t.status != t.TERMINATED for t in members)):
             return
-        lam = choose_lambda({t.config["trial"]["lam"]: float(pd.Series(t.last_result["best_val_r2"]).mean())
-                             for t in members if "best_val_r2" in (t.last_result or {})})
-        if lam is not None:
-            tasks.add_ranking(group, lam)
+        chosen = choose({Trial.from_config(t.config["trial"]): float(pd.Series(t.last_result["best_val_r2"]).mean())
+                         for t in members if "best_val_r2" in (t.last_result or {})})
+        if chosen is not None:
+            tasks.add_ranking(chosen)
 
 
 def group_of(config: dict) -> Group:

@@ -1,11 +1,11 @@
-"""The Ray Tune sweep: one trial per (tissue, cluster, replicate, λ).
+"""The Ray Tune sweep: one trial per (tissue, cluster, replicate, λ, searched setting).
 
 A trial is a plain function of its config (Ray's function API): it assembles
 its cluster from the tissue's blocks, trains with `ClusterTrainer`, and after
 every epoch reports (`ray.tune.report`) the epoch's mean validation R², the
 training loss and steps/s, plus the best epoch so far with its genes'
-validation and test R². Grouped ASHA stops weak λ within each (tissue,
-cluster, replicate); the last report of a stopped trial still holds its best
+validation and test R². Grouped ASHA stops weak configurations within each
+(tissue, cluster, replicate); the last report of a stopped trial still holds its best
 epoch's results.
 
 What a trial writes to storage (`<run root>/sweep/<trial name>/`):
@@ -22,6 +22,7 @@ The baselines and rankings run beside the trials (`group_tasks`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -29,11 +30,9 @@ import shutil
 import tempfile
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import ray
@@ -48,7 +47,7 @@ from ..core.cluster_data import replicate_split
 from ..core.trial import Trial
 from ..data.store import fetch_files, filesystem, put_file, read_file, sibling
 from ..errors import InputError
-from . import ray_data
+from . import ray_data, search_space
 from .asha import GroupedASHA, rungs
 from .atomic_fs import tune_storage
 from .group_tasks import Group, group_of
@@ -66,31 +65,30 @@ log = logging.getLogger(__name__)
 
 
 def groups(tissues: list[ray_data.TissueBlocks], config: Config) -> list[Group]:
-    """Every (tissue, cluster, replicate): the λ values of one group compete, and each
-    group gets its baselines and one ranking."""
+    """Every (tissue, cluster, replicate): the configurations of one group compete, and
+    each group gets its baselines and one ranking."""
     return [(tissue.name, cluster, replicate)
             for tissue in tissues for cluster in ray_data.tissue_clusters(tissue)
             for replicate in range(config.search.replicates)]
 
 
 def trial_grid(tissues: list[ray_data.TissueBlocks], config: Config) -> list[dict]:
-    """Every trial, group by group; within a group the λ values in a seeded random
-    order, whatever order the config lists them in: trials start in grid order, and
-    under early stopping the first to reach a rung are never stopped there."""
+    """Every trial's Tune config (`config["trial"]`), group by group, each group's in
+    its seeded order (`search_space.group_order`)."""
     lambdas = sorted(config.search.lambdas)
-    return [{"tissue": tissue, "cluster": cluster, "replicate": replicate, "lam": float(lam)}
-            for tissue, cluster, replicate in groups(tissues, config)
-            for lam in np.random.default_rng(  # the group's own seed, whatever else runs with it
-                [config.search.seed, zlib.crc32(tissue.encode()), cluster, replicate]).permutation(lambdas)]
+    settings = search_space.settings(config.search)
+    return [trial.config for group in groups(tissues, config)
+            for trial in search_space.group_order(config.search, group, [
+                Trial(*group, float(lam), tuple(setting.items())) for setting in settings for lam in lambdas])]
 
 
 def is_baseline(config: dict) -> bool:
     """λ = 0, the independent per-gene networks: always trained to the last epoch."""
-    return config["trial"]["lam"] == 0
+    return config["trial"]["lambda"] == 0
 
 
 def trial_name(trial) -> str:
-    return Trial(**trial.config["trial"]).name
+    return Trial.from_config(trial.config["trial"]).name
 
 
 def model_location(experiment: str, trial: Trial) -> str:
@@ -98,13 +96,17 @@ def model_location(experiment: str, trial: Trial) -> str:
     return f"{experiment}/{trial.name}/{MODEL}"
 
 
-def ending_epochs(config: Config) -> set[int]:
-    """The epochs at which a trial can end: the last, and ASHA's rungs."""
-    ends = {config.training.epochs}
-    if config.asha.enabled:
-        ends |= set(rungs(config.asha.grace_period, config.asha.reduction_factor,
-                          config.training.epochs))
-    return ends
+def ending_epochs(config: Config, epochs: int, baseline: bool) -> set[int]:
+    """The epochs at which a trial of `epochs` epochs can end: the last, and ASHA's
+    rungs before it (λ = 0, never stopped: the last only)."""
+    if baseline or not config.asha.enabled:
+        return {epochs}
+    return {epochs} | {rung for rung in rungs(config.asha.grace_period, config.asha.reduction_factor,
+                                              max_epochs(config)) if rung < epochs}
+
+
+def max_epochs(config: Config) -> int:
+    return search_space.max_epochs(config.search, config.training.epochs)
 
 
 class _TrialStorage:
@@ -134,15 +136,17 @@ class _TrialStorage:
 
 
 def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], settings: dict) -> None:
-    """The trainable: train one (tissue, cluster, replicate, λ), reporting every epoch."""
+    """The trainable: train one (tissue, cluster, replicate, λ, setting), reporting every
+    epoch."""
     from ..core.trainer import (  # TensorFlow: in the trials' workers only
         ClusterTrainer,
         configure_runtime,
     )
 
-    configure_runtime(settings["cpu"])
-    spec = Trial(**config["trial"])
-    training, search = settings["training"], settings["search"]
+    configure_runtime(settings["config"].resources.cpu)
+    spec = Trial.from_config(config["trial"])
+    run_config: Config = settings["config"]
+    training, search = dataclasses.replace(run_config.training, **dict(spec.settings)), run_config.search
     data = ray_data.cluster_data(tissues[spec.tissue], spec.cluster)
     split = replicate_split(search, len(data.expression), spec.replicate)
     trainer = ClusterTrainer(data, spec, training, split, search.seed)
@@ -150,8 +154,8 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder) / STATE)
-    ends = {training.epochs} if spec.lam == 0 else settings["ends"]  # λ = 0 is never stopped
-    storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), settings["run"], ends)
+    ends = ending_epochs(run_config, training.epochs, baseline=spec.lam == 0)
+    storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), run_config.run, ends)
     node = ray.get_runtime_context().get_node_id()
 
     def report(epoch: EpochReport) -> None:
@@ -174,7 +178,7 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
 def _gauges() -> dict[str, Gauge]:
     """This worker's gauges, exported on the node's Prometheus endpoint (and so in the
     dashboard's metrics views) as ray_mtlrank_*."""
-    tags = ("tissue", "cluster", "replicate", "lam")
+    tags = ("tissue", "cluster", "replicate", "lambda", "trial")
     return {"val_r2": Gauge("mtlrank_val_r2", "mean validation R^2 of the trial's last epoch", tags),
             "epochs": Gauge("mtlrank_epochs", "epochs the trial has finished", tags),
             "steps_per_s": Gauge("mtlrank_steps_per_s", "training steps per second", tags)}
@@ -182,7 +186,7 @@ def _gauges() -> dict[str, Gauge]:
 
 def record_metrics(trial: Trial, epoch: EpochReport) -> None:
     tags = {"tissue": trial.tissue, "cluster": str(trial.cluster),
-            "replicate": str(trial.replicate), "lam": f"{trial.lam:g}"}
+            "replicate": str(trial.replicate), "lambda": f"{trial.lam:g}", "trial": trial.name}
     gauges = _gauges()
     gauges["val_r2"].set(epoch.mean_val_r2, tags)
     gauges["epochs"].set(epoch.epoch, tags)
@@ -310,9 +314,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     `callbacks` are Tune callbacks of a new sweep (a resumed one keeps its own);
     `trainable` is `train_trial` or, in tests, a wrapper of it.
     """
-    settings = {"training": config.training, "search": config.search, "cpu": config.resources.cpu,
-                "run": config.run, "experiment": experiment_path(config, out),
-                "ends": ending_epochs(config)}
+    settings = {"config": config, "experiment": experiment_path(config, out)}
     trainable = tune.with_resources(
         tune.with_parameters(trainable, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
@@ -338,7 +340,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     put_file(f"{experiment_path(config, out)}/{TISSUES}", json.dumps(sorted(blocks)).encode())
     callbacks = [_TensorBoardNumbers(), *callbacks]
     if config.asha.enabled:
-        scheduler = GroupedASHA(group_of, METRIC, max_t=config.training.epochs,
+        scheduler = GroupedASHA(group_of, METRIC, max_t=max_epochs(config),
                                 grace_period=config.asha.grace_period,
                                 reduction_factor=config.asha.reduction_factor, time_attr="epoch",
                                 never_stop=is_baseline)
@@ -346,10 +348,19 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     else:
         scheduler = tune.schedulers.FIFOScheduler()
     storage_path, storage_filesystem = tune_storage(config.run.root(out))
+    if config.search.searcher:
+        from .optuna_search import GroupedOptuna  # the optional extra
+
+        space, searcher = {}, GroupedOptuna(groups(list(blocks.values()), config), config.search, METRIC)
+        samples = searcher.total_trials
+    else:
+        space, searcher, samples = ({"trial": tune.grid_search(trial_grid(list(blocks.values()), config))},
+                                    None, 1)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(trial_grid(list(blocks.values()), config))},
-        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
+        param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=searcher, num_samples=samples,
+                                    reuse_actors=True,
                                     max_concurrent_trials=config.resources.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_path,
@@ -362,14 +373,13 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
 
 
 def used_trials(selected: pd.DataFrame) -> list[Trial]:
-    """The trials whose models the results use: per group, the selected λ and λ = 0
-    (when it has a result)."""
+    """The trials whose models the results use: per group, the selected configuration
+    and λ = 0 at its settings (when that has a result)."""
     trials = []
     for row in selected.to_dict("records"):
-        group = (row["tissue"], row["cluster"], row["replicate"])
-        trials.append(Trial(*group, row["lambda"]))
+        trials.append(Trial.from_config(row))
         if row["lambda"] != 0 and pd.notna(row.get("lambda0_mean_val_r2")):
-            trials.append(Trial(*group, 0.0))
+            trials.append(trials[-1].at(0.0))
     return trials
 
 

@@ -9,6 +9,7 @@ key and the file, so a typo never silently runs the defaults.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -236,6 +237,9 @@ def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
                               + (f"write search.space.{gridded[0]} as {{choice: [...]}}" if gridded
                                  else "give search.space a choice, uniform or loguniform key")
                               + " (λ stays a grid)")
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError(f"{source}: search.searcher optuna needs the optuna package: "
+                              "pip install -e '.[optuna]'")
     return dataclasses.replace(
         config, training=dataclasses.replace(config.training, **fixed),
         search=dataclasses.replace(search, lambdas=lambdas, space=domains))

@@ -61,6 +61,9 @@ def earlier_tissues(out: Path, config: Config, tissues: list[str], fresh: bool) 
         rankings["tissue"] = rankings.tissue.cat.remove_unused_categories()
     named = re.compile("|".join(rf"{re.escape(tissue)}_c\d+_r\d+_" for tissue in kept))
     models = sorted(p for p in (out / "models").glob("*.npz") if named.match(p.name))
+    if any(re.search(r"_r\d+_lam[\d.e+-]+\.npz$", p.name) for p in models):  # before trials were named lambda
+        raise InputError(f"{out} was written by an earlier version of this tool (models named "
+                         "_lam<λ>); pass --fresh to start the folder over, or --out for a new one")
     return EarlierTissues(kept, genes.reset_index(drop=True), rankings, models)
 
 

@@ -69,7 +69,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     # models/ holds what the results use: per group the selected λ, λ = 0 and the baselines.
     selected = pd.read_csv(tmp_path / "runs/smoke/selected.csv")
     expected = {f"{r['tissue']}_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
-                for r in selected.to_dict("records") for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso", "grnboost2"}}
+                for r in selected.to_dict("records") for suffix in {f"lambda{r['lambda']:g}", "lambda0", "lasso", "grnboost2"}}
     assert {p.name for p in (tmp_path / "runs/smoke/models").iterdir()} == expected
     # Rankings made during the sweep equal those `mtlrank-ray rank` makes afterwards.
     assert main(["rank", str(tmp_path / "runs/smoke"), "-q"]) == 0

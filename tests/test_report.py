@@ -115,3 +115,34 @@ def test_captions_show_setting_names_as_code(tmp_path):
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<code>search.baselines</code>" in page and "`" not in page
+
+
+def test_a_searched_learning_rate_is_plotted_and_each_lambda_counts_its_best_rate(tmp_path):
+    rng = np.random.default_rng(1)
+    trials = []
+    for cluster in (0, 1):
+        genes = [f"g{cluster}-{g}" for g in range(4)]
+        for lam in (0.0, 0.1):
+            for rate in (0.001, 0.01):
+                val = rng.uniform(0, 0.3, 4) + (0.2 if rate == 0.01 else 0)
+                trials.append(({"tissue": "Liver", "cluster": cluster, "replicate": 0, "lambda": lam,
+                                "learning_rate": rate},
+                               {"genes": genes, "best_val_r2": list(val), "best_test_r2": list(val),
+                                "best_epoch": 2, "epoch": 4}))
+    genes = gene_table(trials, epochs=4, baselines=[])
+    drawn = report.plot_search_space(genes, tmp_path / "s.png")
+    points = drawn["Liver", "learning_rate"]
+    expected = genes.groupby(["learning_rate", "lambda"]).val_r2.mean()
+    assert len(points) == 4
+    for row in points.to_dict("records"):
+        assert row["val_r2"] == pytest.approx(expected[row["learning_rate"], row["lambda"]])
+    # The λ curve counts each group at its best rate for that λ (here 0.01), not the mean over rates.
+    curve = report.plot_lambda_curve(genes, tmp_path / "c.png")
+    best = genes[genes.learning_rate == 0.01].groupby("lambda").val_r2.mean()
+    assert curve["Liver"] == pytest.approx(best.to_dict())
+    pairs = report.plot_selected_vs_zero(genes, tmp_path / "z.png")
+    zero = genes[(genes["lambda"] == 0)].set_index(["cluster", "gene", "learning_rate"]).test_r2
+    chosen = report.selected_table(genes).set_index("cluster").learning_rate
+    for row in pairs.to_dict("records"):
+        assert row["test_r2_zero"] == zero[row["cluster"], row["gene"], chosen[row["cluster"]]]
+    assert matplotlib.image.imread(tmp_path / "s.png").shape[2] in (3, 4)

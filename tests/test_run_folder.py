@@ -44,7 +44,7 @@ def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_temp
     assert {p.name for p in (run / "models").glob("Liver_*")} == {
         f"Liver_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
         for r in selected[selected.tissue == "Liver"].to_dict("records")
-        for suffix in {f"lam{r['lambda']:g}", "lam0", "lasso", "grnboost2"}}
+        for suffix in {f"lambda{r['lambda']:g}", "lambda0", "lasso", "grnboost2"}}
     assert set(pd.read_parquet(run / "rankings.parquet").tissue) == {"Kidney_Left", "Liver"}
     assert set(selected.tissue) == {"Kidney_Left", "Liver"}
     summary = (run / "summary.md").read_text()
@@ -56,6 +56,13 @@ def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_temp
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "training.epochs" in refused.stderr and "--fresh" in refused.stderr
     assert pd.read_parquet(run / "gene_r2.parquet").equals(after)
+
+    # A folder whose models are named as before trials were named by λ's full name.
+    write_config(tmp_path / "sweep.yaml", SETTINGS)
+    model = next((run / "models").glob("Kidney_Left_*_lambda0.npz"))
+    model.rename(run / "models" / model.name.replace("_lambda0", "_lam0"))
+    refused = tune(tmp_path, small_atlas_template, "--tissue", "Liver")
+    assert refused.returncode == 2 and "earlier version" in refused.stderr and "--fresh" in refused.stderr
 
     fresh = tune(tmp_path, small_atlas_template, "--tissue", "Liver", "--fresh")
     assert fresh.returncode == 0, fresh.stderr[-3000:]

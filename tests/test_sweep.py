@@ -17,6 +17,7 @@ from mtlrank_ray.analysis.results import (
 )
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.core.cluster_data import ClusterData, split_cells
+from mtlrank_ray.core.trial import Trial
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.distributed import ray_data
 from mtlrank_ray.distributed.group_tasks import GroupTasks
@@ -185,3 +186,53 @@ def test_a_trial_that_failed_after_reporting_is_listed_never_selected():
     trials, failed = collect([failed_late, finished])
     assert [t[0]["lambda"] for t in trials] == [0.0] and len(failed) == 1 and "0.1" in failed[0]
     assert selected_table(gene_table(trials, epochs=2, baselines=[]))["lambda"].tolist() == [0.0]
+
+
+def test_trial_grid_trains_every_setting_at_every_lambda_in_every_group(local_ray, store):
+    config = config_from_dict({"search": {"replicates": 1, "lambdas": [0.0, 0.1], "num_samples": 3,
+                                          "space": {"learning_rate": {"loguniform": [0.001, 0.03]},
+                                                    "standardize": {"grid": ["train", "per_split"]}}}})
+    tissues = [ray_data.materialize_tissue(str(store), "Liver")]
+    grid = trial_grid(tissues, config)
+    assert len(grid) == 4 * 3 * 2 * 2
+    names = [Trial.from_config(t).name for t in grid]
+    assert len(set(names)) == len(names)  # every trial's folder and model file its own
+    for cluster in range(4):
+        mine = [Trial.from_config(t) for t in grid if t["cluster"] == cluster]
+        settings = {t.settings for t in mine}
+        assert len(settings) == 6 and all({t.lam for t in mine if t.settings == s} == {0.0, 0.1}
+                                          for s in settings)
+    assert len({Trial.from_config(t).settings for t in grid}) == 6  # shared by every group
+
+
+def fake_training(config, tissues, settings):
+    """A trial that reports, without TensorFlow, R² rising with the learning rate."""
+    from ray import tune
+
+    spec = Trial.from_config(config["trial"])
+    value = float(np.log(dict(spec.settings)["learning_rate"])) / 10 + 1 - spec.lam
+    for epoch in range(1, settings["config"].training.epochs + 1):
+        tune.report({"epoch": epoch, "mean_val_r2": value, "best_mean_val_r2": value,
+                     "best_val_r2": [value], "best_test_r2": [value], "genes": ["g"], "best_epoch": epoch})
+
+
+def test_an_optuna_sweep_runs_each_groups_settings_at_every_lambda(local_ray, store, tmp_path):
+    from mtlrank_ray.distributed.sweep import run_sweep
+
+    config = config_from_dict({
+        "training": {"epochs": 4}, "asha": {"grace_period": 1},
+        "search": {"replicates": 1, "lambdas": [0.0, 0.5, 1.0], "num_samples": 2, "searcher": "optuna",
+                   "space": {"learning_rate": {"loguniform": [0.001, 0.03]}}}})
+    blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
+    grid = run_sweep(blocks, config, tmp_path / "run", verbose=0, trainable=fake_training)
+    trials = [(Trial.from_config(r.config["trial"]), r.metrics["epoch"]) for r in grid]
+    assert len(trials) == 4 * 2 * 3 and not any(r.error for r in grid)
+    for cluster in range(4):
+        mine = [(t, epochs) for t, epochs in trials if t.cluster == cluster]
+        settings = {t.settings for t, _ in mine}
+        assert len(settings) == 2 and all({t.lam for t, _ in mine if t.settings == s} == {0.0, 0.5, 1.0}
+                                          for s in settings)
+        assert all(epochs == 4 for t, epochs in mine if t.lam == 0)  # the baseline is never stopped
+        assert any(epochs < 4 for t, epochs in mine)  # grouped ASHA stops a weak configuration
+    # Tune saved the searcher with the sweep, so --resume goes on with it.
+    assert list((tmp_path / "run" / "sweep").glob("searcher-state-*.pkl"))

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -127,20 +128,27 @@ def plot_search_space(genes: pd.DataFrame, path: Path) -> dict:
     fig, axes = plt.subplots(1, len(keys), figsize=(1.5 + 3.8 * len(keys), 3.8), squeeze=False,
                              sharey=True, layout="constrained")
     drawn = {}
+    tissues, lambdas = sorted(points.tissue.unique()), sorted(points["lambda"].unique())
+    marker = {lam: "sovD^<>p*"[i % 9] for i, lam in enumerate(lambdas)}  # λ = 0: squares
     for ax, key in zip(axes[0], keys):
         numeric = pd.api.types.is_numeric_dtype(points[key])
         levels = sorted(points[key].unique())
-        for k, (tissue, part) in enumerate(points.groupby("tissue")):
+        for (tissue, lam), part in points.groupby(["tissue", "lambda"]):
             x = part[key].astype(float) if numeric else part[key].map(levels.index)
-            ax.scatter(x, part.val_r2, s=18, color=f"C{k}", alpha=0.8, label=tissue)
+            ax.scatter(x, part.val_r2, s=22, color=f"C{tissues.index(tissue)}", marker=marker[lam], alpha=0.8)
+        for tissue, part in points.groupby("tissue"):
             drawn[tissue, key] = part[[key, "lambda", "val_r2"]].reset_index(drop=True)
         if numeric and min(levels) > 0 and max(levels) / min(levels) >= 10:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if not numeric:
             ax.set_xticks(range(len(levels)), levels)
         ax.set_xlabel(key)
     axes[0, 0].set_ylabel("mean validation R²")
-    axes[0, 0].legend(fontsize="small")
+    handles = ([plt.Line2D([], [], color=f"C{k}", marker="o", linestyle="none", label=t) for k, t in enumerate(tissues)]
+               + [plt.Line2D([], [], color="grey", marker=marker[lam], linestyle="none", label=f"λ = {lam:g}")
+                  for lam in lambdas])
+    axes[0, -1].legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     _save(fig, path)
     return drawn
 
@@ -201,7 +209,7 @@ CAPTIONS = {
     "search_space.png": "Mean validation R² of every configuration the sweep trained (over the "
                         "genes, clusters and replicates it was trained for), against each "
                         "training setting of `search.space`, one panel per setting; each point is "
-                        "one combination of λ and the settings. A setting whose points rise "
+                        "one combination of λ (its marker) and the settings. A setting whose points rise "
                         "together to one side is worth moving that way; a wide spread at one "
                         "value means the other settings matter more there.",
     "selected_vs_zero.png": "One point per gene and replicate: test R² at the configuration "

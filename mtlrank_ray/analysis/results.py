@@ -143,10 +143,19 @@ def tissue_summary(genes: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
                      "test_r2_lambda0": zero.test_r2.mean() if len(zero) else np.nan,
                      **{f"test_r2_{method}": part[part.model == method].test_r2.mean()
                         for method in BASELINES},
-                     "lambdas_selected": ", ".join(f"{lam:g}: {n}" for lam, n in
-                                                   selected[selected.tissue == tissue]["lambda"]
-                                                   .value_counts().sort_index().items())})
+                     **{f"{'lambdas' if key == 'lambda' else key}_selected":
+                        chosen_values(selected.loc[selected.tissue == tissue, key])
+                        for key in configuration(genes)}})
     return pd.DataFrame(rows)
+
+
+def chosen_values(values: pd.Series) -> str:
+    """How often each value was chosen ('0: 3, 0.01: 5'), or the range of many."""
+    counts = values.value_counts().sort_index()
+    text = [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in counts.index]
+    if len(counts) > 6:
+        return f"{text[0]} to {text[-1]} ({len(counts)} values)"
+    return ", ".join(f"{v}: {n}" for v, n in zip(text, counts))
 
 
 def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str) -> pd.DataFrame:

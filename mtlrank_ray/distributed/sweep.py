@@ -157,11 +157,12 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     ends = ending_epochs(run_config, training.epochs, baseline=spec.lam == 0)
     storage = _TrialStorage(trainer, model_location(settings["experiment"], spec), run_config.run, ends)
     node = ray.get_runtime_context().get_node_id()
+    searched = {"lambda": spec.lam, **dict(spec.settings)}  # progress.csv has no config columns
 
     def report(epoch: EpochReport) -> None:
         record_metrics(spec, epoch)
         storage.write_model(epoch)
-        metrics = {**_metrics(epoch, data.genes), "node": node}
+        metrics = {**_metrics(epoch, data.genes), **searched, "node": node}
         if not storage.checkpoint_due(epoch.epoch, training.epochs):
             tune.report({**metrics, "storage_bytes": storage.bytes_written})
             return

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SMALL_SETTINGS, write_config
+from conftest import REPO, write_config
 
 from mtlrank_ray.analysis.results import gene_table, selected_table, tissue_summary
 from mtlrank_ray.config import ConfigError, config_from_dict, load_config

@@ -8,7 +8,13 @@ Every figure is measured in this run, on synthetic data of the stated sizes:
                          at T=1600, G=25, batch 256, over the one matmul no
                          implementation avoids: (G, 256, T) x (G, T, 64);
                          step_over_matmul_previous: the same with the first
-                         layer's backward as it was before the M / N products
+                         layer's backward as it was before the M / N products;
+                         gather_over_matmul: gathering one batch's rows (G, 256, T)
+                         from the cells x TFs matrix, over the matmul;
+                         floor_over_matmul: the three products of that size a
+                         step needs (forward, M and N) plus that gather, what any
+                         step here spends before its elementwise work, nuclear
+                         norms and Adam
     first_step_s         time of the first step at T=1600 (tracing included)
     ranking_s_per_gene_replicate  TF rankings (DeepLIFT over every cell of each
                          gene) for one cluster of 25 genes on 20,000 cells x
@@ -191,6 +197,15 @@ def memory_probe(n_cells: int, n_tfs: int, n_genes: int) -> None:
     print(f"{(peak - baseline) / (n_cells * n_tfs * 4):.2f}")
 
 
+def gather_time(n_tfs: int, n_genes: int, repeats: int) -> float:
+    rng = np.random.default_rng(3)
+    expression = tf.constant(rng.random((20 * BATCH, n_tfs), dtype=np.float32))
+    cells = tf.constant(rng.integers(0, 20 * BATCH, (n_genes, BATCH)), tf.int32)
+    gather = tf.function(tf.gather)
+    gather(expression, cells).numpy()
+    return median_time(lambda: gather(expression, cells).numpy(), repeats)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.dev.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"step_over_matmul: {ours_large / matmul:.2f}")
     previous = previous_step(large_tfs, genes, repeats)
     print(f"step_over_matmul_previous: {previous / matmul:.2f}")
+    gather = gather_time(large_tfs, genes, repeats)
+    print(f"gather_over_matmul: {gather / matmul:.2f}")
+    print(f"floor_over_matmul: {3 + gather / matmul:.2f}")
     print(f"first_step_s: {first:.2f}")
     per_gene = ranking_time(cells * 2 // 5, large_tfs, genes)
     print(f"ranking_s_per_gene_replicate: {per_gene:.3f}")

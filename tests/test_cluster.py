@@ -82,6 +82,20 @@ def trial_reports(cluster, config_path, run="run") -> dict[str, list[dict]]:
     return reports
 
 
+def newest_checkpoints(cluster, config_path, run="run") -> dict[str, int]:
+    """Trial name -> the epoch of its newest checkpoint on S3 (a trial saves after
+    every epoch here). Workers upload checkpoints as they report, while result.json
+    reaches S3 with the driver's next sync, epochs later."""
+    storage = yaml.safe_load(config_path.read_text())["run"]["storage_path"]
+    s3, root = cluster.s3.filesystem(), f"{storage.removeprefix('s3://')}/{run}/sweep"
+    newest = {}
+    for info in s3.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            name = info.path.split("/")[-2]
+            newest[name] = max(newest.get(name, 0), int(info.base_name.split("_")[1]) + 1)
+    return newest
+
+
 def assert_complete(run, epochs, genes_per_tissue=16):
     genes = pd.read_parquet(run / "gene_r2.parquet")
     key = ["tissue", "cluster", "replicate", "model", "lambda", "gene"]
@@ -181,10 +195,10 @@ def test_a_lost_worker_node_costs_no_trial_and_no_result(cluster, small_atlas_te
     lost_id = cluster.alive_nodes()[lost.ip]
     deadline = time.time() + 600
     while True:  # at least two trials finished, and one running on the node to lose
-        reports = trial_reports(cluster, config)
+        reports, saved = trial_reports(cluster, config), newest_checkpoints(cluster, config)
         finished = [r for r in reports.values() if r[-1]["epoch"] == 8]
-        running_there = [name for name, r in reports.items()  # with epochs to go: reports lag
-                         if r[-1]["epoch"] <= 4 and r[-1]["node"] == lost_id]
+        running_there = [name for name, r in reports.items()  # with epochs to go, by its checkpoints
+                         if r[-1]["node"] == lost_id and max(r[-1]["epoch"], saved.get(name, 0)) <= 4]
         if len(finished) >= 2 and running_there:
             break
         assert driver.poll() is None, log.read_text()[-3000:]

@@ -105,7 +105,7 @@ def test_a_stopped_trials_model_holds_its_best_epoch(local_ray, store, tmp_path)
     config = config_from_dict({**SMALL_SETTINGS, "training": {"epochs": 8, "batch_size": 64},
                                "search": {"lambdas": [0.0, 1.0, 3.0], "replicates": 1},
                                "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 3}})
-    assert sweep.ending_epochs(config) == {1, 3, 8}
+    assert sweep.ending_epochs(config, 8, baseline=False) == {1, 3, 8}
     results = sweep.run_sweep({"Liver": ray_data.materialize_tissue(str(store), "Liver")}, config,
                               tmp_path, verbose=0)
     stopped = [r for r in results if r.metrics["epoch"] < 8]
@@ -181,13 +181,13 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     assert sorted(method for _, method in tasks.baselines) == ["grnboost2"] * 4 + ["lasso"] * 4
     assert len(tasks.rankings) == 4
     tissue = load_tissue(store, "Liver")
-    for ((_, cluster, replicate), lam), rows in tasks.rankings.items():
+    for trial, rows in tasks.rankings.items():
+        cluster, replicate = trial.cluster, trial.replicate
         means = {r.config["trial"]["lambda"]: np.mean(r.metrics["best_val_r2"]) for r in grid
                  if r.config["trial"]["cluster"] == cluster}
-        assert lam == max(sorted(means), key=means.get)
+        assert trial.lam == max(sorted(means), key=means.get)
         data = ClusterData.from_tissue(tissue, cluster)
-        _, weights = load_model(Path(experiment, Trial("Liver", cluster, replicate, lam).name,
-                                     sweep.MODEL).read_bytes())
+        _, weights = load_model(Path(experiment, trial.name, sweep.MODEL).read_bytes())
         expected = group_rankings("Liver", cluster, replicate, data, tissue.tfs, weights, config.search)
         pd.testing.assert_frame_equal(rows, expected)
 

@@ -104,7 +104,7 @@ class Results:
 
     @property
     def selected(self) -> pd.DataFrame:
-        """The λ chosen on validation per (tissue, cluster, replicate)."""
+        """The configuration chosen on validation per (tissue, cluster, replicate)."""
         return pd.read_csv(self.out / "selected.csv")
 
     @property

@@ -7,6 +7,7 @@ print as one line and exit with status 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shlex
@@ -220,6 +221,9 @@ def _tune(args) -> None:
         args.data = DEMO_DATA
         args.config = args.config or SMOKE_CONFIG
     config = load_config(args.config)  # a bad config is named before a missing data folder
+    if config.search.searcher == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise InputError(f"{args.config}: search.searcher optuna needs the optuna package: "
+                         "pip install -e '.[optuna]'")
     if args.data is None:  # the notebook reads data/... from the folder it runs in
         if not Path("data").is_dir():
             raise InputError(f"no data/ folder in {Path.cwd()}: run from the folder that holds "
@@ -301,10 +305,12 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
             f"({time.monotonic() - started:.0f} s)")
         # Baselines and rankings run beside the trials, on the CPUs they leave free.
         tasks = GroupTasks(blocks, config, lambda trial: model_location(experiment, trial))
-        tasks.add_baselines(groups(list(blocks.values()), config))
+        every_group = groups(list(blocks.values()), config)
+        tasks.add_baselines(every_group)
         GroupsFinished.tasks = tasks
         try:
-            progress = () if args.quiet or args.verbose else (SweepProgress(),)
+            progress = (() if args.quiet or args.verbose
+                        else (SweepProgress(total=len(every_group) * trials_per_group(config.search)),))
             with ctrl_c.during("sweep"):
                 grid = run_sweep(blocks, config, out, resume=args.resume, verbose=int(args.verbose),
                                  callbacks=(GroupsFinished(trials_per_group(config.search)), *progress))

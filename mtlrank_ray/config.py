@@ -9,7 +9,7 @@ key and the file, so a typo never silently runs the defaults.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -71,7 +71,8 @@ class TrainingConfig:
 class SearchConfig:
     lambdas: list[float] = field(
         default_factory=lambda: [0.0, 0.001, 0.01, 0.1],
-        metadata=_check(lambda v: min(v) >= 0, "a list of numbers of at least 0"))
+        metadata=_check(lambda v: min(v) >= 0 and len(set(v)) == len(v),
+                        "a list of numbers of at least 0, without repeats"))
     replicates: int = field(default=3, metadata=_POSITIVE)
     # Per-gene baselines fitted beside the networks on the same cells (README, "Baselines").
     baselines: list[Literal["lasso", "grnboost2"]] = field(
@@ -197,6 +198,9 @@ def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
                 raise ConfigError(f"{source}: {name} must be {check[1]}, got {v!r}")
             return v
 
+        if isinstance(spec, list):
+            raise ConfigError(f"{source}: {where} is a list; for several values write "
+                              "{grid: [...]} (every value) or {choice: [...]} (drawn)")
         if not isinstance(spec, dict):
             fixed[key] = value(spec, where)
             continue
@@ -205,6 +209,9 @@ def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
                               + ", ".join(f"{{{kind}: {form}}}" for kind, form in DOMAINS.items())
                               + f"; got {spec!r}")
         (kind, values), name = next(iter(spec.items())), f"{where}.{next(iter(spec))}"
+        if key == "lambda" and kind != "grid":
+            raise ConfigError(f"{source}: {where} must be a value or {{grid: [...]}}: every "
+                              "setting is trained at each λ of the grid, λ = 0 its baseline")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: {name} must be {DOMAINS[kind]}, got {values!r}")
         if kind in ("uniform", "loguniform") and hint not in (int, float):
@@ -219,9 +226,6 @@ def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
                                   f"got {spec[kind]!r}")
             if kind == "loguniform" and values[0] <= 0:
                 raise ConfigError(f"{source}: {name} must start above 0, got {values[0]!r}")
-        if key == "lambda" and kind != "grid":
-            raise ConfigError(f"{source}: {where} must be a value or {{grid: [...]}}: every "
-                              "setting is trained at each λ of the grid, λ = 0 its baseline")
         domains[key] = {kind: values}
     if "lambda" in fixed or "lambda" in domains:
         lambdas = [fixed.pop("lambda")] if "lambda" in fixed else domains.pop("lambda")["grid"]
@@ -237,9 +241,12 @@ def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
                               + (f"write search.space.{gridded[0]} as {{choice: [...]}}" if gridded
                                  else "give search.space a choice, uniform or loguniform key")
                               + " (λ stays a grid)")
-        if importlib.util.find_spec("optuna") is None:
-            raise ConfigError(f"{source}: search.searcher optuna needs the optuna package: "
-                              "pip install -e '.[optuna]'")
+        size = math.prod(len(spec["choice"]) if "choice" in spec
+                         else (spec_range[1] - spec_range[0] + 1 if key in INTEGER_KEYS else math.inf)
+                         for key, spec in domains.items() for spec_range in [next(iter(spec.values()))])
+        if size < search.num_samples:
+            raise ConfigError(f"{source}: search.num_samples {search.num_samples} is more than the "
+                              f"{size} settings search.space holds; lower it")
     return dataclasses.replace(
         config, training=dataclasses.replace(config.training, **fixed),
         search=dataclasses.replace(search, lambdas=lambdas, space=domains))
@@ -296,10 +303,21 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 _coerce(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and "e" in value.lower() and _is_number(value):  # YAML 1.1
+        raise ConfigError(f"{source}: {key} must be a number, got the text {value!r}: YAML reads "
+                          "1e-3 as text; write 0.001 or 1.0e-3")
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{source}: {key} must be {_describe(hint)}, got {value!r} "
                       f"({type(value).__name__})")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(hint: type) -> str:

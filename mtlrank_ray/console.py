@@ -110,7 +110,8 @@ def phase(text: str) -> None:
 class SweepProgress(Callback):
     """Tune callback: the sweep's progress bar (see the module's docstring)."""
 
-    def __init__(self):
+    def __init__(self, total: int | None = None):
+        self._expected = total  # trials the sweep will make (Tune makes them as it goes)
         self._bar = None
         self._best: dict[str, float] = {}
         self._done = self._done_before = self._total = 0
@@ -131,9 +132,9 @@ class SweepProgress(Callback):
                     self.on_trial_result(iteration, trials, trial, trial.last_result)
             if sys.stderr.isatty():
                 from tqdm import tqdm
-                self._bar = tqdm(total=len(trials), initial=self._done, desc="sweep", unit="trial",
+                self._bar = tqdm(total=max(len(trials), self._expected or 0), initial=self._done, desc="sweep", unit="trial",
                                  file=sys.stderr, dynamic_ncols=True)
-        self._total = len(trials)
+        self._total = max(len(trials), self._expected or 0)
         if self._bar is not None and self._bar.total != self._total:
             self._bar.total = self._total
         self._show()

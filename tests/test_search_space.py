@@ -55,6 +55,11 @@ def test_the_issue_s_space_reads_as_written():
      {"searcher": "optuna"}, "write search.space.batch_size as {choice: [...]}"),
     ({}, {"searcher": "optuna"}, "give search.space a choice, uniform or loguniform key"),
     ({}, {"searcher": "hyperopt"}, "search.searcher must be one of 'optuna'"),
+    ({"batch_size": {"choice": [64, 128]}, "epochs": {"uniform": [2, 3]}}, {"searcher": "optuna", "num_samples": 5},
+     "search.num_samples 5 is more than the 4 settings search.space holds"),
+    ({}, {"lambdas": [0, 0.1, 0.1]}, "search.lambdas must be a list of numbers of at least 0, without repeats"),
+    ({"learning_rate": [0.001, 0.01]}, {}, "search.space.learning_rate is a list; for several values write {grid"),
+    ({"learning_rate": "1e-3"}, {}, "YAML reads 1e-3 as text; write 0.001 or 1.0e-3"),
 ])
 def test_a_malformed_space_names_the_key_and_the_file(tmp_path, space, more, message):
     path = write_config(tmp_path / "sweep.yaml", {"search": {"space": space, **more}})
@@ -122,7 +127,7 @@ def test_selection_compares_every_configuration_with_lambda_zero_at_the_chosen_s
     assert row.lambda0_mean_val_r2 == pytest.approx(0.10) and row.mean_val_r2 == pytest.approx(0.50)
     summary = tissue_summary(genes, selected_table(genes)).iloc[0]
     assert summary.trials == 4 and summary.test_r2_lambda0 == pytest.approx(0.10)
-    assert summary.lambdas_selected == "0.01: 1" and summary.learning_rate_selected == "0.01: 1"
+    assert summary.lambda_selected == "0.01: 1" and summary.learning_rate_selected == "0.01: 1"
     # Ties go to the smallest λ, then the smallest setting.
     tied = selected_table(gene_table(fake_runs({(0.01, 0.01): 0.3, (0.01, 0.001): 0.3, (0.1, 0.001): 0.3}), 4, []))
     assert (tied.iloc[0]["lambda"], tied.iloc[0]["learning_rate"]) == (0.01, 0.001)
@@ -134,6 +139,24 @@ def optuna_searcher(num_samples=3, seed=0):
     config = search({"learning_rate": {"loguniform": [0.001, 0.03]}, "batch_size": {"choice": [64, 256]}},
                     num_samples=num_samples, searcher="optuna", lambdas=[0.0, 0.1], seed=seed)
     return GroupedOptuna([("Liver", 0, 0), ("Liver", 1, 0)], config, "mean_val_r2")
+
+
+def test_the_optuna_searcher_never_trains_a_setting_twice():
+    from mtlrank_ray.distributed.optuna_search import GroupedOptuna
+
+    config = search({"batch_size": {"choice": [64, 128, 256]}}, num_samples=3, searcher="optuna",
+                    lambdas=[0.0, 0.1], seed=0)
+    searcher = GroupedOptuna([("Liver", 0, 0)], config, "mean_val_r2")
+    configs = [searcher.suggest(f"t{i}")["trial"] for i in range(6)]
+    for i in range(6):
+        searcher.on_trial_complete(f"t{i}", {"best_mean_val_r2": 0.1})
+    assert searcher.suggest("t6") == "FINISHED"
+    assert sorted({c["batch_size"] for c in configs}) == [64, 128, 256]
+    assert len({Trial.from_config(c).name for c in configs}) == 6
+    # Float choices are trained as listed, not rounded.
+    config = search({"learning_rate": {"choice": [0.012345, 0.2]}}, num_samples=2, searcher="optuna", lambdas=[0.0])
+    searcher = GroupedOptuna([("Liver", 0, 0)], config, "mean_val_r2")
+    assert {searcher.suggest(f"t{i}")["trial"]["learning_rate"] for i in range(2)} == {0.012345, 0.2}
 
 
 def drive(searcher, first: int = 0, last: int | None = None) -> list[dict]:

@@ -234,5 +234,8 @@ def test_an_optuna_sweep_runs_each_groups_settings_at_every_lambda(local_ray, st
                                           for s in settings)
         assert all(epochs == 4 for t, epochs in mine if t.lam == 0)  # the baseline is never stopped
         assert any(epochs < 4 for t, epochs in mine)  # grouped ASHA stops a weak configuration
-    # Tune saved the searcher with the sweep, so --resume goes on with it.
+    # Tune saved the searcher with the sweep: --resume restores it, and a finished sweep's
+    # searcher proposes nothing more.
     assert list((tmp_path / "run" / "sweep").glob("searcher-state-*.pkl"))
+    again = run_sweep(blocks, config, tmp_path / "run", resume=True, verbose=0, trainable=fake_training)
+    assert sorted(Trial.from_config(r.config["trial"]).name for r in again) == sorted(t.name for t, _ in trials)

@@ -2,7 +2,7 @@
 
 `mtlrank-ray report RUN` (also run at the end of `tune.py`) writes to RUN/report/:
 
-    test_r2.png         test R² per gene, per tissue: the λ chosen on validation, λ = 0 and
+    test_r2.png         test R² per gene, per tissue: the configuration chosen on validation, λ = 0 and
                         the baselines (lasso, GRNBoost2)
     lambda_curve.png    mean validation R² against λ per tissue (log axis; λ = 0 as its
                         own point in a panel beside it; the baselines as flat lines)
@@ -211,7 +211,8 @@ CAPTIONS = {
                         "training setting of `search.space`, one panel per setting; each point is "
                         "one combination of λ (its marker) and the settings. A setting whose points rise "
                         "together to one side is worth moving that way; a wide spread at one "
-                        "value means the other settings matter more there.",
+                        "value means the other settings matter more there. With `search.searcher: optuna` each "
+                        "group has its own settings, so each point is one cluster and replicate.",
     "selected_vs_zero.png": "One point per gene and replicate: test R² at the configuration "
                             "chosen on validation against test R² of the independent networks "
                             "(λ = 0, at the chosen configuration's other settings). Above the grey diagonal "
@@ -226,22 +227,23 @@ CAPTIONS = {
 }
 COLUMN_NAMES = {
     "tissue": "Tissue", "genes": "Genes", "trials": "Trials", "stopped_early": "Stopped early",
-    "test_r2_selected": "Mean test R², chosen λ", "test_r2_lambda0": "Mean test R², λ = 0",
+    "test_r2_selected": "Mean test R², chosen", "test_r2_lambda0": "Mean test R², λ = 0",
     "test_r2_lasso": "Mean test R², lasso", "test_r2_grnboost2": "Mean test R², GRNBoost2",
-    "lambdas_selected": "λ chosen (clusters × replicates)",
+    "lambda_selected": "λ chosen (clusters × replicates)",
     "cluster": "Cluster", "replicate": "Replicate", "lambda": "Chosen λ",
-    "mean_val_r2": "Validation R², chosen λ", "mean_test_r2": "Test R², chosen λ",
+    "mean_val_r2": "Validation R², chosen", "mean_test_r2": "Test R², chosen",
     "lambda0_mean_val_r2": "Validation R², λ = 0", "lambda0_mean_test_r2": "Test R², λ = 0",
     "lasso_mean_val_r2": "Validation R², lasso", "lasso_mean_test_r2": "Test R², lasso",
     "grnboost2_mean_val_r2": "Validation R², GRNBoost2", "grnboost2_mean_test_r2": "Test R², GRNBoost2",
     "method": "Ranking method",
 }
 TABLE_LINES = {
-    "Per tissue": "Mean test R² over the tissue's genes for the chosen λ, λ = 0 and the "
-                  "baselines, and how often each λ was chosen.",
-    "λ chosen on validation": "For each cluster and replicate, the λ with the best mean "
-                              "validation R², with the mean R² of its genes beside λ = 0's and the "
-                              "baselines'.",
+    "Per tissue": "Mean test R² over the tissue's genes for the chosen configuration, λ = 0 "
+                  "and the baselines, and how often each λ (and each value of a searched "
+                  "setting) was chosen.",
+    "Chosen on validation": "For each cluster and replicate, the configuration (λ and any "
+                            "searched setting) with the best mean validation R², with the mean R² "
+                            "of its genes beside λ = 0's at the same settings and the baselines'.",
     "TF rankings against the reference network": "How well each method ranks a gene's "
         "regulators in the reference (the demo's planted truth, or `mtlrank-ray evaluate "
         "--reference`) first: mean average precision and precision at k (10 unless `--k`) over "
@@ -316,16 +318,19 @@ def write_report(out: Path) -> Path:
             plot_network(network, folder / "network.png")
             plots.append("network.png")
     selected = selected_table(genes)
-    tables = {"Per tissue": tissue_summary(genes, selected), "λ chosen on validation": selected}
+    tables = {"Per tissue": tissue_summary(genes, selected), "Chosen on validation": selected}
     if (out / "evaluation.csv").is_file():
         tables["TF rankings against the reference network"] = wide(pd.read_csv(out / "evaluation.csv"))
+    # λ and the searched settings as written (a learning rate of 0.00343 is not 0.003).
+    settings_format = {COLUMN_NAMES.get(key, key): lambda v: "" if pd.isna(v) else f"{v:g}"
+                       for key in ("lambda", *searched(genes)) if key != "standardize"}
     body = [f"<h1>MTLRank sweep: {html.escape(str(out))}</h1>"]
     body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{_prose(CAPTIONS[name])}'
              "</figcaption></figure>" for name in plots]
     for title, table in tables.items():
         body += [f"<h2>{html.escape(title)}</h2>", f"<p>{_prose(TABLE_LINES[title])}</p>",
                  '<div class="wide">' + table.rename(columns=COLUMN_NAMES).to_html(
-                     index=False, float_format="%.3f") + "</div>"]
+                     index=False, float_format="%.3f", formatters=settings_format) + "</div>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>MTLRank sweep</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"

@@ -1,4 +1,4 @@
-"""Sweep results: per-gene R², the λ chosen on validation, a summary.
+"""Sweep results: per-gene R², the configuration chosen on validation, a summary.
 
 Written to the run folder, each file atomically (a re-run replaces them):
 
@@ -143,7 +143,7 @@ def tissue_summary(genes: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
                      "test_r2_lambda0": zero.test_r2.mean() if len(zero) else np.nan,
                      **{f"test_r2_{method}": part[part.model == method].test_r2.mean()
                         for method in BASELINES},
-                     **{f"{'lambdas' if key == 'lambda' else key}_selected":
+                     **{f"{key}_selected":
                         chosen_values(selected.loc[selected.tissue == tissue, key])
                         for key in configuration(genes)}})
     return pd.DataFrame(rows)
@@ -167,15 +167,17 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
     write_atomically(out / "selected.csv", lambda p: selected.to_csv(p, index=False))
     text = [f"# MTLRank sweep\n\n{about}\n", "## Per tissue\n",
             markdown_table(summary), "",
-            "test_r2_selected: mean test R² of the genes at the λ chosen on validation per "
-            "(tissue, cluster, replicate); test_r2_lambda0: the independent per-gene networks; "
+            "test_r2_selected: mean test R² of the genes at the configuration (λ and any searched "
+            "setting) chosen on validation per (tissue, cluster, replicate); test_r2_lambda0: the "
+            "independent per-gene networks at the chosen settings; <key>_selected: how often each "
+            "value was chosen; "
             "test_r2_lasso: the per-gene lasso on the same standardized TF expression and "
             "splits, alpha chosen on validation; test_r2_grnboost2: GRNBoost2's boosted trees "
             "on the same, the number of trees chosen on validation (empty: not in "
             "search.baselines).",
-            "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and λ, and the baselines",
-            "- selected.csv: the chosen λ per (tissue, cluster, replicate), with λ = 0 and the "
-            "baselines beside it",
+            "", "## Files\n", "- gene_r2.parquet / gene_r2.csv: every gene, replicate and configuration, and the baselines",
+            "- selected.csv: the chosen configuration per (tissue, cluster, replicate), with λ = 0 "
+            "and the baselines beside it",
             "- rankings.parquet, network.csv: the TF rankings of the chosen models and the network; "
             "evaluation.csv: the rankings against a reference network (where there is one)",
             "- models/: the models these results use; report/index.html: the plots and tables"]

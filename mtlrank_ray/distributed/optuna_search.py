@@ -6,7 +6,10 @@ setting is trained at every λ of `search.lambdas` (so it has its λ = 0
 baseline), and the study is told the setting's best mean validation R² over
 λ once all of them have ended. Groups take turns, so trials of many groups
 run at once while each group's later settings learn from its earlier ones.
-Sampled floats are kept to 3 significant digits, as without a searcher.
+Sampled floats are kept to 3 significant digits, as without a searcher; a
+setting the group already has is told to its study as failed and another is
+asked for (up to ASKS times), so no configuration is trained twice. Proposals
+depend on the seed and on the order in which trials end.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ray.tune.search import Searcher
 from ..config import INTEGER_KEYS, SearchConfig
 from ..core.trial import Trial
 from .search_space import group_order, ordered, significant
+
+ASKS = 100  # proposals tried for a setting the group does not have yet
 
 
 def distribution(key: str, domain: dict) -> optuna.distributions.BaseDistribution:
@@ -43,6 +48,7 @@ class GroupedOptuna(Searcher):
             seed=int(np.random.SeedSequence([search.seed, zlib.crc32(group[0].encode()), *group[1:]])
                      .generate_state(1)[0]))) for group in groups}
         self.asked = {group: 0 for group in groups}
+        self.proposed: dict[tuple, list[dict]] = {group: [] for group in groups}
         self.waiting: deque[tuple[tuple, dict]] = deque()  # (setting key, trial config) to hand out
         self.open: dict[tuple, list] = {}  # (group, k) -> [optuna trial, λ left, best]
         self.setting_of: dict[str, tuple] = {}  # Tune trial id -> (group, k)
@@ -60,11 +66,12 @@ class GroupedOptuna(Searcher):
             if not todo:
                 return Searcher.FINISHED
             group = min(todo, key=self.asked.get)
-            proposal = self.studies[group].ask(self.distributions)
-            setting = ordered({key: value if isinstance(value, (int, str)) else significant(value)
-                               for key, value in proposal.params.items()})
+            proposal, setting = self._propose(group)
             key = (group, self.asked[group])
             self.asked[group] += 1
+            if proposal is None:  # the space holds no setting this group lacks
+                self.asked[group] = self.search.num_samples
+                return self.suggest(trial_id)
             self.open[key] = [proposal, len(self.search.lambdas), -math.inf]
             trials = [Trial(*group, float(lam), tuple(setting.items())) for lam in sorted(self.search.lambdas)]
             self.waiting.extend((key, trial.config) for trial in group_order(self.search, group, trials))
@@ -72,13 +79,29 @@ class GroupedOptuna(Searcher):
         self.setting_of[trial_id] = key
         return {"trial": config}
 
+    def _propose(self, group: tuple) -> tuple:
+        """(Optuna trial, setting) new to the group, or (None, None)."""
+        study = self.studies[group]
+        for _ in range(ASKS):
+            proposal = study.ask(self.distributions)
+            setting = ordered({key: significant(value) if isinstance(self.distributions[key],
+                                                                      optuna.distributions.FloatDistribution)
+                               else value for key, value in proposal.params.items()})
+            if setting not in self.proposed[group]:
+                self.proposed[group].append(setting)
+                return proposal, setting
+            study.tell(proposal, state=optuna.trial.TrialState.FAIL)
+        return None, None
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error:  # a resumed sweep may run it again under the same id
+            return
         key = self.setting_of.pop(trial_id, None)
         if key is None:
             return
         entry = self.open[key]
         value = (result or {}).get("best_mean_val_r2")
-        if not error and value is not None and math.isfinite(value):
+        if value is not None and math.isfinite(value):
             entry[2] = max(entry[2], float(value))
         entry[1] -= 1
         if entry[1] == 0:

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -329,7 +330,11 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         if swept != set(blocks):  # its trials, baselines and results must cover the same tissues
             raise InputError(f"the sweep to resume at {path} covers the tissues "
                              f"{', '.join(sorted(swept))}; resume it with --tissue {','.join(sorted(swept))}")
-        if restore_missing_checkpoints(swept_trials(path)):
+        trials = swept_trials(path)
+        if any("lambda" not in t.config.get("trial", {}) for t in trials):
+            raise InputError(f"the sweep at {path} was made by an older version and cannot be "
+                             "resumed; run again with --fresh")
+        if restore_missing_checkpoints(trials):
             log.info("resume: trials whose last snapshotted checkpoint was gone go on from "
                      "their newest one")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
@@ -354,6 +359,10 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
 
         space, searcher = {}, GroupedOptuna(groups(list(blocks.values()), config), config.search, METRIC)
         samples = searcher.total_trials
+        # With a searcher Tune keeps one trial waiting for resources; more, so that free CPUs
+        # go to trials before the baselines queued beside them (`group_tasks`).
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(
+            1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpu))))
     else:
         space, searcher, samples = ({"trial": tune.grid_search(trial_grid(list(blocks.values()), config))},
                                     None, 1)

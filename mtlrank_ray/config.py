@@ -241,12 +241,12 @@ def _resolve_space(config: Config, given_lambdas: bool, source: str) -> Config:
                               + (f"write search.space.{gridded[0]} as {{choice: [...]}}" if gridded
                                  else "give search.space a choice, uniform or loguniform key")
                               + " (λ stays a grid)")
-        size = math.prod(len(spec["choice"]) if "choice" in spec
-                         else (spec_range[1] - spec_range[0] + 1 if key in INTEGER_KEYS else math.inf)
-                         for key, spec in domains.items() for spec_range in [next(iter(spec.values()))])
-        if size < search.num_samples:
-            raise ConfigError(f"{source}: search.num_samples {search.num_samples} is more than the "
-                              f"{size} settings search.space holds; lower it")
+    size = math.prod(len(values) if kind == "choice"
+                     else (values[1] - values[0] + 1 if key in INTEGER_KEYS else math.inf)
+                     for key in sampled for kind, values in domains[key].items())
+    if sampled and size < search.num_samples:
+        raise ConfigError(f"{source}: search.num_samples {search.num_samples} is more than the "
+                          f"{size} settings the sampled keys of search.space hold; lower it")
     return dataclasses.replace(
         config, training=dataclasses.replace(config.training, **fixed),
         search=dataclasses.replace(search, lambdas=lambdas, space=domains))

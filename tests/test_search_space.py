@@ -55,8 +55,9 @@ def test_the_issue_s_space_reads_as_written():
      {"searcher": "optuna"}, "write search.space.batch_size as {choice: [...]}"),
     ({}, {"searcher": "optuna"}, "give search.space a choice, uniform or loguniform key"),
     ({}, {"searcher": "hyperopt"}, "search.searcher must be one of 'optuna'"),
+    ({"batch_size": {"choice": [128, 256]}}, {"num_samples": 3}, "search.num_samples 3 is more than the 2 settings"),
     ({"batch_size": {"choice": [64, 128]}, "epochs": {"uniform": [2, 3]}}, {"searcher": "optuna", "num_samples": 5},
-     "search.num_samples 5 is more than the 4 settings search.space holds"),
+     "search.num_samples 5 is more than the 4 settings the sampled keys"),
     ({}, {"lambdas": [0, 0.1, 0.1]}, "search.lambdas must be a list of numbers of at least 0, without repeats"),
     ({"learning_rate": [0.001, 0.01]}, {}, "search.space.learning_rate is a list; for several values write {grid"),
     ({"learning_rate": "1e-3"}, {}, "YAML reads 1e-3 as text; write 0.001 or 1.0e-3"),
@@ -84,8 +85,9 @@ def test_settings_cross_the_grid_with_seeded_draws():
                                           for s in drawn)
     assert settings(search(space, num_samples=20)) == drawn  # seeded by search.seed
     assert settings(search(space, num_samples=20, seed=1)) != drawn
-    # A repeated draw of a small choice is trained once.
-    assert len(settings(search({"batch_size": {"choice": [128, 256]}}, num_samples=8))) == 2
+    # Draws are distinct: a small choice space gives every one of its settings.
+    assert sorted(s["batch_size"] for s in settings(search({"batch_size": {"choice": [64, 128, 256]}},
+                                                           num_samples=3))) == [64, 128, 256]
     assert settings(search({})) == [{}]  # λ alone: one setting
 
 

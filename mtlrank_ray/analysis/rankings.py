@@ -103,7 +103,7 @@ def rank_run(out: Path, top: int | None = None, lam: float | None = None) -> tup
     selected = pd.read_csv(out / "selected.csv")
     if lam is not None:
         if lam not in config.search.lambdas:
-            raise InputError(f"λ={lam:g} was not in the sweep of {out} (search.lambdas: "
+            raise InputError(f"λ={lam:g} was not in the sweep of {out} (its λ grid: "
                              f"{', '.join(f'{v:g}' for v in config.search.lambdas)}).")
         selected = selected.assign(**{"lambda": lam})
         trials = [Trial.from_config(row) for row in selected.to_dict("records")]

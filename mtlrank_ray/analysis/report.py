@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
@@ -140,12 +141,14 @@ def plot_search_space(genes: pd.DataFrame, path: Path) -> dict:
             drawn[tissue, key] = part[[key, "lambda", "val_r2"]].reset_index(drop=True)
         if numeric and min(levels) > 0 and max(levels) / min(levels) >= 10:
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if not numeric:
             ax.set_xticks(range(len(levels)), levels)
+        elif len(levels) <= 6:  # the values trained, readable off the axis
+            ax.set_xticks([float(v) for v in levels], [f"{v:g}" for v in levels], rotation=30)
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel(key)
     axes[0, 0].set_ylabel("mean validation R²")
-    handles = ([plt.Line2D([], [], color=f"C{k}", marker="o", linestyle="none", label=t) for k, t in enumerate(tissues)]
+    handles = ([matplotlib.patches.Patch(color=f"C{k}", label=t) for k, t in enumerate(tissues)]
                + [plt.Line2D([], [], color="grey", marker=marker[lam], linestyle="none", label=f"λ = {lam:g}")
                   for lam in lambdas])
     axes[0, -1].legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -194,9 +197,10 @@ def plot_singular_values(genes: pd.DataFrame, models: Path, path: Path) -> dict:
 
 
 CAPTIONS = {
-    "test_r2.png": "Test R² of every gene on held-out cells, per tissue: the networks at the λ "
-                   "chosen on validation for each gene's cluster and replicate, the independent "
-                   "per-gene networks (λ = 0), and the per-gene baselines of `search.baselines` "
+    "test_r2.png": "Test R² of every gene on held-out cells, per tissue: the networks at the "
+                   "configuration (λ and any searched setting) chosen on validation for each gene's "
+                   "cluster and replicate, the independent per-gene networks (λ = 0, at the chosen "
+                   "settings), and the per-gene baselines of `search.baselines` "
                    "on the same inputs and cells (the lasso, GRNBoost2's boosted trees). "
                    "Each box spans the middle half of the genes, the black line is the median and "
                    "the whiskers reach 1.5 box-lengths. 1 is a perfect prediction of the gene's "
@@ -205,7 +209,9 @@ CAPTIONS = {
                         "trace-norm weight λ, per tissue. λ = 0, in the left panel, trains every "
                         "gene's network on its own; a larger λ makes the genes of a cluster share "
                         "more of their first layers. Dashed: the lasso; dotted: GRNBoost2. Each cluster's λ is chosen "
-                        "where its own validation R² is highest.",
+                        "where its own validation R² is highest. With settings searched beside λ "
+                        "(`search.space`), each cluster and replicate counts at each λ with its best "
+                        "setting there.",
     "search_space.png": "Mean validation R² of every configuration the sweep trained (over the "
                         "genes, clusters and replicates it was trained for), against each "
                         "training setting of `search.space`, one panel per setting; each point is "
@@ -324,12 +330,14 @@ def write_report(out: Path) -> Path:
     # λ and the searched settings as written (a learning rate of 0.00343 is not 0.003).
     settings_format = {COLUMN_NAMES.get(key, key): lambda v: "" if pd.isna(v) else f"{v:g}"
                        for key in ("lambda", *searched(genes)) if key != "standardize"}
+    names = {**COLUMN_NAMES, **{f"{key}_selected": f"{key} chosen (clusters × replicates)"
+                                for key in searched(genes)}}
     body = [f"<h1>MTLRank sweep: {html.escape(str(out))}</h1>"]
     body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{_prose(CAPTIONS[name])}'
              "</figcaption></figure>" for name in plots]
     for title, table in tables.items():
         body += [f"<h2>{html.escape(title)}</h2>", f"<p>{_prose(TABLE_LINES[title])}</p>",
-                 '<div class="wide">' + table.rename(columns=COLUMN_NAMES).to_html(
+                 '<div class="wide">' + table.rename(columns=names).to_html(
                      index=False, float_format="%.3f", formatters=settings_format) + "</div>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>MTLRank sweep</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"

@@ -4,8 +4,9 @@ Each group (tissue, cluster, replicate) trains every setting of the searched
 training keys at every λ of `search.lambdas`, so each setting has its λ = 0
 baseline. Without a searcher the settings are fixed before the sweep and
 shared by every group: the grid keys crossed, and for each grid point
-`num_samples` draws of the sampled keys (seeded by `search.seed`; floats kept
-to 3 significant digits, so a trial's name is its configuration). With
+`num_samples` distinct draws of the sampled keys (seeded by `search.seed`;
+floats kept to 3 significant digits, so a trial's name is its configuration;
+a draw the grid point already has is drawn again). With
 `searcher: optuna` each group's settings are proposed as its trials end
 (`optuna_search`).
 """
@@ -22,6 +23,7 @@ from ..config import INTEGER_KEYS, TRAINING_KEYS, SearchConfig
 from ..core.trial import Trial
 
 SAMPLING = 0x5EA  # the settings' own stream of search.seed
+DRAWS = 100  # tries for a setting the grid point does not have yet
 
 
 def draw(key: str, domain: dict, rng: np.random.Generator):
@@ -48,17 +50,19 @@ def ordered(setting: dict) -> dict:
 
 def settings(search: SearchConfig) -> list[dict]:
     """The settings every group trains (see the module's docstring); one empty
-    setting when nothing but λ is searched. A repeated draw is trained once."""
+    setting when nothing but λ is searched."""
     grid_keys = [key for key, domain in search.space.items() if "grid" in domain]
     rng = np.random.default_rng([search.seed, SAMPLING])
     found: list[dict] = []
     for _ in range(search.num_samples):
         for point in itertools.product(*(search.space[key]["grid"] for key in grid_keys)):
-            setting = ordered({**dict(zip(grid_keys, point)),
-                               **{key: draw(key, domain, rng) for key, domain in search.space.items()
-                                  if key not in grid_keys}})
-            if setting not in found:
-                found.append(setting)
+            for _ in range(DRAWS):
+                setting = ordered({**dict(zip(grid_keys, point)),
+                                   **{key: draw(key, domain, rng) for key, domain in search.space.items()
+                                      if key not in grid_keys}})
+                if setting not in found:
+                    found.append(setting)
+                    break
     return found
 
 

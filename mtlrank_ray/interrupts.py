@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from contextlib import contextmanager
 
 
@@ -46,9 +47,12 @@ class CtrlC:
 
         hidden = DropMessages(*TUNE_INTERRUPT_LINES, active=lambda: self.count > 0)
         handlers = hidden.install()
+        unraisable = sys.unraisablehook
+        sys.unraisablehook = lambda info: None if self._ours(info) else unraisable(info)
         try:
             yield self
         finally:
+            sys.unraisablehook = unraisable
             signal.signal(signal.SIGINT, previous)
             for handler in handlers:
                 handler.removeFilter(hidden)
@@ -65,6 +69,13 @@ class CtrlC:
             self.phase = "other"
         if self.count:
             raise Interrupted(phase)
+
+    def _ours(self, info) -> bool:
+        """Whether an unraisable exception is our KeyboardInterrupt, raised where Python
+        cannot propagate it (a fork hook or finalizer, e.g. while Ray starts its
+        processes): Python would print its traceback and go on, and the interruption is
+        still counted, so the phase ends with Interrupted as it would have."""
+        return self.count > 0 and isinstance(info.exc_value, KeyboardInterrupt)
 
     def _handle(self, signum, frame) -> None:
         self.count += 1

@@ -112,3 +112,29 @@ def test_ctrl_c_while_the_data_loads_stops_at_once_and_writes_nothing(folder, sm
     assert "Traceback" not in output, output[-3000:]
     assert "interrupted:" in output.strip().splitlines()[-1]
     assert not (folder / "run" / "gene_r2.csv").exists() and not (folder / "run" / "models").exists()
+
+
+def test_an_interrupt_python_cannot_raise_prints_no_traceback(monkeypatch):
+    """Ctrl-C landing in a fork hook or finalizer (as while Ray starts its processes):
+    Python hands such an exception to sys.unraisablehook, which prints 'Exception
+    ignored' and its traceback; ours is counted and stays quiet, any other goes to
+    the hook as before."""
+    from mtlrank_ray.interrupts import CtrlC
+
+    class Finalized:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
+    ctrl_c = CtrlC()
+    with ctrl_c.handling():
+        Finalized(KeyboardInterrupt())  # not ours before the handler ran
+        ctrl_c.count = 1  # the handler ran
+        Finalized(KeyboardInterrupt())
+        Finalized(RuntimeError("a real problem"))
+    Finalized(KeyboardInterrupt())  # the hook is the previous one again
+    assert seen == [KeyboardInterrupt, RuntimeError, KeyboardInterrupt]

@@ -25,7 +25,7 @@ from ray.tune.search import Searcher
 
 from ..config import INTEGER_KEYS, SearchConfig
 from ..core.trial import Trial
-from .search_space import group_order, ordered, significant
+from .search_space import group_order, ordered, significant, trials_per_group
 
 ASKS = 100  # proposals tried for a setting the group does not have yet
 
@@ -55,7 +55,7 @@ class GroupedOptuna(Searcher):
 
     @property
     def total_trials(self) -> int:
-        return len(self.asked) * self.search.num_samples * len(self.search.lambdas)
+        return len(self.asked) * trials_per_group(self.search)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space is the config's; metric and mode are set here

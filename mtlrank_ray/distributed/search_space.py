@@ -78,9 +78,3 @@ def group_order(search: SearchConfig, group: tuple[str, int, int], trials: list[
 def trials_per_group(search: SearchConfig) -> int:
     samples = search.num_samples if search.searcher else len(settings(search))
     return samples * len(search.lambdas)
-
-
-def max_epochs(search: SearchConfig, epochs: int) -> int:
-    """The most epochs any trial trains (`training.epochs` unless epochs is searched)."""
-    domain = search.space.get("epochs")
-    return max(next(iter(domain.values()))) if domain else epochs

@@ -107,7 +107,9 @@ def ending_epochs(config: Config, epochs: int, baseline: bool) -> set[int]:
 
 
 def max_epochs(config: Config) -> int:
-    return search_space.max_epochs(config.search, config.training.epochs)
+    """The most epochs any trial trains (`training.epochs` unless epochs is searched)."""
+    domain = config.search.space.get("epochs")
+    return max(next(iter(domain.values()))) if domain else config.training.epochs
 
 
 class _TrialStorage:

@@ -169,7 +169,7 @@ def _interrupt_hint(args, config, out: Path, ctrl_c: CtrlC):
     def hint(exc: BaseException) -> str:
         from ray import tune
 
-        from .distributed.sweep import experiment_path
+        from .run_storage import experiment_path
 
         if isinstance(exc, Interrupted) and str(exc) == "publish":
             return f"the results in {out} were written whole first"
@@ -236,9 +236,13 @@ def _tune(args) -> None:
         if args.demo and not (DEMO_DATA / "truth" / "params.json").is_file():
             write_demo(DEMO_DATA)
             log.info("demo atlas written to %s", DEMO_DATA)
-        # Refused before the store changes when the folder holds tissues swept otherwise.
+        # Refused before the store changes when the folder holds tissues swept otherwise,
+        # or when storage holds a sweep this run would replace by mistake.
         earlier = earlier_tissues(out, config, selected_tissues(args.data, config, args.tissue),
                                   args.fresh)
+        if not args.resume:
+            from .distributed.resume import check_new_sweep
+            check_new_sweep(config, out, args.fresh)
         store = config.run.store(out)
         reports = prepare_store(args.data, config, store, args.tissue)
         _print_reports(reports, store)
@@ -263,16 +267,11 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     from .core.trial import Trial
     from .distributed.group_tasks import GroupsFinished, GroupTasks
     from .distributed.ray_data import materialize_tissue
+    from .distributed.resume import resumable
     from .distributed.search_space import trials_per_group
-    from .distributed.sweep import (
-        EXPERIMENT,
-        check_storage,
-        experiment_path,
-        groups,
-        model_location,
-        resumable,
-        run_sweep,
-    )
+    from .distributed.storage_check import check_storage
+    from .distributed.tuner import groups, run_sweep
+    from .run_storage import EXPERIMENT, experiment_path
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
@@ -304,7 +303,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         say(f"data: {len(blocks)} tissue{'s' * (len(blocks) != 1)} in Ray's object store "
             f"({time.monotonic() - started:.0f} s)")
         # Baselines and rankings run beside the trials, on the CPUs they leave free.
-        tasks = GroupTasks(blocks, config, lambda trial: model_location(experiment, trial))
+        tasks = GroupTasks(blocks, config, experiment, resumed=args.resume)
         every_group = groups(list(blocks.values()), config)
         tasks.add_baselines(every_group)
         GroupsFinished.tasks = tasks
@@ -312,7 +311,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
             progress = (() if args.quiet or args.verbose
                         else (SweepProgress(total=len(every_group) * trials_per_group(config.search)),))
             with ctrl_c.during("sweep"):
-                grid = run_sweep(blocks, config, out, resume=args.resume, verbose=int(args.verbose),
+                grid = run_sweep(blocks, config, out, resume_sweep=args.resume, verbose=int(args.verbose),
                                  callbacks=(GroupsFinished(trials_per_group(config.search)), *progress))
         finally:
             GroupsFinished.tasks = None
@@ -325,8 +324,10 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         swept = time.monotonic()
         tasks.finish()
         during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
+        kept = (f"; kept from the interrupted sweep: {tasks.kept['baselines']} fits, "
+                f"{tasks.kept['rankings']} rankings" if args.resume else "")
         say(f"baselines and rankings: {tasks.baseline_counts()}, {len(tasks.rankings)} groups "
-            f"ranked ({during} while trials ran), {len(tasks.failed)} failed")
+            f"ranked ({during} while trials ran), {len(tasks.failed)} failed{kept}")
     finally:
         ray.shutdown()
     return trials, failed, chosen, tasks
@@ -341,7 +342,9 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
     from .analysis.results import gene_table, markdown_table, write_results
     from .core.trial import Trial
     from .data.store import install, write_atomically
-    from .distributed.sweep import EXPERIMENT, experiment_path, stage_models
+    from .distributed.resume import mark_published
+    from .run_folder import stage_models
+    from .run_storage import EXPERIMENT, experiment_path
 
     baselines = [(group, fit) for (group, _), fit in sorted(tasks.baselines.items())]
     genes = gene_table(trials, config.training.epochs, baselines, earlier.genes)
@@ -375,6 +378,8 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
         for name in ("rankings.parquet", "network.csv", "evaluation.csv"):
             (out / name).unlink(missing_ok=True)
     _report(argparse.Namespace(out=out))
+    if not (failed or tasks.failed):  # a sweep with failures stays resumable, not replaceable
+        mark_published(experiment_path(config, out), out)
     if failed or tasks.failed:
         raise TrainingError(f"{len(failed)} trials and {len(tasks.failed)} baselines or rankings "
                             f"failed (listed in {out / 'summary.md'}); Tune's logs are in "

@@ -103,6 +103,9 @@ class AshaConfig:
 class ResourcesConfig:
     cpu: float = field(default=1.0, metadata=_POSITIVE)
     gpu: float = field(default=0.0, metadata=_NON_NEGATIVE)
+    # A trial that asks for a GPU fails at once unless TensorFlow sees one on its node;
+    # false only where nodes advertise GPUs they lack (the local cluster's config).
+    require_gpu: bool = True
     max_concurrent_trials: int | None = field(default=None, metadata=_POSITIVE)
 
 

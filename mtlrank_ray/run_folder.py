@@ -11,13 +11,18 @@ run is refused before it starts. `--fresh` starts the folder over.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from .analysis.baselines import BaselineFit, baseline_name
 from .config import Config, load_config
+from .core.trial import Trial
+from .data.store import sibling
 from .errors import InputError
+from .run_storage import fetch_models
 
 COMPARED = ("data", "genes", "training", "search", "asha")  # what makes results comparable
 
@@ -71,3 +76,37 @@ def stale_rankings(out: Path) -> list[Path]:
     """Rankings of other λ (`rank --lambda`): they describe an earlier sweep's models."""
     return sorted(p for pattern in ("rankings_lambda*.parquet", "network_lambda*.csv",
                                     "evaluation_lambda*.csv") for p in Path(out).glob(pattern))
+
+
+def used_trials(selected: pd.DataFrame) -> list[Trial]:
+    """The trials whose models the results use: per group, the selected configuration
+    and λ = 0 at its settings (when that has a result)."""
+    trials = []
+    for row in selected.to_dict("records"):
+        trials.append(Trial.from_config(row))
+        if row["lambda"] != 0 and pd.notna(row.get("lambda0_mean_val_r2")):
+            trials.append(trials[-1].at(0.0))
+    return trials
+
+
+def stage_models(selected: pd.DataFrame, baselines: dict[tuple[tuple, str], BaselineFit], experiment: str,
+                 folder: Path, keep: list[Path] = ()) -> Path:
+    """A staging folder beside FOLDER for `store.install` to put in its place whole (so
+    models/ never mixes runs): the models the results use (`used_trials`), fetched from
+    the sweep's storage in parallel, each baseline as
+    <tissue>_c<cluster>_r<replicate>_<method>.npz, and the files `keep` (earlier tissues'
+    models). The other trials' models stay in the sweep's storage
+    (`mtlrank-ray rank RUN --lambda X` fetches them)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = sibling(folder, "staging")
+    staging.mkdir()
+    try:
+        fetch_models(experiment, used_trials(selected), staging)
+        for (group, method), fit in baselines.items():
+            fit.save(staging / f"{baseline_name(*group, method)}.npz")
+        for path in keep:
+            shutil.copy2(path, staging / path.name)
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    return staging

@@ -19,7 +19,7 @@ import ray
 from ray import tune
 
 from mtlrank_ray.distributed.asha import GroupedASHA
-from mtlrank_ray.distributed.sweep import group_of
+from mtlrank_ray.distributed.group_tasks import group_of
 
 LAMBDAS = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
 EPOCHS = 6

@@ -9,7 +9,7 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
 from mtlrank_ray.distributed.asha import GroupedASHA
-from mtlrank_ray.distributed.sweep import group_of
+from mtlrank_ray.distributed.group_tasks import group_of
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from mtlrank_ray.core.trainer import EpochReport, Trial
-from mtlrank_ray.distributed.sweep import record_metrics
+from mtlrank_ray.distributed.trainable import record_metrics
 
 
 def free_port() -> int:

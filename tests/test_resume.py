@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, SMALL_SETTINGS, write_config
 from ray import tune
 
-from mtlrank_ray.distributed.sweep import restore_missing_checkpoints, swept_trials
+from mtlrank_ray.distributed.resume import restore_missing_checkpoints, swept_trials
 
 # 16 trials one at a time, so the sweep spans several of Tune's snapshots to storage
 # (10 s apart or more): it is interrupted when some but not all of its trials are

@@ -18,10 +18,11 @@ from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.core.cluster_data import ClusterData
 from mtlrank_ray.core.trial import Trial, load_model
 from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.distributed import ray_data, sweep
+from mtlrank_ray.distributed import ray_data, trainable, trial_storage, tuner
 from mtlrank_ray.distributed.group_tasks import GroupsFinished, GroupTasks
 from mtlrank_ray.distributed.search_space import trials_per_group
 from mtlrank_ray.errors import InputError
+from mtlrank_ray.run_storage import MODEL, experiment_path
 
 EPOCHS = 6
 CRASH_AFTER = 3  # the epoch after whose report a crashing trial fails, once
@@ -54,16 +55,16 @@ def crash_once(config, tissues, settings):
 
     tune.report = report_then_crash
     try:
-        sweep.train_trial(config, tissues, settings)
+        trainable.train_trial(config, tissues, settings)
     finally:
         tune.report = report
 
 
-def run(store, out, config, trainable=sweep.train_trial):
+def run(store, out, config, train=trainable.train_trial):
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
     marker = str(out / "crashed-")
-    wrapped = (lambda c, **kw: trainable({**c, "marker": marker}, **kw)) if trainable is crash_once else trainable
-    grid = sweep.run_sweep(blocks, config, out, verbose=0, trainable=wrapped)
+    wrapped = (lambda c, **kw: train({**c, "marker": marker}, **kw)) if train is crash_once else train
+    grid = tuner.run_sweep(blocks, config, out, verbose=0, trainable=wrapped)
     assert not [r.error for r in grid if r.error]
     return {r.config["trial"]["cluster"]: r for r in grid}
 
@@ -72,7 +73,7 @@ def run(store, out, config, trainable=sweep.train_trial):
 def test_a_crashed_trial_goes_on_from_its_last_checkpoint_exactly(local_ray, store, tmp_path, every):
     config = settings(checkpoint_every_epochs=every, checkpoint_every_s=None)
     reference = run(store, tmp_path / "reference", config)
-    crashed = run(store, tmp_path / "crashed", config, trainable=crash_once)
+    crashed = run(store, tmp_path / "crashed", config, train=crash_once)
     for cluster, result in crashed.items():
         epochs = result.metrics_dataframe.epoch.tolist()
         # Each epoch after the last checkpoint before the crash is trained again, no more.
@@ -80,8 +81,8 @@ def test_a_crashed_trial_goes_on_from_its_last_checkpoint_exactly(local_ray, sto
         assert epochs == [*range(1, CRASH_AFTER + 1), *range(resumed_from + 1, EPOCHS + 1)]
         for key in ("best_epoch", "best_val_r2", "best_test_r2"):
             assert result.metrics[key] == reference[cluster].metrics[key]  # exact on the CPU
-        _, weights = load_model(Path(result.path, sweep.MODEL).read_bytes())
-        _, expected = load_model(Path(reference[cluster].path, sweep.MODEL).read_bytes())
+        _, weights = load_model(Path(result.path, MODEL).read_bytes())
+        _, expected = load_model(Path(reference[cluster].path, MODEL).read_bytes())
         for name in expected:
             np.testing.assert_array_equal(weights[name], expected[name])
 
@@ -92,8 +93,8 @@ def test_a_trial_writes_its_model_once_and_state_only_when_due(local_ray, store,
         written = result.metrics_dataframe.storage_bytes.diff().fillna(
             result.metrics_dataframe.storage_bytes).tolist()
         state = result.checkpoint.to_directory()
-        state_bytes = (Path(state) / sweep.STATE).stat().st_size
-        model_bytes = Path(result.path, sweep.MODEL).stat().st_size
+        state_bytes = (Path(state) / trial_storage.STATE).stat().st_size
+        model_bytes = Path(result.path, MODEL).stat().st_size
         # States after epochs 2 and 4 (not 6: the trial is done); the model at the last
         # epoch, the only one where a trial without early stopping ends.
         # (a state's size grows a little with its training history)
@@ -105,14 +106,14 @@ def test_a_stopped_trials_model_holds_its_best_epoch(local_ray, store, tmp_path)
     config = config_from_dict({**SMALL_SETTINGS, "training": {"epochs": 8, "batch_size": 64},
                                "search": {"lambdas": [0.0, 1.0, 3.0], "replicates": 1},
                                "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 3}})
-    assert sweep.ending_epochs(config, 8, baseline=False) == {1, 3, 8}
-    results = sweep.run_sweep({"Liver": ray_data.materialize_tissue(str(store), "Liver")}, config,
+    assert trial_storage.ending_epochs(config, 8, baseline=False) == {1, 3, 8}
+    results = tuner.run_sweep({"Liver": ray_data.materialize_tissue(str(store), "Liver")}, config,
                               tmp_path, verbose=0)
     stopped = [r for r in results if r.metrics["epoch"] < 8]
     assert stopped  # strong λ lose at a rung
     tissue = load_tissue(store, "Liver")
     for result in stopped:
-        genes, weights = load_model(Path(result.path, sweep.MODEL).read_bytes())
+        genes, weights = load_model(Path(result.path, MODEL).read_bytes())
         spec = result.config["trial"]
         assert genes == ClusterData.from_tissue(tissue, spec["cluster"]).genes
         reports = result.metrics_dataframe
@@ -134,7 +135,7 @@ def last_waits_for_rankings(config, tissues, settings):
         deadline = time.monotonic() + 60
         while not (gate / RANKINGS_SUBMITTED).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-    sweep.train_trial({"trial": config["trial"]}, tissues, settings)
+    trainable.train_trial({"trial": config["trial"]}, tissues, settings)
 
 
 def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path):
@@ -147,9 +148,9 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
                                "asha": {"enabled": False},
                                "resources": {"max_concurrent_trials": 1}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    experiment = sweep.experiment_path(config, tmp_path)
-    tasks = GroupTasks(blocks, config, lambda trial: sweep.model_location(experiment, trial))
-    tasks.add_baselines(sweep.groups(list(blocks.values()), config))
+    experiment = experiment_path(config, tmp_path)
+    tasks = GroupTasks(blocks, config, experiment)
+    tasks.add_baselines(tuner.groups(list(blocks.values()), config))
     gate = tmp_path / "gate"
     gate.mkdir()
 
@@ -162,11 +163,11 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
     swept = threading.Event()
     watcher = threading.Thread(target=open_gate, daemon=True)
     watcher.start()
-    trials = len(sweep.trial_grid(list(blocks.values()), config))
+    trials = len(tuner.trial_grid(list(blocks.values()), config))
     trainable = lambda c, **kw: last_waits_for_rankings({**c, "gate": str(gate), "trials": trials}, **kw)
     GroupsFinished.tasks = tasks
     try:
-        grid = sweep.run_sweep(blocks, config, tmp_path, verbose=0, trainable=trainable,
+        grid = tuner.run_sweep(blocks, config, tmp_path, verbose=0, trainable=trainable,
                                callbacks=(GroupsFinished(trials_per_group(config.search)),))
     finally:
         GroupsFinished.tasks = None
@@ -187,7 +188,7 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
                  if r.config["trial"]["cluster"] == cluster}
         assert trial.lam == max(sorted(means), key=means.get)
         data = ClusterData.from_tissue(tissue, cluster)
-        _, weights = load_model(Path(experiment, trial.name, sweep.MODEL).read_bytes())
+        _, weights = load_model(Path(experiment, trial.name, MODEL).read_bytes())
         expected = group_rankings("Liver", cluster, replicate, data, tissue.tfs, weights, config.search)
         pd.testing.assert_frame_equal(rows, expected)
 
@@ -213,6 +214,6 @@ def test_a_sweep_of_other_tissues_is_not_resumed(local_ray, store, tmp_path):
     config = config_from_dict({**SMALL_SETTINGS, "training": {"epochs": 1, "batch_size": 64},
                                "search": {"lambdas": [0.0], "replicates": 1}, "asha": {"enabled": False}})
     liver = ray_data.materialize_tissue(str(store), "Liver")
-    sweep.run_sweep({"Liver": liver}, config, tmp_path, verbose=0)
+    tuner.run_sweep({"Liver": liver}, config, tmp_path, verbose=0)
     with pytest.raises(InputError, match="covers the tissues Liver; resume it with --tissue Liver"):
-        sweep.run_sweep({"Liver": liver, "Kidney_Left": liver}, config, tmp_path, resume=True, verbose=0)
+        tuner.run_sweep({"Liver": liver, "Kidney_Left": liver}, config, tmp_path, resume_sweep=True, verbose=0)

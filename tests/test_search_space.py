@@ -245,7 +245,7 @@ def test_a_sweep_over_lambda_and_learning_rate_from_yaml(tmp_path):
 
 
 def test_searched_epochs_end_at_their_own_last_epoch_and_the_rungs_before_it():
-    from mtlrank_ray.distributed.sweep import ending_epochs, max_epochs
+    from mtlrank_ray.distributed.trial_storage import ending_epochs, max_epochs
 
     config = config_from_dict({"training": {"epochs": 3}, "asha": {"grace_period": 1, "reduction_factor": 2},
                                "search": {"space": {"epochs": {"grid": [2, 8]}}}})

@@ -21,7 +21,7 @@ from mtlrank_ray.core.trial import Trial
 from mtlrank_ray.data import load_tissue, prepare_store
 from mtlrank_ray.distributed import ray_data
 from mtlrank_ray.distributed.group_tasks import GroupTasks
-from mtlrank_ray.distributed.sweep import groups, trial_grid
+from mtlrank_ray.distributed.tuner import groups, trial_grid
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,9 @@ def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, 
     assert len(set(firsts)) > 1  # no λ always starts first
 
 
-def run_baselines(blocks, config):
+def run_baselines(blocks, config, experiment):
     """The baselines of every group, as the sweep runs them: ({(group, method): fit}, failures)."""
-    tasks = GroupTasks(blocks, config, model_location=None)
+    tasks = GroupTasks(blocks, config, str(experiment))
     tasks.add_baselines(groups(list(blocks.values()), config))
     tasks.finish()
     return tasks.baselines, tasks.failed
@@ -145,10 +145,10 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_baseline_tasks_fit_every_group_as_the_baselines_do_locally(local_ray, store):
+def test_baseline_tasks_fit_every_group_as_the_baselines_do_locally(local_ray, store, tmp_path):
     config = config_from_dict({"search": {"replicates": 2, "lambdas": [0.0, 0.1]}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    fits, failed = run_baselines(blocks, config)
+    fits, failed = run_baselines(blocks, config, tmp_path / "sweep")
     assert not failed
     assert sorted(fits) == sorted((("Liver", cluster, replicate), method) for cluster in range(4)
                                   for replicate in range(2) for method in ("lasso", "grnboost2"))
@@ -166,12 +166,26 @@ def test_baseline_tasks_fit_every_group_as_the_baselines_do_locally(local_ray, s
     # Replicates are drawn apart: other cells, other trees.
     assert not np.array_equal(fits[("Liver", 1, 0), "grnboost2"].importance,
                               fits[("Liver", 1, 1), "grnboost2"].importance)
+    # Each task wrote its fit to the sweep's storage; a resumed sweep's queue loads them
+    # and queues none, a new sweep's loads none.
+    stored = {p.stem: BaselineFit.load(p) for p in (tmp_path / "sweep" / "baselines").glob("*.npz")}
+    assert len(stored) == 16
+    np.testing.assert_array_equal(stored["Liver_c1_r1_grnboost2"].importance,
+                                  fits[("Liver", 1, 1), "grnboost2"].importance)
+    resumed = GroupTasks(blocks, config, str(tmp_path / "sweep"), resumed=True)
+    resumed.add_baselines(groups(list(blocks.values()), config))
+    assert not resumed.queue and resumed.kept["baselines"] == 16 and sorted(resumed.baselines) == sorted(fits)
+    np.testing.assert_array_equal(resumed.baselines[("Liver", 1, 1), "lasso"].parameters["coef"],
+                                  fits[("Liver", 1, 1), "lasso"].parameters["coef"])
+    new = GroupTasks(blocks, config, str(tmp_path / "sweep"))
+    new.add_baselines(groups(list(blocks.values()), config))
+    assert len(new.queue) == 16 and not new.baselines
 
 
-def test_a_failed_baseline_is_reported_not_raised(local_ray, store):
+def test_a_failed_baseline_is_reported_not_raised(local_ray, store, tmp_path):
     config = config_from_dict({"search": {"replicates": 1, "val_fraction": 0.001}})
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
-    fits, failed = run_baselines(blocks, config)  # one validation cell: R² is undefined
+    fits, failed = run_baselines(blocks, config, tmp_path / "sweep")  # one validation cell: R² is undefined
     assert fits == {} and len(failed) == 8
     assert "cells with velocity in the val split; R² needs at least 2" in failed[0]
     assert {line.split()[0] for line in failed} == {"lasso", "grnboost2"}
@@ -217,7 +231,7 @@ def fake_training(config, tissues, settings):
 
 
 def test_an_optuna_sweep_runs_each_groups_settings_at_every_lambda(local_ray, store, tmp_path):
-    from mtlrank_ray.distributed.sweep import run_sweep
+    from mtlrank_ray.distributed.tuner import run_sweep
 
     config = config_from_dict({
         "training": {"epochs": 4}, "asha": {"grace_period": 1},
@@ -237,5 +251,5 @@ def test_an_optuna_sweep_runs_each_groups_settings_at_every_lambda(local_ray, st
     # Tune saved the searcher with the sweep: --resume restores it, and a finished sweep's
     # searcher proposes nothing more.
     assert list((tmp_path / "run" / "sweep").glob("searcher-state-*.pkl"))
-    again = run_sweep(blocks, config, tmp_path / "run", resume=True, verbose=0, trainable=fake_training)
+    again = run_sweep(blocks, config, tmp_path / "run", resume_sweep=True, verbose=0, trainable=fake_training)
     assert sorted(Trial.from_config(r.config["trial"]).name for r in again) == sorted(t.name for t, _ in trials)

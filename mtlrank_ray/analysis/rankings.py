@@ -33,8 +33,8 @@ from ..core.cluster_data import SPLITS, ClusterData, prepare_splits, replicate_s
 from ..core.trial import Trial, load_model
 from ..data import load_tissue
 from ..data.store import write_atomically
-from ..distributed.sweep import experiment_path, fetch_models
 from ..errors import InputError
+from ..run_storage import experiment_path, fetch_models
 from .evaluation import (
     data_id_map,
     evaluate,

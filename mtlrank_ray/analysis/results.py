@@ -180,7 +180,9 @@ def write_results(out: Path, genes: pd.DataFrame, failed: list[str], about: str)
             "and the baselines beside it",
             "- rankings.parquet, network.csv: the TF rankings of the chosen models and the network; "
             "evaluation.csv: the rankings against a reference network (where there is one)",
-            "- models/: the models these results use; report/index.html: the plots and tables"]
+            "- models/: the models these results use; report/index.html: the plots and tables",
+            "- config.yaml: the run's settings; sweep.json: the record of the sweep these results "
+            "come from (its trials, baselines and rankings stay in the sweep's storage)"]
     if failed:
         text += ["", "## Failed trials and baselines\n", *[f"- {name}" for name in failed]]
     write_atomically(out / "summary.md", lambda p: Path(p).write_text("\n".join(text) + "\n"))

@@ -78,18 +78,21 @@ class _TracePerTrainer(logging.Filter):
 tf.get_logger().addFilter(_TracePerTrainer())
 
 
-def configure_runtime(cpus: float) -> None:
+def configure_runtime(cpus: float) -> int:
     """Size TensorFlow's thread pools to the CPUs a caller was given and let it
-    grow GPU memory as needed (so trials can share a GPU). Takes effect only
-    before the process runs its first TensorFlow op; later calls change nothing."""
+    grow GPU memory as needed (so trials can share a GPU); returns how many GPUs
+    TensorFlow sees. Takes effect only before the process runs its first
+    TensorFlow op; later calls change nothing."""
     threads = max(1, int(cpus))
+    gpus = tf.config.list_physical_devices("GPU")
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        for gpu in tf.config.list_physical_devices("GPU"):
+        for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
         pass  # TensorFlow already runs in this process (a reused worker): keep its settings
+    return len(gpus)
 
 
 class ClusterTrainer:

@@ -155,7 +155,8 @@ def main() -> None:
     from ..distributed import ray_data
     from ..distributed.group_tasks import GroupsFinished, GroupTasks
     from ..distributed.search_space import trials_per_group
-    from ..distributed.sweep import experiment_path, groups, model_location, run_sweep
+    from ..distributed.tuner import groups, run_sweep
+    from ..run_storage import experiment_path
     from .bench import memory_bytes
 
     cpus = os.cpu_count()
@@ -176,7 +177,7 @@ def main() -> None:
             blocks = {"Atlas": ray_data.materialize_tissue(str(root / "store"), "Atlas", 0.5)}
             print(f"materialize_s: {time.time() - started:.1f}")
             experiment = experiment_path(config, root / "run")
-            tasks = GroupTasks(blocks, config, lambda trial: model_location(experiment, trial))
+            tasks = GroupTasks(blocks, config, experiment)
             tasks.add_baselines(groups(list(blocks.values()), config))
             GroupsFinished.tasks = tasks
             swept = time.time()

@@ -28,7 +28,7 @@ import ray
 from ..config import config_from_dict
 from ..data import prepare_store
 from ..distributed.ray_data import materialize_tissue
-from ..distributed.sweep import run_sweep
+from ..distributed.tuner import run_sweep
 from .demo import DemoSpec, write_demo
 
 SPEC = DemoSpec(cells={"Kidney (Left)": 12000, "Liver": 6000}, n_tfs=100)

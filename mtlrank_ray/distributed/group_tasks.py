@@ -11,9 +11,11 @@ Ray's available CPUs between Tune's steps (trials waiting to start hold
 theirs already), so a baseline rarely delays a trial (Ray counts free CPUs
 over the whole cluster, not per node); whatever is still queued when the last
 trial ends is submitted then. Each task reads its tissue's
-expression from the node's one shared copy. This module imports no
-TensorFlow: the baselines' workers never load it; the rankings' do, inside the
-task.
+expression from the node's one shared copy, and writes what it made to the
+sweep's storage before it returns (`run_storage`), so a resumed sweep loads
+the fits and rankings a killed driver never collected instead of redoing them.
+This module imports no TensorFlow: the baselines' workers never load it; the
+rankings' do, inside the task.
 """
 
 from __future__ import annotations
@@ -21,17 +23,28 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import ray
 from ray.tune import Callback
 
-from ..analysis.baselines import BASELINES, LABEL, BaselineFit, fit_baseline
+from ..analysis.baselines import BASELINES, LABEL, BaselineFit, baseline_name, fit_baseline
 from ..analysis.results import choose
 from ..config import Config, SearchConfig
 from ..core.cluster_data import replicate_split
 from ..core.trial import Trial
-from ..data.store import read_file
+from ..data.store import put_file, read_file
+from ..run_storage import (
+    BASELINES_FOLDER,
+    RANKINGS_FOLDER,
+    baseline_location,
+    model_location,
+    put_frame,
+    ranking_location,
+    read_frame,
+    stored_names,
+)
 from . import ray_data
 
 log = logging.getLogger(__name__)
@@ -42,15 +55,17 @@ POLL_S = 1.0  # how often free CPUs are looked up between Tune's steps
 
 @ray.remote
 def _baseline_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, method: str,
-                   search: SearchConfig, standardize: str, threads: int) -> BaselineFit:
+                   search: SearchConfig, standardize: str, threads: int, location: str) -> BaselineFit:
     data = ray_data.cluster_data(tissue, cluster)
     split = replicate_split(search, len(data.expression), replicate)
-    return fit_baseline(method, data, split, standardize, search, replicate, threads)
+    fit = fit_baseline(method, data, split, standardize, search, replicate, threads)
+    put_file(location, fit.to_bytes())
+    return fit
 
 
 @ray.remote
 def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, model: str,
-                  search: SearchConfig) -> pd.DataFrame:
+                  search: SearchConfig, location: str) -> pd.DataFrame:
     from ..analysis.rankings import group_rankings
     from ..core.trial import load_model
 
@@ -58,16 +73,20 @@ def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, m
     data = ray_data.cluster_data(tissue, cluster)
     if genes != data.genes:
         raise RuntimeError(f"{model} was trained on other genes than cluster {cluster}")
-    return group_rankings(tissue.name, cluster, replicate, data, ray_data.tissue_tfs(tissue),
+    rows = group_rankings(tissue.name, cluster, replicate, data, ray_data.tissue_tfs(tissue),
                           weights, search)
+    put_frame(location, rows)
+    return rows
 
 
 class GroupTasks:
     """The driver's queue of baselines and rankings (see the module's docstring)."""
 
-    def __init__(self, blocks: dict[str, ray_data.TissueBlocks], config: Config,
-                 model_location):
-        self.blocks, self.config, self.model_location = blocks, config, model_location
+    def __init__(self, blocks: dict[str, ray_data.TissueBlocks], config: Config, experiment: str,
+                 resumed: bool = False):
+        """`resumed`: the sweep at `experiment` goes on, so the fits and rankings it has
+        in storage are loaded rather than queued (a new sweep replaces them)."""
+        self.blocks, self.config, self.experiment = blocks, config, experiment
         self.cpu = config.resources.cpu
         self.queue: deque = deque()
         self.pending: dict = {}  # ObjectRef -> (kind, group, Trial or baseline method)
@@ -75,11 +94,25 @@ class GroupTasks:
         self.rankings: dict[Trial, pd.DataFrame] = {}  # the group's chosen trial -> rows
         self.failed: list[str] = []
         self.submitted: list[tuple[str, Group, float]] = []  # (method or "rankings", group, time)
+        self.kept: Counter = Counter()  # "baselines", "rankings": loaded from storage, not redone
+        self.resumed = resumed
+        self._stored_rankings = (stored_names(f"{experiment}/{RANKINGS_FOLDER}", ".parquet")
+                                 if resumed else set())
         self._polled = 0.0
 
     def add_baselines(self, groups: list[Group]) -> None:
-        for method in (m for m in BASELINES if m in self.config.search.baselines):
-            self.queue.extend(("baseline", group, method) for group in groups)
+        """Queue every group's baselines, but load those already in storage."""
+        stored = (stored_names(f"{self.experiment}/{BASELINES_FOLDER}", ".npz")
+                  if self.resumed else set())
+        wanted = [(group, method) for method in BASELINES if method in self.config.search.baselines
+                  for group in groups]
+        done = [(g, m) for g, m in wanted if baseline_name(*g, m) in stored]
+        locations = [baseline_location(self.experiment, baseline_name(*g, m)) for g, m in done]
+        with ThreadPoolExecutor(16) as pool:  # object storage serves parallel reads
+            for key, location, payload in zip(done, locations, pool.map(read_file, locations)):
+                self.baselines[key] = BaselineFit.from_bytes(payload, location)
+        self.kept["baselines"] += len(done)
+        self.queue.extend(("baseline", g, m) for g, m in wanted if (g, m) not in self.baselines)
 
     def baseline_counts(self) -> str:
         """What the baselines' tasks returned, e.g. '4 lasso and 4 GRNBoost2 fits'."""
@@ -88,7 +121,12 @@ class GroupTasks:
 
     def add_ranking(self, trial: Trial) -> None:
         task = ("rankings", (trial.tissue, trial.cluster, trial.replicate), trial)
-        if trial not in self.rankings and task not in self.queue and task not in self.pending.values():
+        if trial in self.rankings or task in self.queue or task in self.pending.values():
+            return
+        if trial.name in self._stored_rankings:
+            self.rankings[trial] = read_frame(ranking_location(self.experiment, trial))
+            self.kept["rankings"] += 1
+        else:
             self.queue.appendleft(task)  # before queued baselines: GRNBoost2's are long
 
     def poll(self) -> None:
@@ -113,11 +151,12 @@ class GroupTasks:
         if kind == "baseline":
             ref = _baseline_task.options(**options).remote(
                 self.blocks[tissue], cluster, replicate, detail, self.config.search,
-                self.config.training.standardize, max(1, int(self.cpu)))
+                self.config.training.standardize, max(1, int(self.cpu)),
+                baseline_location(self.experiment, baseline_name(*group, detail)))
         else:
             ref = _ranking_task.options(**options).remote(
-                self.blocks[tissue], cluster, replicate, self.model_location(detail),
-                self.config.search)
+                self.blocks[tissue], cluster, replicate, model_location(self.experiment, detail),
+                self.config.search, ranking_location(self.experiment, detail))
         self.pending[ref] = (kind, group, detail)
         self.submitted.append((detail if kind == "baseline" else kind, group, time.monotonic()))
 

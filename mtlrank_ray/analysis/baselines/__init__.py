@@ -12,6 +12,7 @@ that ranks the TFs as the networks' DeepLIFT scores do.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,21 +41,31 @@ class BaselineFit:
     test_r2: np.ndarray  # (G,)
     parameters: dict[str, np.ndarray] = field(default_factory=dict)  # the lasso's coef, intercept
 
-    def save(self, path: Path) -> None:
-        np.savez(path, method=self.method, genes=np.array(self.genes), setting=self.setting,
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, method=self.method, genes=np.array(self.genes), setting=self.setting,
                  importance=self.importance, val_r2=self.val_r2, test_r2=self.test_r2,
                  **{f"parameter_{k}": v for k, v in self.parameters.items()})
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
+        Path(path).write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: Path) -> "BaselineFit":
-        with np.load(path) as saved:
+        return cls.from_bytes(Path(path).read_bytes(), str(path))
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, where: str) -> "BaselineFit":
+        """A fit from the bytes of its file, which `where` names in errors."""
+        with np.load(io.BytesIO(payload)) as saved:
             if "method" not in saved.files:
                 if {"alpha", "coef"} <= set(saved.files):  # a lasso fit from before GRNBoost2
                     return cls(method="lasso", genes=saved["genes"].tolist(), setting=saved["alpha"],
                                importance=np.abs(saved["coef"]), val_r2=saved["val_r2"],
                                test_r2=saved["test_r2"],
                                parameters={"coef": saved["coef"], "intercept": saved["intercept"]})
-                raise InputError(f"{path} is not a baseline fit this version reads; rerun the "
+                raise InputError(f"{where} is not a baseline fit this version reads; rerun the "
                                  "sweep with --fresh")
             return cls(method=str(saved["method"]), genes=saved["genes"].tolist(),
                        setting=saved["setting"], importance=saved["importance"],

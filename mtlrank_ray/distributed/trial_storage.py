@@ -1,0 +1,65 @@
+"""What a trial writes to storage, and when (`<run root>/sweep/<trial name>/`):
+
+- `model.npz`, the best weights and genes, at the epochs where the trial can
+  end (ASHA's rungs and the last epoch) when the best epoch changed since the
+  last write: a stopped trial's model is always there, and nothing else is
+  ever fetched to export or rank it;
+- a Tune checkpoint of the whole trainer state when `run.checkpoint_every_epochs`
+  or `run.checkpoint_every_s` has passed (not at the last epoch: the trial is
+  done). A crashed trial goes on from it, exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..config import Config, RunSettings
+from ..data.store import put_file
+from .asha import rungs
+
+if TYPE_CHECKING:
+    from ..core.trainer import ClusterTrainer, EpochReport
+
+STATE = "trainer_state.npz"  # the trainer's whole state in a Tune checkpoint
+
+
+def max_epochs(config: Config) -> int:
+    """The most epochs any trial trains (`training.epochs` unless epochs is searched)."""
+    domain = config.search.space.get("epochs")
+    return max(next(iter(domain.values()))) if domain else config.training.epochs
+
+
+def ending_epochs(config: Config, epochs: int, baseline: bool) -> set[int]:
+    """The epochs at which a trial of `epochs` epochs can end: the last, and ASHA's
+    rungs before it (λ = 0, never stopped: the last only)."""
+    if baseline or not config.asha.enabled:
+        return {epochs}
+    return {epochs} | {rung for rung in rungs(config.asha.grace_period, config.asha.reduction_factor,
+                                              max_epochs(config)) if rung < epochs}
+
+
+class TrialStorage:
+    """One trial's writes (see the module's docstring), and how many bytes."""
+
+    def __init__(self, trainer: ClusterTrainer, location: str, run: RunSettings, ends: set[int]):
+        self.trainer, self.location, self.run, self.ends = trainer, location, run, ends
+        self.model_epoch: int | None = None  # the best epoch the stored model holds (None: unknown)
+        self.last_save = time.monotonic()
+        self.bytes_written = 0
+
+    def write_model(self, epoch: EpochReport) -> None:
+        if epoch.epoch in self.ends and epoch.best_epoch != self.model_epoch:
+            payload = self.trainer.best_model()
+            put_file(self.location, payload)
+            self.bytes_written += len(payload)
+            self.model_epoch = epoch.best_epoch
+
+    def checkpoint_due(self, epoch: int, last: int) -> bool:
+        every_epochs, every_s = self.run.checkpoint_every_epochs, self.run.checkpoint_every_s
+        now = time.monotonic()
+        due = epoch < last and ((every_epochs is not None and epoch % every_epochs == 0)
+                                or (every_s is not None and now - self.last_save >= every_s))
+        if due:
+            self.last_save = now
+        return due

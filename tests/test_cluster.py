@@ -52,7 +52,7 @@ def sweep_config(tmp_path, cluster, **settings):
     return write_config(tmp_path / "cluster.yaml", {
         **SMALL_SETTINGS, "training": {"epochs": 4, "batch_size": 64},
         "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False},
-        "resources": {"cpu": 1, "gpu": 0.5},
+        "resources": {"cpu": 1, "gpu": 0.5, "require_gpu": False},
         "run": {"storage_path": cluster.storage(prefix), **settings.pop("run", {})}, **settings})
 
 
@@ -217,3 +217,21 @@ def test_a_lost_worker_node_costs_no_trial_and_no_result(cluster, small_atlas_te
         epochs = [r["epoch"] for r in reports[name]]
         assert sorted(set(epochs)) == list(range(1, 9)) and epochs.count(1) == 1, (name, epochs)
         assert reports[name][-1]["node"] != lost_id
+
+
+def test_a_trial_that_finds_no_gpu_fails_at_once_naming_its_node(cluster, small_atlas_template,
+                                                                  tmp_path):
+    """The workers advertise a GPU TensorFlow cannot see, as a node with a broken driver
+    would: the sweep ends at the first such trial, in one line, before any epoch."""
+    config = sweep_config(tmp_path, cluster, training={"epochs": 50, "batch_size": 64},
+                          resources={"cpu": 1, "gpu": 0.5})
+    started = time.time()
+    done = subprocess.run(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
+                          env=driver_env(cluster), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: a trial asked for resources.gpu 0.5 but TensorFlow sees no GPU "
+                            "on Ray node 127.77.0."), error
+    assert "resources.gpu: 0" in error
+    assert not any(r for r in trial_reports(cluster, config).values())  # no epoch was trained
+    assert time.time() - started < 300

@@ -104,3 +104,72 @@ def test_resume_mends_a_checkpoint_deleted_after_the_last_snapshot(local_ray, tm
     (result,) = tune.Tuner.restore(str(tmp_path / "sweep"), trainable=counting,
                                    resume_errored=True).fit()
     assert result.error is None and result.metrics["epoch"] == 4
+
+
+def stored(folder: Path) -> dict[str, tuple[bytes, float]]:
+    """File name -> (bytes, mtime) of the files in a storage folder."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime) for p in folder.glob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_stored_sweep_is_never_replaced_by_mistake_and_resume_keeps_its_baselines(
+        small_atlas_template, tmp_path):
+    """The driver is killed once some baselines and a ranking are in storage. From a new
+    folder (as on a new head), the same command is refused and changes nothing; with
+    --resume, the stored fits and rankings are loaded, not redone."""
+    storage = tmp_path / "storage"
+    config = write_config(tmp_path / "sweep.yaml", {
+        **SMALL_SETTINGS, "training": {"epochs": EPOCHS, "batch_size": 64},
+        "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False},
+        "resources": {"max_concurrent_trials": 1}, "run": {"storage_path": str(storage)}})
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+        shutil.copy(REPO / "tune.py", folder)
+    command = [sys.executable, "tune.py", "--data", str(small_atlas_template), "--config", str(config),
+               "--out", "run"]
+    driver = subprocess.Popen(command + ["-q"], cwd=first, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep = storage / "run" / "sweep"
+    deadline = time.time() + 600
+    try:
+        while len(stored(sweep / "baselines")) < 3 or not stored(sweep / "rankings"):
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    time.sleep(2)  # a task's last upload, if the kill caught one
+    fits, rankings = stored(sweep / "baselines"), stored(sweep / "rankings")
+    assert 3 <= len(fits) < 16 and not (first / "run" / "gene_r2.parquet").exists()
+    files = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+
+    refused = subprocess.run(command, cwd=second, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {sweep} holds the sweep of Kidney_Left, Liver started "
+        f"{json.loads((sweep / 'sweep.json').read_text())['created']} (it was interrupted, or is "
+        "still running): pass --resume to continue it, or --fresh to delete it and start run "
+        "over; --out names another run")
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == files
+
+    resumed = subprocess.run(command + ["--resume"], cwd=second, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"kept from the interrupted sweep: {len(fits)} fits, {len(rankings)} rankings"
+            in resumed.stdout), resumed.stdout
+    after_fits, after_rankings = stored(sweep / "baselines"), stored(sweep / "rankings")
+    assert len(after_fits) == 16 and len(after_rankings) == 8
+    assert all(after_fits[name] == fits[name] for name in fits)  # loaded, not fitted again
+    assert all(after_rankings[name] == rankings[name] for name in rankings)
+    genes = pd.read_parquet(second / "run" / "gene_r2.parquet")
+    assert (genes.model == "lasso").sum() == (genes.model == "grnboost2").sum() == 2 * 16
+    assert json.loads((second / "run" / "sweep.json").read_text())["published"]
+
+    # Its results are in this folder now: the same command replaces it, as a re-run does.
+    again = subprocess.run(command + ["-q"], cwd=second, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # ...but not from the first folder, which never received them.
+    refused = subprocess.run(command + ["-q"], cwd=first, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "its results are not in run" in refused.stderr

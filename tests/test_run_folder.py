@@ -33,7 +33,9 @@ def test_a_subset_run_replaces_its_tissues_and_keeps_the_others(small_atlas_temp
 
     done = tune(tmp_path, small_atlas_template, "--tissue", "Liver")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert {p.name.split("_c")[0] for p in (run / "sweep").iterdir() if p.is_dir()} == {"Liver"}
+    trials = [p for p in (run / "sweep").iterdir() if p.is_dir() and p.name not in ("baselines", "rankings")]
+    assert {p.name.split("_c")[0] for p in trials} == {"Liver"}
+    assert {p.name.split("_c")[0] for p in (run / "sweep" / "baselines").iterdir()} == {"Liver"}
     after = pd.read_parquet(run / "gene_r2.parquet")
     key = ["tissue", "cluster", "replicate", "model", "lambda", "gene"]
     assert not after.duplicated(key).any() and len(after) == len(genes)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.stopper import Stopper
 
@@ -69,7 +69,12 @@ class StopWithoutGpu(tune.Callback, Stopper):
     missing: str | None = None
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = trial.get_pickled_error()
+        # The driver's own copy: the one in storage is uploaded later.
+        path = trial.pickled_error_file
+        if not path or not os.path.isfile(path):
+            return
+        with open(path, "rb") as handle:
+            error = cloudpickle.load(handle)
         cause = getattr(error, "cause", error)
         if isinstance(cause, NoGpuError):
             StopWithoutGpu.missing = str(cause)

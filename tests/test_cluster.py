@@ -9,8 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -146,16 +148,35 @@ def test_prepare_writes_a_store_to_s3_that_the_next_prepare_reuses(cluster, smal
     assert unreachable.stderr.strip().splitlines()[-1].startswith(f"error: cannot use the store at {store}")
 
 
-def test_a_run_folder_the_workers_cannot_see_is_refused_before_any_trial(
-        cluster, small_atlas_template, tmp_path):
-    config = sweep_config(tmp_path, cluster, run={"storage_path": None})
-    done = subprocess.run(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
+@pytest.fixture
+def outside_tmp():
+    """A folder of the driver's machine outside /tmp (workers' /tmp is private anyway)."""
+    base = Path("/var/tmp") if os.access("/var/tmp", os.W_OK) else Path.home()
+    folder = Path(tempfile.mkdtemp(prefix="mtlrank-test-", dir=base))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_workers_see_neither_the_run_folder_nor_the_data_wherever_they_are(
+        cluster, small_atlas_template, outside_tmp):
+    """Run and data folders outside /tmp: a run folder as storage is refused before any
+    trial, and the same sweep with its store and trials on S3 runs."""
+    data = Path(shutil.copytree(small_atlas_template, outside_tmp / "atlas"))
+    config = sweep_config(outside_tmp, cluster, run={"storage_path": None})
+    done = subprocess.run(tune_command(data, config, cluster), cwd=outside_tmp,
                           env=driver_env(cluster), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     error = done.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: the run folder") and "is not visible from Ray node 127.77.0." in error
+    assert error.startswith(f"error: the run folder {outside_tmp / 'run'} (run.storage_path is not set) "
+                            "is not visible from Ray node 127.77.0.")
     assert "run.storage_path" in error and "s3://" in error and "Traceback" not in done.stderr
-    assert not (tmp_path / "run" / "sweep").exists()
+    assert not (outside_tmp / "run" / "sweep").exists()
+
+    config = sweep_config(outside_tmp, cluster, training={"epochs": 2, "batch_size": 64})
+    done = subprocess.run(tune_command(data, config, cluster), cwd=outside_tmp,
+                          env=driver_env(cluster), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_complete(outside_tmp / "run", epochs=2)
 
 
 def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluster, tmp_path, drivers):

@@ -48,23 +48,28 @@ SETTINGS = {"training": {"epochs": EPOCHS}, "asha": {"enabled": False},
 
 
 def atlas_tissue(seed: int = 0) -> AlignedTissue:
+    return synthetic_tissue("Atlas", CELLS, TFS, CLUSTERS, GENES_PER_CLUSTER, seed)
+
+
+def synthetic_tissue(name: str, cells: int, tfs: int, clusters: int, genes_per_cluster: int,
+                     seed: int = 0) -> AlignedTissue:
     """Random expression and activity; velocity a noisy function of a few TFs per gene."""
     rng = np.random.default_rng(seed)
-    n_genes = CLUSTERS * GENES_PER_CLUSTER
-    expression = rng.random(dtype=np.float32, out=aligned_empty((CELLS, TFS)))
-    weights = np.zeros((TFS, n_genes), np.float32)
+    n_genes = clusters * genes_per_cluster
+    expression = rng.random(dtype=np.float32, out=aligned_empty((cells, tfs)))
+    weights = np.zeros((tfs, n_genes), np.float32)
     for g in range(n_genes):
-        weights[rng.choice(TFS, 3, replace=False), g] = rng.normal(size=3)
-    velocity = expression @ weights + rng.normal(scale=0.5, size=(CELLS, n_genes)).astype(np.float32)
+        weights[rng.choice(tfs, 3, replace=False), g] = rng.normal(size=3)
+    velocity = expression @ weights + rng.normal(scale=0.5, size=(cells, n_genes)).astype(np.float32)
     velocity[rng.random(velocity.shape) < 0.1] = np.nan
     return AlignedTissue(
-        name="Atlas", barcodes=np.array([f"cell{i}" for i in range(CELLS)]),
-        tfs=pd.Index([f"TF{t}" for t in range(TFS)]), tf_symbols=np.array([""] * TFS),
-        tf_has_activity=np.ones(TFS, bool), genes=pd.Index([f"gene{g}" for g in range(n_genes)]),
-        clusters=np.repeat(np.arange(CLUSTERS), GENES_PER_CLUSTER),
+        name=name, barcodes=np.array([f"cell{i}" for i in range(cells)]),
+        tfs=pd.Index([f"TF{t}" for t in range(tfs)]), tf_symbols=np.array([""] * tfs),
+        tf_has_activity=np.ones(tfs, bool), genes=pd.Index([f"gene{g}" for g in range(n_genes)]),
+        clusters=np.repeat(np.arange(clusters), genes_per_cluster),
         n_cells=np.sum(~np.isnan(velocity), axis=0), expression=expression, velocity=velocity,
-        activity_mean=rng.random((n_genes, TFS), dtype=np.float32),
-        activity_sum=rng.random((n_genes, TFS), dtype=np.float32))
+        activity_mean=rng.random((n_genes, tfs), dtype=np.float32),
+        activity_sum=rng.random((n_genes, tfs), dtype=np.float32))
 
 
 class MemorySampler(threading.Thread):

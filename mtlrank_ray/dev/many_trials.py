@@ -3,7 +3,7 @@
 N short trials (clusters of 2 genes, 400 cells x 24 TFs, 3 epochs with grouped
 ASHA from epoch 1, so trials run 1 to 3 epochs; 4 λ x 5 replicates per
 cluster) through the sweep tune.py runs (the trainable, grouped ASHA, group
-completion and the rankings beside the trials; no baselines), on the local
+completion, the lasso and the rankings beside the trials), on the local
 cluster (`local_cluster`: a head without CPUs, 2 worker nodes of 1 CPU, one
 trial each) with the store and Tune's trials on its S3 server. The driver is
 this process. Printed, measured in this run, one `name: value` a line:
@@ -24,8 +24,11 @@ and the projection to 9,600 trials, with its arithmetic.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,6 +68,7 @@ class Snapshots:
         from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
         self.durations: list[tuple[int, float]] = []  # (finished trials, seconds)
+        self.saves: list[float] = []  # the synchronous part: writing the state files
         self._started: float | None = None
         manager, syncer = _ExperimentCheckpointManager, _FilesystemSyncer
         save, command = manager.sync_up_experiment_state, syncer._sync_up_command
@@ -74,6 +78,7 @@ class Snapshots:
             def timed_save_fn():
                 snapshots._started = time.monotonic()
                 save_fn()
+                snapshots.saves.append(time.monotonic() - snapshots._started)
             return save(manager_self, timed_save_fn, force=force, wait=wait)
 
         def timed_command(syncer_self, local_path, uri, exclude=None):
@@ -122,8 +127,22 @@ def slope_per_1000(samples: list[tuple[int, float]]) -> float:
 
 
 def main(n_trials: int) -> None:
-    from ..distributed.group_tasks import GroupsFinished, GroupTasks
+    """Start the local cluster, then run the driver in a process of its own that holds the
+    cluster's variables from its start (Ray reads its token settings when it loads)."""
     from ..distributed.local_cluster import LocalCluster
+
+    with tempfile.TemporaryDirectory() as folder:
+        cluster = LocalCluster(Path(folder) / "cluster", workers=2, cpus_per_worker=1).start()
+        try:
+            subprocess.run([sys.executable, "-m", "mtlrank_ray.dev.many_trials", cluster.address,
+                            cluster.storage("many"), str(n_trials), folder],
+                           env={**os.environ, **cluster.env()}, check=True)
+        finally:
+            cluster.stop()
+
+
+def drive(address: str, storage: str, n_trials: int, folder: Path) -> None:
+    from ..distributed.group_tasks import GroupsFinished, GroupTasks
     from ..distributed.ray_data import materialize_tissue
     from ..distributed.search_space import trials_per_group
     from ..distributed.tuner import groups, run_sweep
@@ -131,48 +150,47 @@ def main(n_trials: int) -> None:
     from .bench import memory_bytes
 
     clusters = math.ceil(n_trials / (len(LAMBDAS) * REPLICATES))
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        cluster = LocalCluster(root / "cluster", workers=2, cpus_per_worker=1).start()
-        try:
-            os.environ.update(cluster.env())
-            config = config_from_dict({
-                "training": {"epochs": EPOCHS, "batch_size": 64},
-                "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
-                "search": {"lambdas": LAMBDAS, "replicates": REPLICATES, "baselines": []},
-                "resources": {"cpu": 1, "gpu": 0.5, "require_gpu": False},
-                "run": {"storage_path": cluster.storage("many")}})
-            out = root / "run"
-            write_tissue(root / "staging", synthetic_tissue("Many", 400, 24, clusters, GENES_PER_CLUSTER), {})
-            publish(root / "staging", config.run.store(out), "Many")
-            ray.init(address=cluster.address, logging_level="ERROR")
-            blocks = {"Many": materialize_tissue(config.run.store(out), "Many", config.resources.cpu)}
-            every_group = groups(list(blocks.values()), config)
-            n = len(every_group) * trials_per_group(config.search)
-            slots = int(ray.cluster_resources()["CPU"] // config.resources.cpu)
-            print(f"trials: {n} ({clusters} clusters of {GENES_PER_CLUSTER} genes x {REPLICATES} "
-                  f"replicates x {len(LAMBDAS)} λ, {EPOCHS} epochs, grouped ASHA from epoch 1); "
-                  f"slots: {slots}; storage: {config.run.root(out)}", flush=True)
-            tasks = GroupTasks(blocks, config, experiment_path(config, out))
-            snapshots, memory = Snapshots(), MemoryCurve()
-            GroupsFinished.tasks = tasks
-            memory.start()
-            started = time.monotonic()
-            grid = run_sweep(blocks, config, out, verbose=0,
-                             callbacks=(GroupsFinished(trials_per_group(config.search)), Finished()))
-            wall = time.monotonic() - started
-            GroupsFinished.tasks = None
-            memory.done.set()
-            tasks.finish()
-            own = sum(r.metrics.get("time_total_s", 0.0) for r in grid if r.metrics)
-            objects, size = storage_totals(config.run.root(out))
-            durations = [d for _, d in snapshots.durations] or [float("nan")]
-            report(n, wall, own, slots, memory.samples, memory_bytes("VmHWM") / 2**20,
-                   snapshots.durations, durations, objects, size,
-                   failed=sum(r.error is not None for r in grid) + len(tasks.failed))
-        finally:
-            ray.shutdown()
-            cluster.stop()
+    config = config_from_dict({
+        "training": {"epochs": EPOCHS, "batch_size": 64},
+        "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
+        "search": {"lambdas": LAMBDAS, "replicates": REPLICATES, "baselines": ["lasso"]},
+        "resources": {"cpu": 1, "gpu": 0.5, "require_gpu": False},
+        "run": {"storage_path": storage}})
+    out = folder / "run"
+    write_tissue(folder / "staging", synthetic_tissue("Many", 400, 24, clusters, GENES_PER_CLUSTER), {})
+    publish(folder / "staging", config.run.store(out), "Many")
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # as tune.py: Ray Data keeps its own at INFO
+    try:
+        blocks = {"Many": materialize_tissue(config.run.store(out), "Many", config.resources.cpu)}
+        every_group = groups(list(blocks.values()), config)
+        n = len(every_group) * trials_per_group(config.search)
+        slots = int(ray.cluster_resources()["CPU"] // config.resources.cpu)
+        print(f"trials: {n} ({clusters} clusters of {GENES_PER_CLUSTER} genes x {REPLICATES} "
+              f"replicates x {len(LAMBDAS)} λ, {EPOCHS} epochs, grouped ASHA from epoch 1); "
+              f"slots: {slots}; storage: {config.run.root(out)}", flush=True)
+        tasks = GroupTasks(blocks, config, experiment_path(config, out))
+        tasks.add_baselines(every_group)
+        snapshots, memory = Snapshots(), MemoryCurve()
+        GroupsFinished.tasks = tasks
+        memory.start()
+        started = time.monotonic()
+        grid = run_sweep(blocks, config, out, verbose=0,
+                         callbacks=(GroupsFinished(trials_per_group(config.search)), Finished()))
+        wall = time.monotonic() - started
+        GroupsFinished.tasks = None
+        memory.done.set()
+        tasks.finish()
+        own = sum(r.metrics.get("time_total_s", 0.0) for r in grid if r.metrics)
+        objects, size = storage_totals(config.run.root(out))
+        durations = [d for _, d in snapshots.durations] or [float("nan")]
+        print(f"snapshot_save_s_mean: {np.mean(snapshots.saves or [float('nan')]):.2f}  "
+              "(writing the state files, before the upload)")
+        report(n, wall, own, slots, memory.samples, memory_bytes("VmHWM") / 2**20,
+               snapshots.durations, durations, objects, size,
+               failed=sum(r.error is not None for r in grid) + len(tasks.failed))
+    finally:
+        ray.shutdown()
 
 
 def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects, size, failed) -> None:
@@ -210,3 +228,7 @@ def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects,
     print(f"  storage: {PAPER_TRIALS} x {objects / n:.1f} objects = {PAPER_TRIALS * objects / n:,.0f} "
           f"objects, {PAPER_TRIALS * size / n / 1e9:.2f} GB (models grow with genes and TFs: "
           "an atlas trial's model is ~1,000x these)")
+
+
+if __name__ == "__main__":
+    drive(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))

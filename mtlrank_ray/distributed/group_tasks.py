@@ -183,14 +183,22 @@ class GroupTasks:
 
 class GroupsFinished(Callback):
     """Queues a group's rankings once all its trials have finished, and submits the
-    queued tasks between Tune's steps. It holds no state (the queue is the
-    driver's `GroupsFinished.tasks`), so the copy Tune restores on --resume works
-    as the original did."""
+    queued tasks between Tune's steps. The queue is the driver's (`GroupsFinished.tasks`)
+    and the index of trials by group is rebuilt from Tune's trials, so the copy Tune
+    restores on --resume works as the original did."""
 
     tasks: GroupTasks | None = None  # the running sweep's queue, set by the driver
 
     def __init__(self, trials_per_group: int):
         self.trials_per_group = trials_per_group  # Tune may not have made them all yet
+        self._by_group: dict[Group, list] = {}
+        self._indexed = 0  # Tune's trial list only grows: index what is new since last time
+
+    def __getstate__(self) -> dict:
+        return {"trials_per_group": self.trials_per_group}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["trials_per_group"])
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if GroupsFinished.tasks is not None:
@@ -198,9 +206,13 @@ class GroupsFinished(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # Called while `trial` is still RUNNING; it is the group's last when the others
-        # have all terminated.
-        tasks, group = GroupsFinished.tasks, group_of(trial.config)
-        members = [t for t in trials if group_of(t.config) == group]
+        # have all terminated. Looks at the group's trials only: a sweep of thousands
+        # of trials would otherwise scan them all at every completion.
+        tasks = GroupsFinished.tasks
+        for new in trials[self._indexed:]:
+            self._by_group.setdefault(group_of(new.config), []).append(new)
+        self._indexed = len(trials)
+        members = self._by_group.get(group_of(trial.config), [])
         if (tasks is None or len(members) < self.trials_per_group
                 or any(t is not trial and t.status != t.TERMINATED for t in members)):
             return

@@ -146,9 +146,10 @@ class S3Server:
         ports = [f"-{name}={free_port(self.ip)}" for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port.grpc")]
-        # No telemetry (it would call the internet) and no Iceberg catalog.
+        # No telemetry (it would call the internet), no Iceberg catalog or Lance namespace
+        # (fixed ports: a second server on the machine could not start).
         command = [weed, "server", f"-dir={data}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
-                   "-master.telemetry=false", "-s3", f"-s3.port={self.port}", "-s3.port.iceberg=0",
+                   "-master.telemetry=false", "-s3", f"-s3.port={self.port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                    f"-s3.config={self.folder / 's3.json'}", "-master.volumeSizeLimitMB=64",
                    "-volume.max=0", *ports]
         log = self.folder / "s3.log"

@@ -20,7 +20,7 @@ from ..config import Config
 from ..data.store import filesystem
 from ..errors import InputError
 from ..run_storage import RECORD, SweepRecord, experiment_path
-from .atomic_fs import tune_storage
+from .tune_storage import tune_storage
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def mark_published(path: str, out: Path) -> None:
 def resumable(config: Config, out: Path) -> str:
     """The interrupted sweep's path, or an error saying there is none."""
     path = experiment_path(config, out)
-    if not tune.Tuner.can_restore(path, storage_filesystem=tune_storage(path)[1]):
+    if not tune.Tuner.can_restore(*tune_storage(path)):
         raise InputError(f"there is no sweep to resume at {path}; run without --resume")
     return path
 
@@ -101,7 +101,8 @@ def swept_trials(path: str) -> list:
     level = analysis_log.level
     analysis_log.setLevel(logging.ERROR)
     try:
-        return tune.ExperimentAnalysis(path, storage_filesystem=tune_storage(path)[1]).trials
+        stored, storage_filesystem = tune_storage(path)
+        return tune.ExperimentAnalysis(stored, storage_filesystem=storage_filesystem).trials
     finally:
         analysis_log.setLevel(level)
 

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..run_storage import EXPERIMENT, experiment_path
 from . import ray_data, resume, search_space
 from .asha import GroupedASHA
-from .atomic_fs import tune_storage
+from .tune_storage import tune_storage
 from .group_tasks import Group, group_of
 from .trainable import METRIC, NoGpuError, train_trial
 from .trial_storage import max_epochs
@@ -106,8 +106,9 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     StopWithoutGpu.missing = None
     if resume_sweep:
-        tuner = tune.Tuner.restore(resume.resume_path(config, out, list(blocks)), trainable=trainable,
-                                   resume_errored=True, storage_filesystem=tune_storage(path)[1])
+        stored, storage_filesystem = tune_storage(resume.resume_path(config, out, list(blocks)))
+        tuner = tune.Tuner.restore(stored, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage_filesystem)
     else:
         resume.start_new_sweep(path, list(blocks))
         tuner = _new_tuner(trainable, blocks, config, out, verbose, callbacks)

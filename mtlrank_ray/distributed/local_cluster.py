@@ -74,7 +74,7 @@ def free_ports(ip: str, count: int) -> list[int]:
 
 
 def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None = None,
-          log: Path | None = None) -> None:
+          logs: tuple[Path, ...] = ()) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
@@ -82,8 +82,9 @@ def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None
         if process is not None and process.poll() is not None:
             break
         time.sleep(0.3)
-    tail = log.read_text()[-2000:] if log and log.exists() else ""
-    raise RuntimeError(f"{what} did not come up in {timeout:.0f} s\n{tail}")
+    tails = "".join(f"\n--- {log.name}, its end:\n{log.read_text(errors='replace')[-1500:]}"
+                    for log in logs if log.exists())
+    raise RuntimeError(f"{what} did not come up in {timeout:.0f} s{tails}")
 
 
 def stop_groups(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
@@ -155,7 +156,7 @@ class S3Server:
         log = self.folder / "s3.log"
         self.process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        _wait(self._bucket_ready, 60, "the S3 server (SeaweedFS)", self.process, log)
+        _wait(self._bucket_ready, 60, "the S3 server (SeaweedFS)", self.process, (log,))
         return self
 
     def filesystem(self):
@@ -307,7 +308,7 @@ class LocalCluster:
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
         processes = [n.process for n in [self.head, *self.nodes] if n]
         _wait(lambda: len(self.alive_nodes()) >= count, timeout, f"{count} Ray nodes",
-              log=self.head.log)
+              logs=tuple(node.log for node in [self.head, *self.nodes]))
         for process in processes:
             if process.poll() is not None:
                 raise RuntimeError(f"a Ray node exited: see {self.folder}/*.log")

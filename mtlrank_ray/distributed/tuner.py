@@ -6,6 +6,7 @@ and rankings beside it are `group_tasks`'.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -86,6 +87,15 @@ class StopWithoutGpu(tune.Callback, Stopper):
         return StopWithoutGpu.missing is not None
 
 
+class _NoGpuQuiet(logging.Filter):
+    """Drops Tune's traceback of a trial that found no GPU: the sweep ends with
+    that trial's one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(getattr(error, "cause", error), NoGpuError)
+
+
 def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
               resume_sweep: bool = False, verbose: int = 1, callbacks: tuple = (),
               trainable=train_trial) -> tune.ResultGrid:
@@ -112,7 +122,13 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     else:
         resume.start_new_sweep(path, list(blocks))
         tuner = _new_tuner(trainable, blocks, config, out, verbose, callbacks)
-    grid = tuner.fit()
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    quiet = _NoGpuQuiet()
+    tune_log.addFilter(quiet)
+    try:
+        grid = tuner.fit()
+    finally:
+        tune_log.removeFilter(quiet)
     if StopWithoutGpu.missing:
         raise InputError(StopWithoutGpu.missing)
     return grid

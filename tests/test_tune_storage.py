@@ -1,13 +1,15 @@
 """Tune's storage: a file cut off by a kill leaves the last whole one, and a snapshot
-writes only the files whose content changed."""
+uploads only the files that changed."""
 
 import pickle
 import subprocess
 import sys
+import time
 
 import pyarrow.fs as pafs
 
-from mtlrank_ray.distributed import tune_storage as storage
+from ray.train._internal.storage import _FilesystemSyncer
+
 from mtlrank_ray.distributed.tune_storage import TuneStorageHandler, tune_storage
 
 WRITER = """
@@ -90,9 +92,16 @@ class CountingHandler(pafs.FileSystemHandler):
         return self.local.open_append_stream(path)
 
 
-def test_a_snapshot_writes_only_what_changed(tmp_path, monkeypatch):
-    """Tune copies its whole experiment folder at each snapshot (pyarrow's copy_files):
-    finished trials' logs are written once, a growing one each time it grew."""
+def snapshot(fs, staging, remote) -> None:
+    """One experiment snapshot's upload, as Tune launches it (Ray's syncer, its thread)."""
+    syncer = _FilesystemSyncer(storage_filesystem=fs, sync_period=0, sync_timeout=60)
+    syncer.sync_up(str(staging), str(remote))
+    syncer.wait()
+
+
+def test_a_snapshot_writes_only_what_changed(tmp_path):
+    """Tune uploads its whole experiment folder at each snapshot: finished trials' logs
+    are written once, a growing one each time it grew, a rewritten one when rewritten."""
     counting = CountingHandler()
     fs = pafs.PyFileSystem(TuneStorageHandler(pafs.PyFileSystem(counting), local=False))
     staging, remote = tmp_path / "staging", tmp_path / "remote"
@@ -100,33 +109,37 @@ def test_a_snapshot_writes_only_what_changed(tmp_path, monkeypatch):
         (staging / f"trial{trial}").mkdir(parents=True)
         (staging / f"trial{trial}" / "result.json").write_text(f'{{"epoch": 1, "trial": {trial}}}\n')
     remote.mkdir()
-    pafs.copy_files(str(staging), str(remote), destination_filesystem=fs)
+    snapshot(fs, staging, remote)
     assert len(counting.opened) == 50
     with open(staging / "trial7" / "result.json", "a") as log:  # one trial reported again
         log.write('{"epoch": 2}\n')
-    pafs.copy_files(str(staging), str(remote), destination_filesystem=fs)
+    snapshot(fs, staging, remote)
     assert counting.opened[50:] == [str(remote / "trial7" / "result.json")]
     assert (remote / "trial7" / "result.json").read_text() == (staging / "trial7" / "result.json").read_text()
+    # Rewritten in place to the same size (a state file): its modification time tells.
+    state = staging / "trial9" / "result.json"
+    time.sleep(0.02)
+    state.write_text(state.read_text().replace("1", "2"))
+    snapshot(fs, staging, remote)
+    assert counting.opened[51:] == [str(remote / "trial9" / "result.json")]
+    assert (remote / "trial9" / "result.json").read_text() == state.read_text()
     # Deleted (Tune drops superseded checkpoints): written again when it comes back.
     fs.delete_dir(str(remote / "trial3"))
-    pafs.copy_files(str(staging), str(remote), destination_filesystem=fs)
-    assert counting.opened[51:] == [str(remote / "trial3" / "result.json")]
-    # A file above the limit (a checkpoint) streams through, and is always written.
-    monkeypatch.setattr(storage, "WHOLE_LIMIT", 1000)
-    big = bytes(range(256)) * 20
-    for _ in range(2):
-        with fs.open_output_stream(str(remote / "state.npz")) as stream:
-            for start in range(0, len(big), 700):
-                stream.write(big[start:start + 700])
-    assert counting.opened.count(str(remote / "state.npz")) == 2
-    assert (remote / "state.npz").read_bytes() == big
+    snapshot(fs, staging, remote)
+    assert counting.opened[52:] == [str(remote / "trial3" / "result.json")]
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*.json")) == sorted(
+        p.relative_to(staging) for p in staging.rglob("*.json"))
 
 
-def test_the_filesystem_reaches_workers_without_this_process_digests(tmp_path):
-    path, fs = tune_storage(str(tmp_path))
-    with fs.open_output_stream(f"{path}/result.json") as stream:
-        stream.write(b"{}")
-    copy = pickle.loads(pickle.dumps(fs))  # as Tune sends it to each trial
-    with copy.open_output_stream(f"{path}/result.json") as stream:
-        stream.write(b"[]")
-    assert (tmp_path / "result.json").read_bytes() == b"[]"
+def test_the_filesystem_reaches_workers_without_this_process_record(tmp_path):
+    """Tune pickles the filesystem into every trial: what this driver uploaded stays here."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    path, fs = tune_storage(str(tmp_path / "remote"))
+    empty = len(pickle.dumps(fs))
+    for trial in range(200):
+        (staging / f"trial{trial}.json").write_text("{}")
+    snapshot(fs, staging, path)
+    assert len(fs.handler.uploaded) == 200
+    assert len(pickle.dumps(fs)) == empty
+    assert pickle.loads(pickle.dumps(fs)).handler.uploaded == {}

@@ -61,15 +61,16 @@ def enter_node_root(keep: list[str], command: list[str]) -> None:
         elif os.path.isdir(path):
             (root / path.lstrip("/")).mkdir(parents=True)
             _mount("--rbind", path, str(root / path.lstrip("/")))
+    # Before the kept paths: one under /tmp (a CI checkout) goes inside the private /tmp.
+    for private in ("tmp", "dev/shm"):
+        (root / private).mkdir(parents=True, exist_ok=True)
+        _mount("-t", "tmpfs", "tmpfs", str(root / private))
     for path, fd in held.items():
         target = root / path.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         # --no-canonicalize: the held directory, not its old path (now under the new tmpfs)
         _mount("--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", str(target), fds=(fd,))
         os.close(fd)
-    for private in ("tmp", "dev/shm"):
-        (root / private).mkdir(parents=True, exist_ok=True)
-        _mount("-t", "tmpfs", "tmpfs", str(root / private))
     os.chroot(root)
     os.chdir("/")
     os.execvp(command[0], command)

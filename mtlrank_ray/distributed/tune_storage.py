@@ -1,5 +1,5 @@
-"""The filesystem Tune keeps a sweep in: every file written whole, and a file whose
-content has not changed since this process wrote it is not written again.
+"""The filesystem Tune keeps a sweep in: every file written whole, and a snapshot
+uploads only the files that changed since this process uploaded them.
 
 - Whole: Tune copies the sweep's state (experiment_state-*.json, each trial's
   result.json) from the driver to storage file by file. On a local or shared
@@ -7,31 +7,35 @@ content has not changed since this process wrote it is not written again.
   resume can read: here a file is written under a hidden name beside its
   target, flushed to disk and renamed onto it. Object storage needs none of
   this (an upload appears whole when it completes).
-- Not again: each experiment snapshot copies the driver's whole experiment
-  folder, every trial's logs included (Ray 2.60's `_FilesystemSyncer` copies
-  the folder with pyarrow, `ray/train/_internal/storage.py`), so a sweep of
-  thousands of trials would upload tens of thousands of unchanged files at
-  every snapshot, and create every trial's folder again (a request each on
-  object storage). A file's content is hashed as it is written; one identical
-  to what this process last wrote to that path is dropped, and so is a folder
-  this process already created. Files over `WHOLE_LIMIT` (checkpoints) are
-  streamed and always written.
+- Only what changed: each experiment snapshot uploads the driver's whole
+  experiment folder, every trial's logs included (Ray 2.60's
+  `_FilesystemSyncer._sync_up_command` returns `_upload_to_fs_path`, which
+  copies the folder with pyarrow's `copy_files`,
+  `ray/train/_internal/storage.py`): a snapshot's cost grows with every trial
+  the sweep has started (measured: 0.2 ms a file unchanged, 5 files a trial, so
+  about 10 s a snapshot at 9,600 trials on an idle core). For this filesystem
+  the upload is `upload_changed`: a file whose inode, size and modification
+  time are those it had when this process last uploaded it is not read at
+  all, and a folder this process already created is not created again. The
+  record is this process's: a new driver (a resume) uploads everything once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
+import posixpath
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from ray.train._internal import storage as ray_storage
 
 from ..data.store import filesystem, is_uri
 
-WHOLE_LIMIT = 8 * 2**20  # bytes held to compare before writing; larger files stream through
+UPLOADS_AT_ONCE = 16  # object storage answers each request in tens of ms: several in flight
 
 
 class _ReplaceOnClose(io.FileIO):
@@ -67,59 +71,16 @@ class _ReplaceOnClose(io.FileIO):
             os.replace(self.name, self.target)
 
 
-class _Unless(io.RawIOBase):
-    """An output stream that holds what is written (up to WHOLE_LIMIT), and at close
-    writes it to the storage unless it equals what was last written to that path."""
-
-    def __init__(self, storage: "TuneStorageHandler", path: str):
-        self.storage, self.path = storage, path
-        self.held, self.digest, self.stream = io.BytesIO(), hashlib.sha256(), None
-        self.written_bytes = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.written_bytes
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        self.written_bytes += len(data)
-        if self.stream is None and self.held.tell() + len(data) > WHOLE_LIMIT:
-            self.storage.written.pop(self.path, None)
-            self.stream = self.storage.open_base(self.path)
-            self.stream.write(self.held.getvalue())
-        if self.stream is not None:
-            self.stream.write(data)
-        else:
-            self.held.write(data)
-            self.digest.update(data)
-        return len(data)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            if self.stream is not None:
-                self.stream.close()
-            elif self.storage.written.get(self.path) != (digest := self.digest.digest()):
-                with self.storage.open_base(self.path) as stream:
-                    stream.write(self.held.getvalue())
-                self.storage.written[self.path] = digest
-        finally:
-            super().close()
-
-
 class TuneStorageHandler(pafs.FileSystemHandler):
     """A pyarrow filesystem over `base` (see the module's docstring). `local`: `base` is
     the local disk, whose files are replaced by a rename."""
 
     def __init__(self, base: pafs.FileSystem, local: bool):
         self.base, self.local = base, local
-        self.written: dict[str, bytes] = {}  # path -> digest of what this process wrote there
+        self.uploaded: dict[str, tuple[int, int, int]] = {}  # path -> (inode, size, mtime) of its source
         self.made: set[str] = set()  # folders this process created
 
-    def __getstate__(self) -> dict:  # Tune sends the filesystem to every trial: not the digests
+    def __getstate__(self) -> dict:  # Tune sends the filesystem to every trial: not the record
         return {"base": self.base, "local": self.local}
 
     def __setstate__(self, state: dict) -> None:
@@ -139,9 +100,9 @@ class TuneStorageHandler(pafs.FileSystemHandler):
     def _forget(self, path: str) -> None:
         """What this process wrote under `path` is no longer known to be there."""
         prefix = path.rstrip("/") + "/"
-        for known in [p for p in self.written if p == path or p.startswith(prefix)]:
-            del self.written[known]
-        self.made = {p for p in self.made if p != path and not p.startswith(prefix)}
+        for known in [p for p in list(self.uploaded) if p == path or p.startswith(prefix)]:
+            self.uploaded.pop(known, None)
+        self.made = {p for p in list(self.made) if p != path and not p.startswith(prefix)}
 
     def get_type_name(self) -> str:
         return f"tune-{self.base.type_name}"
@@ -194,11 +155,57 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         return self.base.open_input_file(path)
 
     def open_output_stream(self, path, metadata):
-        return pa.PythonFile(_Unless(self, path), mode="w")
+        self._forget(path)
+        return self.open_base(path)
 
     def open_append_stream(self, path, metadata):
         self._forget(path)
         return self.base.open_append_stream(path)
+
+
+def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str) -> None:
+    """Upload the folder `local_path` to `fs_path`: the files whose (inode, size,
+    modification time) differ from their last upload by this process, several at once."""
+    changed = []
+    for folder, _, names in os.walk(local_path):
+        relative = os.path.relpath(folder, local_path)
+        target = fs_path if relative == "." else posixpath.join(fs_path, *Path(relative).parts)
+        handler.create_dir(target, recursive=True)
+        for name in names:
+            source = os.path.join(folder, name)
+            stat = os.stat(source)
+            seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if handler.uploaded.get(posixpath.join(target, name)) != seen:
+                changed.append((source, posixpath.join(target, name), seen))
+
+    def upload(source: str, target: str, seen: tuple[int, int, int]) -> None:
+        with open(source, "rb") as read, handler.open_base(target) as write:
+            while chunk := read.read(1 << 20):
+                write.write(chunk)
+        # The state before reading: a write during the copy is uploaded again next time.
+        handler.uploaded[target] = seen
+
+    with ThreadPoolExecutor(UPLOADS_AT_ONCE) as pool:
+        list(pool.map(lambda item: upload(*item), changed))
+
+
+def _upload_to_fs_path(local_path: str, fs: pafs.FileSystem, fs_path: str, exclude=None) -> None:
+    """Ray's upload of a snapshot, `upload_changed` where the folder goes to this filesystem."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, TuneStorageHandler) and os.path.isdir(local_path) and not exclude:
+        upload_changed(local_path, handler, fs_path)
+    else:
+        _RAY_UPLOAD(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+
+
+def _sync_up_command(syncer, local_path: str, uri: str, exclude=None):
+    """Ray 2.60's `_FilesystemSyncer._sync_up_command` with `_upload_to_fs_path` above."""
+    return _upload_to_fs_path, dict(local_path=local_path, fs=syncer.storage_filesystem,
+                                    fs_path=uri, exclude=exclude)
+
+
+_RAY_UPLOAD = ray_storage._upload_to_fs_path
+ray_storage._FilesystemSyncer._sync_up_command = _sync_up_command
 
 
 def tune_storage(root: str) -> tuple[str, pafs.FileSystem]:

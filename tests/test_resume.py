@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO, SMALL_SETTINGS, write_config
 from ray import tune
 
+from mtlrank_ray.config import config_from_dict
+from mtlrank_ray.data import prepare_store
 from mtlrank_ray.distributed.resume import restore_missing_checkpoints, swept_trials
 
 # 16 trials one at a time, so the sweep spans several of Tune's snapshots to storage
@@ -23,12 +25,12 @@ from mtlrank_ray.distributed.resume import restore_missing_checkpoints, swept_tr
 EPOCHS = 24
 
 
-def finished_trials(sweep):
+def finished_trials(sweep, epochs=EPOCHS):
     """Trial folder -> its result.json text, for trials that reported their last epoch."""
     done = {}
     for result in sweep.glob("*/result.json"):
         lines = result.read_text().splitlines()
-        if lines and json.loads(lines[-1])["epoch"] == EPOCHS:
+        if lines and json.loads(lines[-1])["epoch"] == epochs:
             done[result.parent.name] = result.read_text()
     return done
 
@@ -66,6 +68,40 @@ def test_killed_driver_resumes_every_trial_once(small_atlas_template, tmp_path):
     networks = genes[genes.model == "mtlrank"]
     assert len(networks) == 2 * 16 * 2 and (networks.epochs_run == EPOCHS).all()
     assert (genes.model == "lasso").sum() == 2 * 16 and genes.test_r2.notna().all()
+
+
+@pytest.mark.slow
+def test_a_trial_killed_between_its_last_report_and_its_end_is_not_trained_again(
+        small_atlas_template, tmp_path):
+    """Tune counts a trial as running until its function returns: a driver killed in
+    between leaves a snapshot in which a trial with all its results still runs."""
+    store = tmp_path / "store"
+    prepare_store(small_atlas_template, config_from_dict(SMALL_SETTINGS), store, tissues="Liver")
+    epochs = 4
+    config = write_config(tmp_path / "sweep.yaml", {
+        **SMALL_SETTINGS, "training": {"epochs": epochs, "batch_size": 64},
+        "search": {"lambdas": [0.01], "replicates": 1}, "asha": {"enabled": False}})
+    hold, out = tmp_path / "hold", tmp_path / "run"
+    hold.touch()
+    command = [sys.executable, str(REPO / "tests" / "held_end_driver.py"), str(store), str(config),
+               str(out), str(hold)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    try:  # two CPUs: two of Liver's four trials run, and wait at their end
+        while len(finished_trials(out / "sweep", epochs)) < 2:
+            assert driver.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    held = finished_trials(out / "sweep", epochs)
+    hold.unlink()
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = finished_trials(out / "sweep", epochs)
+    assert len(held) == 2 and len(after) == 4
+    assert all(after[name] == text for name, text in held.items())  # not trained again
 
 
 def test_resume_without_a_sweep_says_so(small_atlas_template, tmp_path, capsys):

@@ -92,14 +92,16 @@ def test_a_trial_writes_its_model_once_and_state_only_when_due(local_ray, store,
     for result in run(store, tmp_path, config).values():
         written = result.metrics_dataframe.storage_bytes.diff().fillna(
             result.metrics_dataframe.storage_bytes).tolist()
-        state = result.checkpoint.to_directory()
-        state_bytes = (Path(state) / trial_storage.STATE).stat().st_size
         model_bytes = Path(result.path, MODEL).stat().st_size
         # States after epochs 2 and 4 (not 6: the trial is done); the model at the last
         # epoch, the only one where a trial without early stopping ends.
         # (a state's size grows a little with its training history)
+        state_bytes = written[3]
         assert written == [0, pytest.approx(state_bytes, rel=0.01), 0, state_bytes, 0, model_bytes]
         assert model_bytes < state_bytes / 3  # best weights alone, not the trainer's state
+        # The last checkpoint says the trial finished; it replaced the states.
+        assert os.listdir(result.checkpoint.to_directory()) == [trial_storage.FINISHED]
+        assert not list(Path(result.path).glob(f"checkpoint_*/{trial_storage.STATE}"))
 
 
 def test_a_stopped_trials_model_holds_its_best_epoch(local_ray, store, tmp_path):

@@ -55,31 +55,32 @@ FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_chec
                           "RAY_health_check_failure_threshold": "3"}
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    return free_ports(ip, 1)[0]
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
-def free_ports(ip: str, count: int) -> list[int]:
-    """`count` distinct free ports: the probes stay bound until all are chosen (ports
-    probed one after another can repeat, and Ray refuses a node whose components share
-    a port)."""
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on every address: the probes stay bound until all
+    are chosen (ports probed one after another can repeat, and Ray refuses a node
+    whose components share a port), on the wildcard address (Ray's GCS binds there)."""
     probes = [socket.socket() for _ in range(count)]
     try:
         for probe in probes:
-            probe.bind((ip, 0))
+            probe.bind(("", 0))
         return [probe.getsockname()[1] for probe in probes]
     finally:
         for probe in probes:
             probe.close()
 
 
-def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None = None,
+def _wait(condition, timeout: float, what: str, processes: tuple[subprocess.Popen, ...] = (),
           logs: tuple[Path, ...] = ()) -> None:
+    """Until `condition()`; at most `timeout` s, and not once one of `processes` exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
             return
-        if process is not None and process.poll() is not None:
+        if any(process.poll() is not None for process in processes):
             break
         time.sleep(0.3)
     tails = "".join(f"\n--- {log.name}, its end:\n{log.read_text(errors='replace')[-1500:]}"
@@ -143,8 +144,8 @@ class S3Server:
              "secretKey": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
         (self.folder / "s3.json").write_text(json.dumps(identities))
-        self.port = free_port(self.ip)
-        ports = [f"-{name}={free_port(self.ip)}" for name in (
+        self.port = free_port()
+        ports = [f"-{name}={free_port()}" for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port.grpc")]
         # No telemetry (it would call the internet), no Iceberg catalog or Lance namespace
@@ -156,7 +157,7 @@ class S3Server:
         log = self.folder / "s3.log"
         self.process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        _wait(self._bucket_ready, 60, "the S3 server (SeaweedFS)", self.process, (log,))
+        _wait(self._bucket_ready, 60, "the S3 server (SeaweedFS)", (self.process,), (log,))
         return self
 
     def filesystem(self):
@@ -255,21 +256,29 @@ class LocalCluster:
         names = (*head, "node-manager", "object-manager", "metrics-export", "dashboard-agent-grpc",
                  "dashboard-agent-listen", "runtime-env-agent")
         return [f"--{name}{'-' if name else ''}port={port}"
-                for name, port in zip(names, free_ports(ip, len(names)))]
+                for name, port in zip(names, free_ports(len(names)))]
 
     def _start_head(self) -> None:
-        ports = self._ports(HEAD_IP, "", "dashboard", "ray-client-server")
-        self.port = int(ports[0].split("=")[1])
-        # A short temp dir: Ray's socket paths must fit in 107 bytes.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="mtlr-"))
-        command = [self._ray(), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
-                   "--num-cpus=0", "--num-gpus=0",
-                   f"--object-store-memory={self.object_store_mb * 2**20}",
-                   f"--temp-dir={self.temp_dir}", f"--include-dashboard={str(self.dashboard).lower()}",
-                   f"--dashboard-host={HEAD_IP}", "--disable-usage-stats",
-                   *self._worker_ports(0), *ports]
-        self.head = self._launch(command, HEAD_IP, "head", home=str(self.folder / "home"))
-        self.wait_for_nodes(1)
+        for attempt in (1, 2):  # a port probed free can be taken before Ray binds it: once more
+            ports = self._ports(HEAD_IP, "", "dashboard", "ray-client-server")
+            self.port = int(ports[0].split("=")[1])
+            # A short temp dir: Ray's socket paths must fit in 107 bytes.
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="mtlr-"))
+            command = [self._ray(), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
+                       "--num-cpus=0", "--num-gpus=0",
+                       f"--object-store-memory={self.object_store_mb * 2**20}",
+                       f"--temp-dir={self.temp_dir}", f"--include-dashboard={str(self.dashboard).lower()}",
+                       f"--dashboard-host={HEAD_IP}", "--disable-usage-stats",
+                       *self._worker_ports(0), *ports]
+            self.head = self._launch(command, HEAD_IP, "head", home=str(self.folder / "home"))
+            try:
+                self.wait_for_nodes(1)
+                return
+            except RuntimeError:
+                if attempt == 2 or self.head.process.poll() is None:
+                    raise
+                stop_groups([self.head.process])
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _worker_ports(self, index: int) -> list[str]:
         low = 20000 + 500 * index  # disjoint ranges: the nodes share one machine's ports
@@ -306,8 +315,8 @@ class LocalCluster:
         return json.loads(answer.stdout) if answer.returncode == 0 else {}
 
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
-        processes = [n.process for n in [self.head, *self.nodes] if n]
-        _wait(lambda: len(self.alive_nodes()) >= count, timeout, f"{count} Ray nodes",
+        processes = tuple(n.process for n in [self.head, *self.nodes] if n)
+        _wait(lambda: len(self.alive_nodes()) >= count, timeout, f"{count} Ray nodes", processes,
               logs=tuple(node.log for node in [self.head, *self.nodes]))
         for process in processes:
             if process.poll() is not None:

@@ -25,7 +25,7 @@ from ..core.cluster_data import replicate_split
 from ..core.trial import Trial
 from ..run_storage import model_location
 from . import ray_data
-from .trial_storage import STATE, TrialStorage, ending_epochs
+from .trial_storage import STATE, TrialStorage, ending_epochs, finished
 
 if TYPE_CHECKING:
     from ..core.trainer import EpochReport
@@ -62,6 +62,8 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
+            if finished(Path(folder)):
+                return  # Tune keeps the trial's last report as its result
             trainer.restore(Path(folder) / STATE)
     ends = ending_epochs(run_config, training.epochs, baseline=spec.lam == 0)
     storage = TrialStorage(trainer, model_location(settings["experiment"], spec), run_config.run, ends)
@@ -71,14 +73,10 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
         record_metrics(spec, epoch)
         storage.write_model(epoch)
         metrics = {**_metrics(epoch, data.genes), **searched, "node": node}
-        if not storage.checkpoint_due(epoch.epoch, training.epochs):
-            tune.report({**metrics, "storage_bytes": storage.bytes_written})
-            return
         with tempfile.TemporaryDirectory() as folder:
-            trainer.save(Path(folder) / STATE)
-            storage.bytes_written += (Path(folder) / STATE).stat().st_size
+            due = storage.write_checkpoint(epoch.epoch, training.epochs, Path(folder))
             tune.report({**metrics, "storage_bytes": storage.bytes_written},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+                        checkpoint=tune.Checkpoint.from_directory(folder) if due else None)
 
     trainer.fit(training.epochs, on_epoch=report)
 

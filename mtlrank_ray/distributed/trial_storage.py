@@ -6,12 +6,17 @@
   ever fetched to export or rank it;
 - a Tune checkpoint of the whole trainer state when `run.checkpoint_every_epochs`
   or `run.checkpoint_every_s` has passed (not at the last epoch: the trial is
-  done). A crashed trial goes on from it, exactly as it would have.
+  done). A crashed trial goes on from it, exactly as it would have;
+- at the last epoch, a checkpoint that says only that the trial finished (and
+  replaces its state). A driver killed after the trial's last report but
+  before Tune marked it finished leaves a snapshot in which it still runs;
+  resumed from this checkpoint it ends at once instead of training again.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Config, RunSettings
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from ..core.trainer import ClusterTrainer, EpochReport
 
 STATE = "trainer_state.npz"  # the trainer's whole state in a Tune checkpoint
+FINISHED = "finished"  # the checkpoint of a trial that trained its last epoch
 
 
 def max_epochs(config: Config) -> int:
@@ -55,11 +61,23 @@ class TrialStorage:
             self.bytes_written += len(payload)
             self.model_epoch = epoch.best_epoch
 
-    def checkpoint_due(self, epoch: int, last: int) -> bool:
+    def write_checkpoint(self, epoch: int, last: int, folder: Path) -> bool:
+        """Fill `folder` with the checkpoint due after `epoch` of `last`, if any (see the
+        module's docstring); returns whether one is due."""
+        if epoch == last:
+            (folder / FINISHED).touch()
+            return True
         every_epochs, every_s = self.run.checkpoint_every_epochs, self.run.checkpoint_every_s
         now = time.monotonic()
-        due = epoch < last and ((every_epochs is not None and epoch % every_epochs == 0)
-                                or (every_s is not None and now - self.last_save >= every_s))
-        if due:
-            self.last_save = now
-        return due
+        if not ((every_epochs is not None and epoch % every_epochs == 0)
+                or (every_s is not None and now - self.last_save >= every_s)):
+            return False
+        self.last_save = now
+        self.trainer.save(folder / STATE)
+        self.bytes_written += (folder / STATE).stat().st_size
+        return True
+
+
+def finished(checkpoint: Path) -> bool:
+    """Whether a restored trial's checkpoint says it already trained its last epoch."""
+    return (checkpoint / FINISHED).exists()

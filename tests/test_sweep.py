@@ -1,5 +1,6 @@
 """Ray Data blocks, the trial grid and the results tables."""
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -240,6 +241,12 @@ def test_an_optuna_sweep_runs_each_groups_settings_at_every_lambda(local_ray, st
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
     grid = run_sweep(blocks, config, tmp_path / "run", verbose=0, trainable=fake_training)
     trials = [(Trial.from_config(r.config["trial"]), r.metrics["epoch"]) for r in grid]
+    # The sweep's state keeps each finished trial's metric summary, not its windows of values.
+    state = json.loads(max((tmp_path / "run" / "sweep").glob("experiment_state-*.json")).read_text())
+    stored = [json.loads(metadata) for _, metadata in state["trial_data"]]
+    assert len(stored) == len(trials)
+    assert all(m["metric_n_steps"] == {} and "last-5-avg" in m["metric_analysis"]["mean_val_r2"]
+               for m in stored)
     assert len(trials) == 4 * 2 * 3 and not any(r.error for r in grid)
     for cluster in range(4):
         mine = [(t, epochs) for t, epochs in trials if t.cluster == cluster]

@@ -87,6 +87,17 @@ class StopWithoutGpu(tune.Callback, Stopper):
         return StopWithoutGpu.missing is not None
 
 
+class ForgetFinishedWindows(tune.Callback):
+    """Drops a finished trial's windows of recent values (Tune keeps, for every numeric
+    metric of every trial, deques of its last 5 and 10 values, and their pickles in the
+    trial's cached state: about 40 KB a trial, for the whole sweep). Its max, min,
+    average and last-n averages stay; only a running trial adds to them."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        trial.run_metadata.metric_n_steps.clear()
+        trial.run_metadata.invalidate_cache()
+
+
 class _NoGpuQuiet(logging.Filter):
     """Drops Tune's traceback of a trial that found no GPU: the sweep ends with
     that trial's one line instead."""
@@ -137,7 +148,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
 def _new_tuner(trainable, blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
                verbose: int, callbacks: tuple) -> tune.Tuner:
     gpu_check = StopWithoutGpu()
-    callbacks = [_TensorBoardNumbers(), gpu_check, *callbacks]
+    callbacks = [_TensorBoardNumbers(), gpu_check, ForgetFinishedWindows(), *callbacks]
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=max_epochs(config),
                                 grace_period=config.asha.grace_period,

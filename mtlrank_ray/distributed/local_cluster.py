@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,6 +47,7 @@ from .node_root import ClusterUnavailable, check_namespaces, node_root_command
 
 HEAD_IP = "127.77.0.1"
 BUCKET = "mtlrank"
+PORT_RANGE = (10000, 20000)  # the nodes' components; worker processes use 20000 and up
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mtlrank-local", "AWS_SECRET_ACCESS_KEY": "mtlrank-local-secret"}
 # Variables a node takes from the machine that starts it: how to run numpy's BLAS safely
 # on this processor, and the locale. Nothing else of the driver's environment.
@@ -60,14 +62,26 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on every address: the probes stay bound until all
-    are chosen (ports probed one after another can repeat, and Ray refuses a node
-    whose components share a port), on the wildcard address (Ray's GCS binds there)."""
-    probes = [socket.socket() for _ in range(count)]
+    """`count` distinct ports free on every address (Ray's GCS binds the wildcard),
+    below the kernel's ephemeral range (from 32768): a port the kernel hands out
+    itself can go to any outgoing connection, such as those between a server's own
+    components, before the component it was meant for binds it. The probes stay
+    bound until all are chosen (Ray refuses a node whose components share a port)."""
+    candidates = list(range(*PORT_RANGE))
+    random.Random(os.getpid() ^ time.time_ns()).shuffle(candidates)
+    probes = []
     try:
-        for probe in probes:
-            probe.bind(("", 0))
-        return [probe.getsockname()[1] for probe in probes]
+        for port in candidates:
+            probe = socket.socket()
+            try:
+                probe.bind(("", port))
+            except OSError:
+                probe.close()
+                continue
+            probes.append(probe)
+            if len(probes) == count:
+                return [probe.getsockname()[1] for probe in probes]
+        raise RuntimeError(f"fewer than {count} free ports in {PORT_RANGE}")
     finally:
         for probe in probes:
             probe.close()

@@ -261,4 +261,4 @@ def test_a_trial_that_finds_no_gpu_fails_at_once_naming_its_node(cluster, small_
                             "on Ray node 127.77.0."), error
     assert "resources.gpu: 0" in error
     assert not any(r for r in trial_reports(cluster, config).values())  # no epoch was trained
-    assert time.time() - started < 300
+    assert time.time() - started < 150  # not after every trial used its retries (about 300 s)

@@ -80,6 +80,9 @@ class StopWithoutGpu(tune.Callback, Stopper):
         if isinstance(cause, NoGpuError):
             StopWithoutGpu.missing = str(cause)
 
+    # Its first failure, not after run.max_failures retries: no retry would find a GPU.
+    on_trial_recover = on_trial_error
+
     def __call__(self, trial_id, result) -> bool:
         return False
 

@@ -68,7 +68,7 @@ def free_ports(count: int) -> list[int]:
     components, before the component it was meant for binds it. The probes stay
     bound until all are chosen (Ray refuses a node whose components share a port)."""
     candidates = list(range(*PORT_RANGE))
-    random.Random(os.getpid() ^ time.time_ns()).shuffle(candidates)
+    random.Random(os.getpid() ^ time.time_ns()).shuffle(candidates)  # unlike in two processes
     probes = []
     try:
         for port in candidates:

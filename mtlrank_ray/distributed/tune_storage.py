@@ -155,7 +155,7 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         return self.base.open_input_file(path)
 
     def open_output_stream(self, path, metadata):
-        self._forget(path)
+        self.uploaded.pop(path, None)  # a file: no scan of the record for what lies under it
         return self.open_base(path)
 
     def open_append_stream(self, path, metadata):

@@ -9,6 +9,9 @@ at the first rung. It prints {λ: epochs run} as JSON when the run is done.
 STORAGE is a folder on the driver's machine: trials keep no checkpoints (a
 resumed unfinished trial starts over), so only the driver writes there, and
 an experiment snapshot is taken at every step (TUNE_GLOBAL_CHECKPOINT_S=0).
+It is written through the sweep's own storage filesystem (tune_storage), as
+tune.py writes it: Tune's plain local copy can leave a cut-off state file
+when the kill lands during a snapshot, and no resume reads that.
 """
 
 import json
@@ -20,6 +23,7 @@ from ray import tune
 
 from mtlrank_ray.distributed.asha import GroupedASHA
 from mtlrank_ray.distributed.group_tasks import group_of
+from mtlrank_ray.distributed.tune_storage import tune_storage
 
 LAMBDAS = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
 EPOCHS = 6
@@ -34,8 +38,10 @@ def curve(config):
 def main(address: str, storage: str, resume: bool) -> None:
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     trainable = tune.with_resources(curve, {"cpu": 1})
+    storage_path, storage_filesystem = tune_storage(storage)
     if resume:
-        tuner = tune.Tuner.restore(f"{storage}/asha", trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(f"{storage_path}/asha", trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage_filesystem)
     else:
         scheduler = GroupedASHA(group_of, "score", max_t=EPOCHS, grace_period=1, reduction_factor=2,
                                 time_attr="epoch")
@@ -43,7 +49,8 @@ def main(address: str, storage: str, resume: bool) -> None:
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
-            run_config=tune.RunConfig(storage_path=storage, name="asha", verbose=0,
+            run_config=tune.RunConfig(storage_path=storage_path, storage_filesystem=storage_filesystem,
+                                      name="asha", verbose=0,
                                       callbacks=[scheduler.records_keeper()]))
     results = tuner.fit()
     print(json.dumps({str(r.config["trial"]["lambda"]): r.metrics["epoch"] for r in results}))

@@ -184,10 +184,16 @@ def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluste
         drivers.append(subprocess.Popen(
             [sys.executable, str(TESTS / "asha_resume_driver.py"), cluster.address, str(storage),
              *extra], env={**driver_env(cluster), "TUNE_GLOBAL_CHECKPOINT_S": "0"}, cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True))
+            stdout=subprocess.PIPE, stderr=(tmp_path / f"driver{len(drivers)}.err").open("w"),
+            text=True, start_new_session=True))
         return drivers[-1]
 
-    expected = json.loads(driver(tmp_path / "whole").communicate(timeout=300)[0].splitlines()[-1])
+    def printed(process):
+        out = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, (tmp_path / f"driver{drivers.index(process)}.err").read_text()[-3000:]
+        return json.loads(out.splitlines()[-1])
+
+    expected = printed(driver(tmp_path / "whole"))
     assert expected["0.0"] == 6 and all(expected[k] == 1 for k in expected if k != "0.0")
 
     interrupted = driver(tmp_path / "killed")
@@ -199,8 +205,7 @@ def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluste
         time.sleep(0.1)
     os.killpg(interrupted.pid, signal.SIGKILL)
     interrupted.wait()
-    resumed = driver(tmp_path / "killed", "--resume")
-    assert json.loads(resumed.communicate(timeout=300)[0].splitlines()[-1]) == expected
+    assert printed(driver(tmp_path / "killed", "--resume")) == expected
 
 
 # Epochs enough that a trial seen at epoch 4 or earlier on S3 is still running when its

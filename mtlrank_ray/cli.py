@@ -347,7 +347,7 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
     from .run_storage import EXPERIMENT, experiment_path
 
     baselines = [(group, fit) for (group, _), fit in sorted(tasks.baselines.items())]
-    genes = gene_table(trials, config.training.epochs, baselines, earlier.genes)
+    genes = gene_table(trials, config.training.epochs, baselines, earlier.genes, config.data.target)
     ranked = [tasks.rankings[trial] for row in chosen.to_dict("records")
               if (trial := Trial.from_config(row)) in tasks.rankings]
     if earlier.rankings is not None:
@@ -358,6 +358,7 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
                           earlier.models)
     try:
         about = (f"Data: {args.data}; config: {args.config or 'built-in defaults'}; "
+                 f"target: {config.data.target}, TF input: {config.data.tf_input}; "
                  f"{len(trials)} trials, {len(failed)} failed; {tasks.baseline_counts()}; "
                  f"{len(tasks.failed)} baselines and rankings failed."
                  + (f" Kept from earlier runs: {', '.join(earlier.tissues)}." if earlier.tissues else ""))

@@ -40,6 +40,13 @@ class DataConfig:
     expression_is_log: bool = False  # h5ad: True when expression is already log-scaled
     min_barcode_overlap: float = field(default=0.5, metadata=_FRACTION)
     min_tfs: int = field(default=10, metadata=_POSITIVE)  # fewer TFs found: the names disagree
+    # What the networks predict for each selected gene (README, "Targets"): its RNA
+    # velocity (the seed's), its smoothed unspliced or spliced abundance (scVelo's Mu, Ms;
+    # h5ad only) or its expression.
+    target: Literal["velocity", "unspliced", "spliced", "expression"] = "velocity"
+    # The TFs' input: their expression (the seed's) or their smoothed spliced abundance
+    # (scVelo's Ms; h5ad only).
+    tf_input: Literal["expression", "smoothed"] = "expression"
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def test_velocity_barcodes_in_another_order_are_aligned(atlas, small_config, tmp
         genes = f["Liver/ensembl"][()].astype(str)
     by_barcode = pd.DataFrame(velo, index=barcodes.astype(str), columns=genes)
     expected = by_barcode.loc[tissue.barcodes, tissue.genes].to_numpy(np.float32)
-    np.testing.assert_array_equal(tissue.velocity, expected)
+    np.testing.assert_array_equal(tissue.target, expected)
 
 
 def test_partly_overlapping_barcodes_keep_common_cells(atlas, small_config, tmp_path, caplog):

@@ -141,7 +141,7 @@ def test_prepare_writes_a_store_to_s3_that_the_next_prepare_reuses(cluster, smal
     s3 = cluster.s3.filesystem()
     listed = {info.path.split("/", 2)[2] for info in
               s3.get_file_info(pafs.FileSelector(store.removeprefix("s3://"), recursive=True))}
-    assert {"Liver/manifest.json", "Liver/expression.parquet", "Kidney_Left/velocity.parquet"} <= listed
+    assert {"Liver/manifest.json", "Liver/expression.parquet", "Kidney_Left/target.parquet"} <= listed
     unreachable = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                                  env={**driver_env(cluster), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr

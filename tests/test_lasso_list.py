@@ -29,8 +29,8 @@ def test_lasso_list_is_the_notebooks_and_feeds_the_gene_selection(atlas, small_c
     liver = table[table.tissue == "Liver"].set_index("gene_ensembl")
     with_tf = 0
     for column, gene in enumerate(store.genes):
-        cells = ~np.isnan(store.velocity[:, column])
-        x, y = store.expression[cells].astype(float), store.velocity[cells, column].astype(float)
+        cells = ~np.isnan(store.target[:, column])
+        x, y = store.expression[cells].astype(float), store.target[cells, column].astype(float)
         expected = cross_val_score(Lasso(alpha=0.1), x, y, cv=5).mean()
         assert liver.loc[gene, "r2"] == pytest.approx(expected, abs=1e-3)
         coef = Lasso(alpha=0.1).fit(x, y).coef_

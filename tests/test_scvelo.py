@@ -56,7 +56,7 @@ def test_h5ad_input_matches_the_seed_layout(atlas, tmp_path):
         assert list(ours.genes) == list(seed.genes) and list(ours.tfs) == list(seed.tfs)
         np.testing.assert_array_equal(ours.clusters, seed.clusters)
         np.testing.assert_array_equal(ours.expression, seed.expression)
-        np.testing.assert_array_equal(ours.velocity, seed.velocity)
+        np.testing.assert_array_equal(ours.target, seed.target)
         np.testing.assert_array_equal(ours.activity_sum, seed.activity_sum)
         half = len(seed.barcodes) // 2
         assert ours.barcodes[0] == f"sample0/scvelo_annotated:{seed.barcodes[0]}"

@@ -98,7 +98,7 @@ def test_symbols_and_sparse_x_are_read_as_scvelo_wrote_them(root, written, tmp_p
     np.testing.assert_array_equal(tissue.expression, adata[:, tf_symbols].X.toarray().astype(np.float32))
     gene_symbols = [symbol_of[g] for g in tissue.genes]
     assert adata.var.velocity_genes[gene_symbols].all()
-    np.testing.assert_array_equal(tissue.velocity, adata[:, gene_symbols].layers["velocity"].astype(np.float32))
+    np.testing.assert_array_equal(tissue.target, adata[:, gene_symbols].layers["velocity"].astype(np.float32))
 
 
 def test_a_tf_list_of_symbols_gives_the_same_store(root, tmp_path):

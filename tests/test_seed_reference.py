@@ -19,7 +19,7 @@ def assert_matches_notebook(store, reference, tissue):
     assert list(ours.tfs) == list(ref["rpkm"].columns)  # scored TFs first, then the rest
     assert list(ours.barcodes) == list(ref["rpkm"].index)
     np.testing.assert_array_equal(ours.expression, ref["rpkm"].to_numpy(np.float32))
-    np.testing.assert_array_equal(ours.velocity, ref["velo"].loc[:, genes].to_numpy(np.float32))
+    np.testing.assert_array_equal(ours.target, ref["velo"].loc[:, genes].to_numpy(np.float32))
     for name in ("mean", "sum"):
         expected = ref[f"act_mat_{name}"].loc[genes].to_numpy(np.float32)
         np.testing.assert_array_equal(getattr(ours, f"activity_{name}"), expected)

@@ -31,8 +31,8 @@ def test_files_open_with_pandas_and_pyarrow(atlas, small_config, tmp_path):
     frame = pd.read_parquet(folder / "expression.parquet")
     assert frame.index.name == "barcode" and list(frame.columns) == list(tfs.tf)
     assert (frame.dtypes == np.float32).all()
-    velocity = pd.read_parquet(folder / "velocity.parquet")
-    assert list(velocity.columns) == list(genes.gene) and velocity.isna().any(axis=None)
+    target = pd.read_parquet(folder / "target.parquet")
+    assert list(target.columns) == list(genes.gene) and target.isna().any(axis=None)
     activity = pd.read_parquet(folder / "activity_sum.parquet")
     assert activity.index.name == "gene" and list(activity.index) == list(genes.gene)
     # Scored TFs come first; silent TFs (never expressed) are kept as the notebook keeps them.
@@ -58,10 +58,10 @@ def test_manifest_records_shapes_inputs_config_and_versions(atlas, small_config,
 def test_rerun_reuses_a_current_store(atlas, small_config, tmp_path):
     config = load_config(small_config)
     prepare_store(atlas, config, tmp_path / "store")
-    stamp = (tmp_path / "store/Liver/velocity.parquet").stat().st_mtime_ns
+    stamp = (tmp_path / "store/Liver/target.parquet").stat().st_mtime_ns
     reports = prepare_store(atlas, config, tmp_path / "store")
     assert [r.status for r in reports] == ["reused", "reused"]
-    assert (tmp_path / "store/Liver/velocity.parquet").stat().st_mtime_ns == stamp
+    assert (tmp_path / "store/Liver/target.parquet").stat().st_mtime_ns == stamp
 
 
 def test_training_settings_do_not_invalidate_the_store(atlas, tmp_path):
@@ -167,10 +167,10 @@ def test_a_killed_prepare_leaves_only_whole_tissues(atlas, small_config, tmp_pat
 def test_a_tissue_missing_a_file_is_rebuilt(atlas, small_config, tmp_path):
     config = load_config(small_config)
     prepare_store(atlas, config, tmp_path / "store")
-    (tmp_path / "store/Liver/velocity.parquet").unlink()
+    (tmp_path / "store/Liver/target.parquet").unlink()
     reports = prepare_store(atlas, config, tmp_path / "store")
     assert [r.status for r in reports] == ["reused", "built"]
-    assert (tmp_path / "store/Liver/velocity.parquet").is_file()
+    assert (tmp_path / "store/Liver/target.parquet").is_file()
 
 
 def test_tissue_named_as_in_the_lasso_list(atlas, small_config, tmp_path):

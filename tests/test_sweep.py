@@ -40,10 +40,10 @@ def test_blocks_assemble_the_same_cluster_data_as_the_store(local_ray, store):
         ours, expected = ray_data.cluster_data(blocks, cluster), ClusterData.from_tissue(tissue, cluster)
         assert ours.genes == expected.genes
         np.testing.assert_array_equal(ours.expression, expected.expression)
-        np.testing.assert_array_equal(ours.velocity, expected.velocity)  # NaN where NaN
+        np.testing.assert_array_equal(ours.target, expected.target)  # NaN where NaN
         np.testing.assert_array_equal(ours.act_mean, expected.act_mean)
         np.testing.assert_array_equal(ours.act_sum, expected.act_sum)
-    assert np.isnan(ours.velocity).any()
+    assert np.isnan(ours.target).any()
 
 
 def test_trial_grid_covers_every_tissue_cluster_replicate_and_lambda(local_ray, store):
@@ -94,11 +94,11 @@ def fake_baselines():
 
 
 def test_results_tables():
-    genes = gene_table(fake_trials(), epochs=4, baselines=fake_baselines())
+    genes = gene_table(fake_trials(), epochs=4, baselines=fake_baselines(), target="spliced")
     assert list(genes.columns) == ["tissue", "cluster", "gene", "replicate", "model", "lambda",
                                    "alpha", "trees", "val_r2", "test_r2", "best_epoch", "epochs_run",
-                                   "stopped_early"]
-    assert len(genes) == 16 and genes.stopped_early.sum() == 2
+                                   "stopped_early", "target"]
+    assert len(genes) == 16 and genes.stopped_early.sum() == 2 and set(genes.target) == {"spliced"}
     lasso, boosted = genes[genes.model == "lasso"], genes[genes.model == "grnboost2"]
     assert len(lasso) == 4 and lasso["lambda"].isna().all() and lasso.best_epoch.isna().all()
     assert lasso.alpha.tolist() == [0.1, 0.01, 0.1, 0.01] and lasso.trees.isna().all()
@@ -111,6 +111,7 @@ def test_results_tables():
     assert selected.loc[1, "lasso_mean_test_r2"] == pytest.approx(-0.1)
     assert selected.loc[1, "grnboost2_mean_val_r2"] == pytest.approx(0.8)
     assert selected.loc[0, "grnboost2_mean_test_r2"] == pytest.approx(0.0)
+    assert set(selected.target) == {"spliced"}
 
 
 def test_results_files_are_replaced_not_appended(tmp_path):
@@ -188,7 +189,7 @@ def test_a_failed_baseline_is_reported_not_raised(local_ray, store, tmp_path):
     blocks = {"Liver": ray_data.materialize_tissue(str(store), "Liver")}
     fits, failed = run_baselines(blocks, config, tmp_path / "sweep")  # one validation cell: R² is undefined
     assert fits == {} and len(failed) == 8
-    assert "cells with velocity in the val split; R² needs at least 2" in failed[0]
+    assert "cells with a target value in the val split; R² needs at least 2" in failed[0]
     assert {line.split()[0] for line in failed} == {"lasso", "grnboost2"}
 
 

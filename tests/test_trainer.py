@@ -54,8 +54,8 @@ def test_each_gene_drops_its_nan_cells(tissue):
     for g in range(len(data.genes)):
         for name in ("train", "val", "test"):
             cells = splits[name].cells[g]
-            assert set(cells) <= set(split[name]) and not np.isnan(data.velocity[cells, g]).any()
-            assert len(cells) == np.count_nonzero(~np.isnan(data.velocity[split[name], g]))
+            assert set(cells) <= set(split[name]) and not np.isnan(data.target[cells, g]).any()
+            assert len(cells) == np.count_nonzero(~np.isnan(data.target[split[name], g]))
         # Training targets are standardized with training statistics (population std).
         y = splits["train"].target[g]
         assert abs(y.mean()) < 1e-5 and abs(y.std() - 1) < 1e-5
@@ -99,7 +99,7 @@ def test_training_learns_and_reports_every_epoch(tissue):
     z = (data.expression - data.expression.mean(0)) / (data.expression.std(0) + 1e-6)
     planted = np.maximum(z[:, [5, 9]] @ np.array([[1.0], [0.7]]), 0) + 0.3 * np.random.default_rng(
         0).normal(size=(len(z), len(data.genes)))
-    data = dataclasses.replace(data, velocity=np.where(np.isnan(data.velocity), np.nan, planted)
+    data = dataclasses.replace(data, target=np.where(np.isnan(data.target), np.nan, planted)
                                .astype(np.float32))
     split = split_cells(len(tissue.barcodes), 0.1, 0.1, seed=0, replicate=0)
     trainer = ClusterTrainer(data, Trial("Kidney_Left", 0, 0, 0.01), TrainingConfig(batch_size=64),

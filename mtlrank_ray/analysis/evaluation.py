@@ -138,12 +138,12 @@ def _baseline_ranks(rankings: pd.DataFrame, models: Path, tissue: str, method: s
 
 
 def _pearson_scores(tissue) -> np.ndarray:
-    """Genes x TFs: |Pearson correlation| of expression with velocity over each gene's cells."""
+    """Genes x TFs: |Pearson correlation| of expression with the target over each gene's cells."""
     rows = []
     for g in range(len(tissue.genes)):
-        cells = ~np.isnan(tissue.velocity[:, g])
+        cells = ~np.isnan(tissue.target[:, g])
         rows.append(_abs_pearson(tissue.expression[cells].astype(np.float64),
-                                 tissue.velocity[cells, g].astype(np.float64)))
+                                 tissue.target[cells, g].astype(np.float64)))
     return np.stack(rows)
 
 

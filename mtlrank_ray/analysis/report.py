@@ -332,7 +332,8 @@ def write_report(out: Path) -> Path:
                        for key in ("lambda", *searched(genes)) if key != "standardize"}
     names = {**COLUMN_NAMES, **{f"{key}_selected": f"{key} chosen (clusters × replicates)"
                                 for key in searched(genes)}}
-    body = [f"<h1>MTLRank sweep: {html.escape(str(out))}</h1>"]
+    targets = ", ".join(genes.target.unique())
+    body = [f"<h1>MTLRank sweep: {html.escape(str(out))} (target: {html.escape(targets)})</h1>"]
     body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{_prose(CAPTIONS[name])}'
              "</figcaption></figure>" for name in plots]
     for title, table in tables.items():

@@ -5,7 +5,8 @@ Written to the run folder, each file atomically (a re-run replaces them):
     gene_r2.parquet, gene_r2.csv  tissue, cluster, gene, replicate, model, lambda, a
                                   column per searched training key (`search.space`),
                                   alpha, trees, val_r2, test_r2, best_epoch, epochs_run,
-                                  stopped_early. model "mtlrank": the networks, one row
+                                  stopped_early, target (data.target: what every model
+                                  of the row predicted). model "mtlrank": the networks, one row
                                   per configuration (R² at the trial's best validation
                                   epoch); model
                                   "lasso": the per-gene lasso at the alpha chosen on
@@ -15,7 +16,7 @@ Written to the run folder, each file atomically (a re-run replaces them):
     selected.csv                  per (tissue, cluster, replicate): the configuration
                                   (λ and searched keys) with the best mean validation
                                   R², its mean test R², and beside it λ = 0's at the
-                                  same settings and each baseline's
+                                  same settings and each baseline's, and the target
     summary.md                    per-tissue table and what ran
 """
 
@@ -32,7 +33,7 @@ from ..data.store import write_atomically
 from .baselines import BASELINES, SETTING, BaselineFit
 
 GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "trees",
-                "val_r2", "test_r2", "best_epoch", "epochs_run", "stopped_early"]
+                "val_r2", "test_r2", "best_epoch", "epochs_run", "stopped_early", "target"]
 GROUP = ["tissue", "cluster", "replicate"]
 NETWORK = "mtlrank"
 
@@ -63,22 +64,24 @@ def collect(results) -> tuple[list[tuple[dict, dict]], list[str]]:
 
 
 def gene_table(trials: list[tuple[dict, dict]], epochs: int,
-               baselines: list[tuple[tuple, BaselineFit]], earlier: pd.DataFrame | None = None
-               ) -> pd.DataFrame:
+               baselines: list[tuple[tuple, BaselineFit]], earlier: pd.DataFrame | None = None,
+               target: str = "velocity") -> pd.DataFrame:
     """Rows per gene from (trial spec, last reported metrics) pairs and from the
     baselines' ((tissue, cluster, replicate), BaselineFit) pairs, with the
     `earlier` rows of other tissues the run folder keeps. `epochs`: training.epochs,
-    for trials that do not search it."""
+    for trials that do not search it; `target`: data.target of this run's rows."""
     rows, keys = [], {key for spec, _ in trials for key in spec}
     for spec, metrics in trials:
         trial = Trial.from_config(spec)
         for gene, val, test in zip(metrics["genes"], metrics["best_val_r2"], metrics["best_test_r2"]):
             rows.append({**trial.config, "gene": gene, "model": NETWORK, "val_r2": val, "test_r2": test,
                          "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epoch"],
-                         "stopped_early": metrics["epoch"] < spec.get("epochs", epochs)})
+                         "stopped_early": metrics["epoch"] < spec.get("epochs", epochs),
+                         "target": target})
     for (tissue, cluster, replicate), fit in baselines:
         rows += [{"tissue": tissue, "cluster": cluster, "gene": gene, "replicate": replicate,
-                  "model": fit.method, SETTING[fit.method]: setting, "val_r2": val, "test_r2": test}
+                  "model": fit.method, SETTING[fit.method]: setting, "val_r2": val, "test_r2": test,
+                  "target": target}
                  for gene, setting, val, test in zip(fit.genes, fit.setting, fit.val_r2, fit.test_r2)]
     keys = [key for key in TRAINING_KEYS if key in keys or (earlier is not None and key in earlier)]
     columns = [*GENE_COLUMNS[:6], *keys, *GENE_COLUMNS[6:]]
@@ -87,7 +90,8 @@ def gene_table(trials: list[tuple[dict, dict]], epochs: int,
          "epochs_run": "Int64", "stopped_early": "boolean",
          **{key: "Int64" for key in keys if key in INTEGER_KEYS}})
     if earlier is not None:  # a run folder from before a column existed lacks it
-        table = pd.concat([earlier.reindex(columns=columns).astype(table.dtypes.to_dict()), table])
+        earlier = earlier.reindex(columns=columns).fillna({"target": "velocity"})  # the only one then
+        table = pd.concat([earlier.astype(table.dtypes.to_dict()), table])
     return table.sort_values(["tissue", "cluster", "replicate", "model", *configuration(table), "gene"],
                              ignore_index=True)
 
@@ -128,6 +132,7 @@ def selected_table(genes: pd.DataFrame) -> pd.DataFrame:
         rows = rows[[*on, "mean_val_r2", "mean_test_r2"]].rename(
             columns={"mean_val_r2": f"{name}_mean_val_r2", "mean_test_r2": f"{name}_mean_test_r2"})
         best = best.merge(rows, on=on, how="left")
+    best["target"] = best.tissue.map(genes.groupby("tissue").target.first())
     return best.sort_values(GROUP, ignore_index=True)
 
 

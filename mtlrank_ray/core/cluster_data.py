@@ -3,8 +3,8 @@
 - Splits: per replicate, the tissue's cells are split once into train / test
   (`test_fraction`, the seed's 0.1) and validation is carved from the
   training cells (`val_fraction`); the same split serves every cluster and λ.
-  Per gene, cells whose velocity is NaN are dropped from each split.
-- Standardization of expression and velocity, per gene: `train` uses the
+  Per gene, cells whose target is NaN are dropped from each split.
+- Standardization of expression and target, per gene: `train` uses the
   training cells' statistics for every split; `per_split` (the seed's) each
   split its own. Population std; where it is 0 the values stay raw.
 - Batches as the seed makes them: each epoch every gene's training cells are
@@ -33,7 +33,7 @@ STATS_CHUNK = 4096  # cells per block when summing statistics (bounds temporarie
 class ClusterData:
     genes: list[str]
     expression: np.ndarray  # (cells, T) float32, log-scaled, the whole tissue
-    velocity: np.ndarray  # (cells, G) float32, NaN where there is none
+    target: np.ndarray  # (cells, G) float32 (data.target), NaN where there is none
     act_mean: np.ndarray  # (G, T) float32
     act_sum: np.ndarray  # (G, T) float32
 
@@ -44,7 +44,7 @@ class ClusterData:
             raise InputError(f"tissue {tissue.name} has no cluster {cluster} (clusters: "
                              f"{', '.join(map(str, np.unique(tissue.clusters)))})")
         return cls(genes=list(tissue.genes[members]), expression=tissue.expression,
-                   velocity=tissue.velocity[:, members], act_mean=tissue.activity_mean[members],
+                   target=tissue.target[:, members], act_mean=tissue.activity_mean[members],
                    act_sum=tissue.activity_sum[members])
 
 
@@ -80,23 +80,23 @@ def replicate_split(search: SearchConfig, n_cells: int, replicate: int) -> dict[
 
 
 def prepare_splits(data: ClusterData, split: dict[str, np.ndarray], standardize: str) -> dict[str, GeneSplit]:
-    observed = ~np.isnan(data.velocity)
+    observed = ~np.isnan(data.target)
     cells = {name: [idx[observed[idx, g]] for g in range(len(data.genes))]
              for name, idx in split.items()}
     for name, per_gene in cells.items():
         for gene, idx in zip(data.genes, per_gene):
             if len(idx) < 2:
-                raise InputError(f"gene {gene} has {len(idx)} cells with velocity in the {name} "
+                raise InputError(f"gene {gene} has {len(idx)} cells with a target value in the {name} "
                                  "split; R² needs at least 2. Raise genes.min_cells or the split "
                                  "fractions.")
     stats = {name: expression_stats(data.expression, cells[name]) for name in
              (SPLITS if standardize == "per_split" else ("train",))}
-    y_stats = {name: [_mean_std(data.velocity[idx, g]) for g, idx in enumerate(cells[name])]
+    y_stats = {name: [_mean_std(data.target[idx, g]) for g, idx in enumerate(cells[name])]
                for name in stats}
     result = {}
     for name in SPLITS:
         source = name if standardize == "per_split" else "train"
-        targets = [(data.velocity[idx, g] - mean) / std for g, (idx, (mean, std))
+        targets = [(data.target[idx, g] - mean) / std for g, (idx, (mean, std))
                    in enumerate(zip(cells[name], y_stats[source]))]
         result[name] = GeneSplit(cells[name], [t.astype(np.float32) for t in targets], stats[source])
     return result

@@ -6,8 +6,10 @@ expression matrix. With a lasso list, candidates are its rows for the tissue,
 in the list's order (the notebook's semantics); without one, all velocity
 genes in the velocity file's column order. `n_genes` of them are drawn as the
 notebook draws them: `np.random.seed(seed)` then `np.random.choice` without
-replacement, kept in the drawn order. Clusters are balanced k-means on the
-genes' velocity profiles, NaN filled with the gene's mean.
+replacement, kept in the drawn order. For a target other than velocity
+the TFs are left out of the candidates (`excluded`): their abundance is one of
+the inputs. Clusters are balanced k-means on the genes' target profiles, NaN
+filled with the gene's mean.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def eligible_genes(velocity: pd.DataFrame, expression_genes: pd.Index, tissue: s
 
 def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.DataFrame | None,
                  tissue: str, settings: GenesConfig, velocity_file: str,
-                 lasso_file: str = "the lasso list") -> pd.Index:
+                 lasso_file: str = "the lasso list", excluded: pd.Index = pd.Index([])) -> pd.Index:
     passing = eligible_genes(velocity, expression_genes, tissue, settings, velocity_file)
+    if passing.isin(excluded).any():
+        log.info("tissue %s: %d TFs left out of the genes: their abundance is an input",
+                 tissue, passing.isin(excluded).sum())
+        passing = passing[~passing.isin(excluded)]
     min_cells = settings.min_cells_for(tissue)
     if lasso is None:
         listed = velocity.columns
@@ -76,10 +82,10 @@ def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.D
     return candidates[drawn]
 
 
-def cluster_genes(velocity: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """Balanced cluster labels (0..n_clusters-1) for the columns of `velocity`."""
-    n_genes = velocity.shape[1]
-    profiles = np.where(np.isnan(velocity), np.nanmean(velocity, axis=0), velocity)
+def cluster_genes(target: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """Balanced cluster labels (0..n_clusters-1) for the columns of `target`."""
+    n_genes = target.shape[1]
+    profiles = np.where(np.isnan(target), np.nanmean(target, axis=0), target)
     model = KMeansConstrained(n_clusters=n_clusters, size_min=n_genes // n_clusters,
                               size_max=math.ceil(n_genes / n_clusters), random_state=seed)
     return model.fit_predict(profiles.T.astype(np.float64)).astype(np.int32)

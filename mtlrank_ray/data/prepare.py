@@ -64,7 +64,16 @@ def open_source(root: Path, config: Config) -> Source:
                              f"scVelo files ({H5AD_DIR}/<Tissue>/); see README, 'Data layout'. "
                              "`mtlrank-ray demo-data DIR` writes an example.")
     if fmt == "seed":
-        return SeedLayout(root, config.data.min_barcode_overlap)
+        data = config.data
+        needs = [key for key, value, seed_has in (("data.target", data.target, ("velocity", "expression")),
+                                                  ("data.tf_input", data.tf_input, ("expression",)))
+                 if value not in seed_has]
+        if needs:
+            raise InputError(f"{needs[0]} {getattr(data, needs[0].split('.')[1])} needs scVelo's "
+                             f"smoothed layers (Ms, Mu), which the seed layout ({root / RPKM}, "
+                             f"{root / VELO}) does not hold; use .h5ad input ({H5AD_DIR}/<Tissue>/) "
+                             "or data.target velocity or expression with data.tf_input expression.")
+        return SeedLayout(root, data.min_barcode_overlap, data.target)
     return ScveloFiles(root, config.data)
 
 
@@ -186,12 +195,14 @@ def load_inputs(source: Source, tissue: str, tf_ids: pd.Index, config: Config) -
 def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataFrame,
                  lasso: pd.DataFrame | None, config: Config, lasso_file: str) -> store.AlignedTissue:
     inputs = load_inputs(source, tissue, tf_ids, config)
+    # An abundance target of a TF is (nearly) one of its own inputs: predicted from itself.
+    own_inputs = inputs.expression.columns if config.data.target != "velocity" else pd.Index([])
     genes = select_genes(inputs.velocity, inputs.expression_genes, lasso, tissue, config.genes,
-                         inputs.velocity_file, lasso_file)
-    velocity = inputs.velocity[genes].to_numpy()
+                         inputs.velocity_file, lasso_file, excluded=own_inputs)
+    target = inputs.target[genes].to_numpy()
     log.info("tissue %s: clustering %d genes into %d balanced clusters", tissue, len(genes),
              config.genes.n_clusters)
-    clusters = cluster_genes(velocity, config.genes.n_clusters, config.genes.seed)
+    clusters = cluster_genes(target, config.genes.n_clusters, config.genes.seed)
     scored_symbols = inputs.activity[0].columns if inputs.activity else pd.Index([])
     tfs, scored = tf_order(inputs.expression.columns, id_map, scored_symbols)
     act_mean, act_sum = activity_matrices(genes, tfs, scored, id_map, inputs.activity)
@@ -203,9 +214,9 @@ def build_tissue(source: Source, tissue: str, tf_ids: pd.Index, id_map: pd.DataF
         tf_has_activity=tfs.isin(scored.index),
         genes=genes,
         clusters=clusters,
-        n_cells=np.count_nonzero(~np.isnan(velocity), axis=0),
+        n_cells=np.count_nonzero(~np.isnan(target), axis=0),
         expression=inputs.expression[tfs].to_numpy(np.float32),
-        velocity=velocity.astype(np.float32),
+        target=target.astype(np.float32),
         activity_mean=act_mean,
         activity_sum=act_sum,
     )

@@ -14,6 +14,11 @@ counted in a warning. X and layers may be dense or sparse (CSR, CSC): only the
 TF columns and the velocity genes are read, a block of rows at a time.
 Activity files (the seed layout's `data/tf_activity/`) are optional: without
 them activity is zero, and a warning says so.
+
+What is read for the target and the TFs (`data.target`, `data.tf_input`):
+velocity from `layers['velocity']`; unspliced and spliced abundance from
+scVelo's smoothed `layers['Mu']` and `layers['Ms']` (`scv.pp.moments`), as
+log10(x + 1) like expression; expression from X or `data.expression_layer`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from .source import TissueInputs, check_unique, scale_expression
 log = logging.getLogger(__name__)
 
 H5AD_DIR = Path("data/h5ad")
+# data.target -> its layer (None: expression, X or data.expression_layer); the TFs'
+# smoothed input is Ms. What writes each layer, for the message when one is missing.
+TARGET_LAYERS = {"velocity": "velocity", "unspliced": "Mu", "spliced": "Ms", "expression": None}
+SMOOTHED_TF_LAYER = "Ms"
+WRITTEN_BY = {"velocity": "scvelo.tl.velocity", "Mu": "scvelo.pp.moments", "Ms": "scvelo.pp.moments"}
 
 
 class ScveloFiles:
@@ -92,6 +102,8 @@ class ScveloFiles:
             expression_genes=expression_genes,
             velocity=pd.concat([s["velocity"].reindex(columns=velocity_genes) for s in samples],
                                ignore_index=True),
+            target=pd.concat([s["target"].reindex(columns=velocity_genes) for s in samples],
+                             ignore_index=True),
             velocity_file=", ".join(map(str, paths)),
             activity=activity,
         )
@@ -116,10 +128,19 @@ class ScveloFiles:
                 raise InputError(f"{path} lacks layers['velocity'] or var['velocity_genes']; run "
                                  "scvelo.tl.velocity on it first, or narrow data.h5ad_glob to the "
                                  "scVelo output files.")
-            layer = self.settings.expression_layer
+            settings = self.settings
+            layer = settings.expression_layer
             if layer is not None and layer not in layers:
                 raise InputError(f"{path} has no layer '{layer}' (data.expression_layer); it has "
                                  f"{', '.join(layers.keys())}.")
+            target_layer = TARGET_LAYERS[settings.target]
+            for needed, key in ((target_layer, f"data.target: {settings.target}"),
+                                (settings.tf_input == "smoothed" and SMOOTHED_TF_LAYER, "data.tf_input: smoothed")):
+                if needed and needed not in layers:
+                    raise InputError(f"{path} has no layer '{needed}' ({key}); scVelo writes it with "
+                                     f"{WRITTEN_BY[needed]}: run that on the file first, or choose "
+                                     f"another {key.split(':')[0]}.")
+            expression_key = "X" if layer is None else f"layers/{layer}"
             check_unique(var.index.to_numpy().astype(str), "var names", str(path))
             genes = pd.Index(gene_ids(var.index.astype(str), self.id_map(), str(path)))
             if (genes == "").all():
@@ -134,14 +155,26 @@ class ScveloFiles:
                 stem = path.relative_to(self.folder).with_suffix("").as_posix().split("/", 1)[-1]
                 names = np.array([f"{stem}:{n}" for n in names])
             tf_cols = np.flatnonzero(genes.isin(tf_ids))
-            values = _read_matrix(path, file, "X" if layer is None else f"layers/{layer}", tf_cols)
-            values = scale_expression(values, str(path), self.settings.expression_is_log)
+            if settings.tf_input == "smoothed":
+                values = _read_matrix(path, file, f"layers/{SMOOTHED_TF_LAYER}", tf_cols)
+                values = scale_expression(values, f"{path} [layers/{SMOOTHED_TF_LAYER}]")
+            else:
+                values = _read_matrix(path, file, expression_key, tf_cols)
+                values = scale_expression(values, str(path), settings.expression_is_log)
             velo_cols = np.flatnonzero(var["velocity_genes"].fillna(False).to_numpy(dtype=bool) & (genes != ""))
             if not len(velo_cols):
                 raise InputError(f"{path}: var['velocity_genes'] marks no gene (of those the id "
                                  "mapping knows); scVelo fitted none: check its filtering "
                                  "(scvelo.pp.filter_genes, min_r2 of scvelo.tl.velocity).")
             velocity = _read_matrix(path, file, "layers/velocity", velo_cols)
+            if target_layer == "velocity":
+                target = velocity
+            elif target_layer is None:
+                target = scale_expression(_read_matrix(path, file, expression_key, velo_cols),
+                                          str(path), settings.expression_is_log)
+            else:
+                target = scale_expression(_read_matrix(path, file, f"layers/{target_layer}", velo_cols),
+                                          f"{path} [layers/{target_layer}]")
         if np.isinf(velocity).any():
             raise InputError(f"{path}: layers['velocity'] holds infinite values; use NaN for "
                              "cells without velocity.")
@@ -151,6 +184,7 @@ class ScveloFiles:
             "barcodes": names,
             "expression": pd.DataFrame(values.astype(np.float32), columns=genes[tf_cols]),
             "velocity": pd.DataFrame(velocity, columns=genes[velo_cols]),
+            "target": pd.DataFrame(target, columns=genes[velo_cols]),
         }
 
     def id_map(self) -> pd.DataFrame:

@@ -51,10 +51,11 @@ def open_hdf5(path: Path):
 class SeedLayout:
     """The `Source` for the notebook's HDF5 + CSV layout under a data root."""
 
-    def __init__(self, root: Path, min_barcode_overlap: float):
+    def __init__(self, root: Path, min_barcode_overlap: float, target: str = "velocity"):
         self.root = root
         self.rpkm, self.velo = root / RPKM, root / VELO
         self.min_barcode_overlap = min_barcode_overlap
+        self.target = target  # "velocity" or "expression": the layout holds no other
         self.activity = find_activity_files(root / MEAN_TF, root / SUM_TF)
 
     def tissues(self) -> list[str]:
@@ -90,6 +91,13 @@ class SeedLayout:
             expression = _read_rows(exp, expr_rows, tf_cols, lambda v: scale_expression(v, where))
             velocity = _read_rows(vel, velo_rows, np.arange(vel.shape[1]), _check_velocity(
                 f"{self.velo} [{tissue}/velo]"))
+            if self.target == "expression":  # velocity genes without expression are never picked
+                present = pd.Index(velo_genes).isin(expr_genes)
+                columns = pd.Index(expr_genes).get_indexer(velo_genes[present])
+                target = np.full(velocity.shape, np.nan, np.float32)
+                target[:, present] = _read_rows(exp, expr_rows, columns, lambda v: scale_expression(v, where))
+            else:
+                target = velocity
         return TissueInputs(
             name=tissue,
             barcodes=expr_barcodes[expr_rows],
@@ -97,6 +105,7 @@ class SeedLayout:
                                     columns=pd.Index(expr_genes[tf_cols])),
             expression_genes=pd.Index(expr_genes),
             velocity=pd.DataFrame(velocity, columns=pd.Index(velo_genes)),
+            target=pd.DataFrame(target, columns=pd.Index(velo_genes)),
             velocity_file=str(self.velo),
             activity=read_activity(self.activity[tissue]),
         )

@@ -2,9 +2,10 @@
 
 Two formats are read (see README, "Data layout"): the seed notebook's HDF5 and
 CSV files (`seed_layout`) and scVelo `.h5ad` files (`scvelo`). Each turns a
-tissue into one `TissueInputs`: expression and velocity over the same cells,
-matched by barcode, in the expression file's cell order (the order the
-notebook splits cells in).
+tissue into one `TissueInputs`: TF inputs, velocity and the target
+(`data.target`) over the same cells, matched by barcode, in the expression
+file's cell order (the order the notebook splits cells in). Velocity picks the
+genes whatever the target, so every target models the same genes.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ log = logging.getLogger(__name__)
 class TissueInputs:
     name: str
     barcodes: np.ndarray  # aligned cells, in expression order
-    expression: pd.DataFrame  # cells x TFs from the TF list, log-scaled, float32
+    expression: pd.DataFrame  # cells x TFs from the TF list, log-scaled, float32 (data.tf_input)
     expression_genes: pd.Index  # every gene id of the expression matrix
     velocity: pd.DataFrame  # cells x velocity genes, NaN where there is none
+    target: pd.DataFrame  # cells x the same genes: data.target's values (velocity itself by default)
     velocity_file: str  # named in messages about genes
     activity: tuple[pd.DataFrame, pd.DataFrame] | None  # (mean, sum): gene x TF symbols
 

@@ -1,8 +1,9 @@
 """The aligned store: one folder per tissue, Parquet files and a manifest.
 
     STORE/<tissue>/expression.parquet     cells x TFs, float32, index barcode
-    STORE/<tissue>/velocity.parquet       cells x selected genes, float32, NaN kept,
-                                          index barcode, columns in selection order
+    STORE/<tissue>/target.parquet         cells x selected genes, float32, NaN kept: what
+                                          the networks predict (data.target), index
+                                          barcode, columns in selection order
     STORE/<tissue>/activity_mean.parquet  genes x TFs, float32, index gene
     STORE/<tissue>/activity_sum.parquet   genes x TFs, float32 (log2(x + 1)), index gene
     STORE/<tissue>/genes.parquet          gene, cluster, n_cells (selection order)
@@ -40,7 +41,7 @@ import pyarrow.fs as pafs
 
 from ..errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the predicted matrix is target.parquet (data.target)
 MANIFEST = "manifest.json"
 PACKAGES = ("mtlrank-ray", "numpy", "pandas", "pyarrow", "h5py", "anndata", "scikit-learn",
             "k-means-constrained")
@@ -57,9 +58,9 @@ class AlignedTissue:
     tf_has_activity: np.ndarray  # (T,) bool
     genes: pd.Index  # (G,) Ensembl ids, selection order
     clusters: np.ndarray  # (G,) int
-    n_cells: np.ndarray  # (G,) cells with velocity
+    n_cells: np.ndarray  # (G,) cells with a target value
     expression: np.ndarray  # (cells, T) float32, log-scaled
-    velocity: np.ndarray  # (cells, G) float32, NaN kept
+    target: np.ndarray  # (cells, G) float32, NaN kept: data.target's values
     activity_mean: np.ndarray  # (G, T) float32
     activity_sum: np.ndarray  # (G, T) float32
 
@@ -177,7 +178,7 @@ def write_tissue(folder: Path, tissue: AlignedTissue, manifest: dict) -> None:
     genes = pd.Index(tissue.genes, name="gene")
     tables = {
         "expression": pd.DataFrame(tissue.expression, index=cells, columns=tissue.tfs),
-        "velocity": pd.DataFrame(tissue.velocity, index=cells, columns=tissue.genes),
+        "target": pd.DataFrame(tissue.target, index=cells, columns=tissue.genes),
         "activity_mean": pd.DataFrame(tissue.activity_mean, index=genes, columns=tissue.tfs),
         "activity_sum": pd.DataFrame(tissue.activity_sum, index=genes, columns=tissue.tfs),
         "genes": pd.DataFrame({"gene": tissue.genes, "cluster": tissue.clusters,
@@ -270,7 +271,7 @@ def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
         clusters=genes["cluster"].to_numpy(),
         n_cells=genes["n_cells"].to_numpy(),
         expression=expression,
-        velocity=read("velocity").to_numpy(np.float32),
+        target=read("target").to_numpy(np.float32),
         activity_mean=read("activity_mean").to_numpy(np.float32),
         activity_sum=read("activity_sum").to_numpy(np.float32),
     )

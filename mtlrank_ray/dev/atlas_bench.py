@@ -67,7 +67,7 @@ def synthetic_tissue(name: str, cells: int, tfs: int, clusters: int, genes_per_c
         tfs=pd.Index([f"TF{t}" for t in range(tfs)]), tf_symbols=np.array([""] * tfs),
         tf_has_activity=np.ones(tfs, bool), genes=pd.Index([f"gene{g}" for g in range(n_genes)]),
         clusters=np.repeat(np.arange(clusters), genes_per_cluster),
-        n_cells=np.sum(~np.isnan(velocity), axis=0), expression=expression, velocity=velocity,
+        n_cells=np.sum(~np.isnan(velocity), axis=0), expression=expression, target=velocity,
         activity_mean=rng.random((n_genes, tfs), dtype=np.float32),
         activity_sum=rng.random((n_genes, tfs), dtype=np.float32))
 

@@ -155,7 +155,7 @@ def ranking_time(n_cells: int, n_tfs: int, n_genes: int) -> float:
     data = synthetic_cluster(n_cells, n_tfs, n_genes)
     trainer = make_trainer(data)
     weights = {k: v.numpy() for k, v in trainer.weights.items()}
-    cells = [np.flatnonzero(~np.isnan(data.velocity[:, g])) for g in range(n_genes)]
+    cells = [np.flatnonzero(~np.isnan(data.target[:, g])) for g in range(n_genes)]
     args = (weights, data.expression, data.act_mean, data.act_sum,
             trainer.splits["train"].standardization, cells)
     tf_scores(*args)  # traced and compiled once per process
@@ -173,7 +173,7 @@ def baseline_time(method: str, n_cells: int, n_tfs: int, n_genes: int) -> tuple[
     for g in range(n_genes):
         a, b, c = data.expression[:, rng.choice(n_tfs, 3, replace=False)].T
         signal = np.tanh(4 * (a - 0.5)) + 2 * b * (c > 0.5)
-        data.velocity[:, g] = signal + rng.normal(scale=signal.std(), size=n_cells)
+        data.target[:, g] = signal + rng.normal(scale=signal.std(), size=n_cells)
     split = split_cells(n_cells, 0.1, 0.1, seed=0, replicate=0)
     started = time.perf_counter()
     fit = fit_baseline(method, data, split, "train", SearchConfig(), replicate=0)

@@ -7,7 +7,7 @@ three datasets:
 
 - expression: one row per cell, in store order: a float32 column per TF and
   `barcode`;
-- velocity: one row per cell, same order: a float32 column per selected gene
+- target: one row per cell, same order: a float32 column per selected gene
   (NaN kept) and `barcode`;
 - activity: one row per gene, the mean scores' rows then the sum scores'
   (activity_mean.parquet, activity_sum.parquet): a float32 column per TF and
@@ -23,7 +23,7 @@ assembles it once from the expression blocks as a row-major float32 array
 and returns it to the object store, and the blocks are let go: each node then
 holds one copy, which the trials, baselines and rankings running there read
 zero-copy (the trainer hands it to TensorFlow in place). The driver keeps only
-the references; a trial fetches the matrix and its cluster's velocity columns.
+the references; a trial fetches the matrix and its cluster's target columns.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import ray.data
 from ..core.cluster_data import ClusterData
 from ..data.store import aligned_empty, is_uri
 
-DATASETS = {"expression": ("expression",), "velocity": ("velocity",),
+DATASETS = {"expression": ("expression",), "target": ("target",),
             "activity": ("activity_mean", "activity_sum")}
 INDEX_TABLES = ("genes", "tfs")
 
@@ -127,9 +127,9 @@ def cluster_data(tissue: TissueBlocks, cluster: int) -> ClusterData:
     if not members:
         raise ValueError(f"tissue {tissue.name} has no cluster {cluster}")
     barcodes, expression = ray.get(tissue.expression)  # zero-copy: the node's one copy
-    velocity = _table(tissue.blocks("velocity")).select(["barcode", *members])
-    if not np.array_equal(velocity.column("barcode").to_numpy(zero_copy_only=False), barcodes):
-        raise RuntimeError(f"tissue {tissue.name}: velocity and expression blocks are not in the "
+    target = _table(tissue.blocks("target")).select(["barcode", *members])
+    if not np.array_equal(target.column("barcode").to_numpy(zero_copy_only=False), barcodes):
+        raise RuntimeError(f"tissue {tissue.name}: target and expression blocks are not in the "
                            "same cell order")
     tfs = tissue_tfs(tissue).tolist()
     activity = _table(tissue.blocks("activity")).to_pandas()
@@ -137,7 +137,7 @@ def cluster_data(tissue: TissueBlocks, cluster: int) -> ClusterData:
                 for part in (activity.iloc[:len(genes)], activity.iloc[len(genes):])]
     return ClusterData(
         genes=members, expression=expression,
-        velocity=np.column_stack([velocity.column(g).to_numpy(zero_copy_only=False)
+        target=np.column_stack([target.column(g).to_numpy(zero_copy_only=False)
                                   for g in members]).astype(np.float32),
         act_mean=activity[0].to_numpy(np.float32), act_sum=activity[1].to_numpy(np.float32))
 

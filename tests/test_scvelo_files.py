@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse
-from conftest import write_config
+import yaml
+from conftest import REPO, write_config
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
@@ -153,17 +154,24 @@ def test_columns_are_read_a_block_of_rows_at_a_time(tmp_path, monkeypatch, layou
 
 
 @pytest.mark.slow
-def test_tune_runs_on_scvelo_output(root, tmp_path, capsys):
+@pytest.mark.parametrize("target", ["velocity", "unspliced", "spliced", "expression"])
+def test_tune_runs_on_scvelo_output(root, tmp_path, capsys, target):
+    """Each target with the data settings of its example in tune_configs/."""
     from mtlrank_ray.cli import tune_main
+    example = REPO / "tune_configs" / f"target_{target}.yaml"
+    data = yaml.safe_load(example.read_text())["data"] if target != "velocity" else {}
     config = write_config(tmp_path / "sweep.yaml", {
-        **SETTINGS, "training": {"epochs": 2, "batch_size": 64},
+        **SETTINGS, "data": {**SETTINGS["data"], **data}, "training": {"epochs": 2, "batch_size": 64},
         "search": {"lambdas": [0.0, 0.01], "replicates": 1}, "asha": {"enabled": False}})
     code = tune_main(["--data", str(root), "--config", str(config), "--out", str(tmp_path / "run"), "-q"])
     assert code == 0, capsys.readouterr().err[-3000:]
     genes = pd.read_csv(tmp_path / "run" / "gene_r2.csv")
     assert set(genes.tissue) == {"Pancreas"} and len(genes) == 16 * 4  # 2 λ, 2 baselines
+    assert set(genes.target) == {target} and set(pd.read_csv(tmp_path / "run" / "selected.csv").target) == {target}
+    assert f"(target: {target})</h1>" in (tmp_path / "run" / "report" / "index.html").read_text()
     network = pd.read_csv(tmp_path / "run" / "network.csv")
     assert network.tf_symbol.isin(reference_genes().symbol).all()
+    assert (target == "velocity") or not set(network.gene_symbol) & set(network.tf_symbol)
 
 
 @pytest.mark.slow

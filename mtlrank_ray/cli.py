@@ -412,7 +412,8 @@ def _print_evaluation(evaluation, against: str, path: Path) -> None:
     from .analysis.evaluation import wide
     from .analysis.results import markdown_table
 
-    print(f"rankings against {against} (value [95% interval over genes]; chance beside): {path}")
+    print(f"rankings against {against} (value [95% interval over genes]; chance beside; the "
+          f"verdict from average precision minus chance): {path}")
     print(markdown_table(wide(evaluation)))
 
 

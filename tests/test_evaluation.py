@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrank_ray.analysis.evaluation import evaluate, wide
+from mtlrank_ray.analysis.evaluation import ABOVE, BELOW, CHANCE, bottom_line, evaluate, wide
 
 TFS = np.array([f"tf{i}" for i in range(20)])
 
@@ -46,11 +46,41 @@ def test_a_ranking_at_chance_reads_as_chance():
                  ("Liver", "tied"): (genes, TFS, np.zeros((len(genes), len(TFS))))}
     table = evaluate(no_signal, reference, k=5).set_index(["method", "measure"])
     for method in ("random", "tied"):
-        for measure in ("average precision", "precision at 5", "early precision ratio"):
+        for measure in ("average precision", "AUROC", "precision at 5", "early precision ratio"):
             row = table.loc[(method, measure)]
             standard_error = (row.high - row.low) / (2 * 1.96)
             assert abs(row.value - row.chance) < 3 * standard_error, (method, measure)  # chance
             assert row.high - row.low < row.chance  # and an interval narrow enough to say so
+            assert row.verdict == CHANCE, (method, measure)
+    assert table.loc[("random", "AUROC"), "chance"] == 0.5
+    assert bottom_line(table.reset_index()) == [
+        "Liver: no method's rankings beat chance: " + "; ".join(
+            f"{m} not distinguishable from chance (AP {r.value:.3f}, chance {r.chance:.3f}, difference "
+            f"[{r.over_chance_low:+.3f}, {r.over_chance_high:+.3f}])"
+            for m in ("random", "tied") for r in [table.loc[(m, "average precision")]]) + "."]
+
+
+def test_the_verdict_says_above_or_below_chance_only_when_the_difference_excludes_zero():
+    """Regulators a little ahead of the others, or a little behind: the verdict follows the
+    interval of average precision minus its per-gene chance, resampled over genes."""
+    rng = np.random.default_rng(2)
+    genes = [f"g{i}" for i in range(200)]
+    regulators = {g: list(rng.choice(TFS, 2, replace=False)) for g in genes}
+    reference = pd.DataFrame([("Liver", g, tf) for g in genes for tf in regulators[g]],
+                             columns=["tissue", "gene", "tf"])
+    labels = np.array([np.isin(TFS, regulators[g]) for g in genes])
+    noise = rng.normal(size=labels.shape)
+    scores = {("Liver", "ahead"): (genes, TFS, noise + 0.8 * labels),
+              ("Liver", "behind"): (genes, TFS, noise - 0.8 * labels),
+              ("Liver", "faint"): (genes, TFS, noise + 0.02 * labels)}
+    table = evaluate(scores, reference).set_index(["method", "measure"])
+    verdict = {m: table.loc[(m, "average precision"), "verdict"] for m in ("ahead", "behind", "faint")}
+    assert verdict == {"ahead": ABOVE, "behind": BELOW, "faint": CHANCE}
+    for method, row in table.xs("average precision", level="measure").iterrows():
+        assert row.over_chance_low < row.value - row.chance < row.over_chance_high
+    assert table.loc[("ahead", "AUROC"), "value"] > 0.6 > 0.4 > table.loc[("behind", "AUROC"), "value"]
+    assert wide(table.reset_index()).set_index("method").verdict.to_dict() == verdict
+    assert bottom_line(table.reset_index())[0].startswith("Liver: 1 of 3 methods' rankings beat chance: ahead above chance (AP ")
 
 
 def test_the_table_is_paired_resampled_and_seeded():

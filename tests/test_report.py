@@ -75,7 +75,9 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     pd.DataFrame({"tissue": "Liver", "method": "mtlrank (DeepLIFT)",
                   "measure": ["average precision", "precision at 10", "early precision ratio"],
                   "value": [0.5, 0.2, 3.0], "low": [0.4, 0.1, 2.0], "high": [0.6, 0.3, 4.0],
-                  "chance": [0.05, 0.05, 1.0], "genes": 20}).to_csv(tmp_path / "evaluation.csv", index=False)
+                  "chance": [0.05, 0.05, 1.0], "over_chance_low": [0.36, 0.05, 1.0],
+                  "over_chance_high": [0.55, 0.25, 3.0], "verdict": "above chance",
+                  "genes": 20}).to_csv(tmp_path / "evaluation.csv", index=False)
     pd.DataFrame({"tissue": ["Liver"] * 3, "gene": ["g1", "g1", "g2"], "gene_symbol": ["ALB", "ALB", ""],
                   "tf": ["t1", "t2", "t1"], "tf_symbol": ["HNF4A", "FOXA2", "HNF4A"],
                   "mean_rank": [1.0, 2.5, 1.5]}).to_csv(tmp_path / "network.csv", index=False)
@@ -88,7 +90,10 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     assert page.count("<figcaption>") == len(names) == page.count("<img ")
     assert "Validation R², lasso" in page and "lasso_mean_val_r2" not in page
     assert "Mean test R², GRNBoost2" in page and "Validation R², GRNBoost2" in page
-    assert page.count("<h2>") == page.count("</table>") == 3 and page.count("<p>") == 3
+    assert page.count("<h2>") == page.count("</table>") == 3 and page.count("<p>") == 4
+    # The bottom line first: right under the title, before any plot.
+    assert page.index("</h1>\n<p><b>Liver: 1 of 1 methods' rankings beat chance: mtlrank (DeepLIFT) above "
+                      "chance (AP 0.500, chance 0.050, difference [+0.360, +0.550]).</b></p>") < page.index("<img")
     assert "Kidney_Left" in page and "against the reference network" in page
     assert "0.500 [0.400, 0.600]" in page  # a value with its interval over genes
 

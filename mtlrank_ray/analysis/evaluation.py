@@ -9,6 +9,8 @@ one reference regulator among its TFs:
 - average precision of the gene's TF ranking, the mean over genes (chance: the
   expected average precision of a random ranking, which exceeds the share of
   TFs that are regulators when they are few);
+- AUROC of the gene's TF ranking, the mean over genes whose TFs are not all
+  regulators (chance: 0.5);
 - precision at k: the share of the gene's k top TFs that are regulators (chance:
   the share of TFs that are regulators);
 - the early precision ratio (BEELINE's EPR): the precision of the tissue's top
@@ -16,7 +18,11 @@ one reference regulator among its TFs:
   reference edges (chance: 1);
 
 each with a 95% bootstrap interval over genes (the same resamples for every
-method), so a method no better than chance reads as such.
+method), and a verdict from the interval of the measure minus its chance value
+(per resample, so average precision's per-gene chance moves with the genes):
+"above chance" only where that interval lies above 0, "below chance" where it
+lies below, "not distinguishable from chance" otherwise. A method's verdict in
+the tables is its average precision's (`VERDICT_MEASURE`).
 
 Methods: our DeepLIFT rankings, the lasso's |coefficients| and GRNBoost2's
 split gains, each by its rank averaged over replicates, and |Pearson
@@ -35,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..data import load_tissue
 from ..data.references import (
@@ -55,7 +61,9 @@ OURS, PEARSON = "mtlrank (DeepLIFT)", "abs Pearson"
 K = 10
 BOOTSTRAP = 1000
 SEED = 0
-MEASURES = ("average precision", "precision at k", "early precision ratio")
+MEASURES = ("average precision", "AUROC", "precision at k", "early precision ratio")
+VERDICT_MEASURE = "average precision"
+ABOVE, BELOW, CHANCE = "above chance", "below chance", "not distinguishable from chance"
 
 Scores = tuple[list[str], np.ndarray, np.ndarray]  # genes, TFs, scores (genes x TFs; higher first)
 
@@ -173,33 +181,52 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
         counts = np.stack([np.bincount(rng.integers(0, len(genes), len(genes)), minlength=len(genes))
                            for _ in range(bootstrap)])  # genes' multiplicities, per resample
         tie_break = rng.random(labels.shape)  # the same for every method
-        chance = {"average precision": _random_average_precision(labels).mean(),
-                  "precision at k": labels.mean()}
+        mixed = labels.any(axis=1) & ~labels.all(axis=1)  # genes AUROC is defined for
+        chance = {"average precision": _random_average_precision(labels),  # per gene
+                  "AUROC": np.where(mixed, 0.5, np.nan),
+                  "precision at k": np.full(len(genes), labels.mean())}
         for method, (method_genes, method_tfs, values) in methods:
             if list(method_tfs) != list(tfs):
                 raise ValueError(f"{method} scores other TFs than the tissue's")
             position = {g: i for i, g in enumerate(method_genes)}
             matrix = _strict(values[[position[g] for g in genes]], tie_break)
             per_gene = {"average precision": np.array([average_precision_score(l, s) for l, s in zip(labels, matrix)]),
+                        "AUROC": np.array([roc_auc_score(l, s) if m else np.nan
+                                           for l, s, m in zip(labels, matrix, mixed)]),
                         "precision at k": _precision_at(labels, matrix, min(k, len(tfs)))}
             for measure, value in per_gene.items():
-                resampled = counts @ value / len(genes)
-                rows.append(_row(tissue, method, measure, value.mean(), resampled, chance[measure], len(genes), k))
+                rows.append(_row(tissue, method, measure, value, chance[measure], counts, k))
             epr = _early_precision_ratio(labels, matrix)
-            rows.append(_row(tissue, method, "early precision ratio", epr(np.ones(len(genes))),
-                             np.array([epr(c) for c in counts]), 1.0, len(genes), k))
-    return pd.DataFrame(rows, columns=["tissue", "method", "measure", "value", "low", "high", "chance", "genes"])
+            resampled = np.array([epr(c) for c in counts])
+            rows.append(_summary(tissue, method, "early precision ratio", epr(np.ones(len(genes))), resampled,
+                                 1.0, resampled - 1.0, len(genes), k))
+    return pd.DataFrame(rows, columns=["tissue", "method", "measure", "value", "low", "high", "chance",
+                                       "over_chance_low", "over_chance_high", "verdict", "genes"])
 
 
 def with_reference(evaluation: pd.DataFrame, reference: Path) -> pd.DataFrame:
     return evaluation.assign(reference=str(reference))
 
 
-def _row(tissue, method, measure, value, resampled, chance, genes, k) -> dict:
+def _row(tissue, method, measure, value, chance, counts, k) -> dict:
+    """A per-gene measure's row: means over the genes it is defined for, each resample's
+    (`counts`: the genes' multiplicities) for the intervals."""
+    defined = ~np.isnan(value)
+    value, chance, counts = value[defined], chance[defined], counts[:, defined]
+    weights = counts.sum(axis=1)
+    resampled = counts @ value / weights
+    return _summary(tissue, method, measure, value.mean(), resampled, chance.mean(),
+                    resampled - counts @ chance / weights, int(defined.sum()), k)
+
+
+def _summary(tissue, method, measure, value, resampled, chance, over_chance, genes, k) -> dict:
     low, high = np.nanpercentile(resampled, [2.5, 97.5])
-    name = measure.replace("at k", f"at {k}")
-    return {"tissue": tissue, "method": method, "measure": name, "value": float(value),
-            "low": float(low), "high": float(high), "chance": float(chance), "genes": genes}
+    over_low, over_high = np.nanpercentile(over_chance, [2.5, 97.5])
+    verdict = ABOVE if over_low > 0 else BELOW if over_high < 0 else CHANCE
+    return {"tissue": tissue, "method": method, "measure": measure.replace("at k", f"at {k}"),
+            "value": float(value), "low": float(low), "high": float(high), "chance": float(chance),
+            "over_chance_low": float(over_low), "over_chance_high": float(over_high),
+            "verdict": verdict, "genes": genes}
 
 
 def _strict(scores: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
@@ -259,8 +286,30 @@ def wide(evaluation: pd.DataFrame) -> pd.DataFrame:
         out[measure] = table[measure]
         if not measure.startswith("early precision"):
             out[f"{measure}, chance"] = chance[measure].map(lambda v: f"{v:.3f}")
-    genes = evaluation.groupby(["tissue", "method"]).genes.first()
-    return out.assign(genes=genes).reset_index()
+    out["genes"] = evaluation.groupby(["tissue", "method"]).genes.first()
+    if "verdict" in evaluation:  # evaluation.csv of a run before verdicts has none
+        out["verdict"] = verdicts(evaluation).set_index(["tissue", "method"]).verdict
+    return out.reset_index()
+
+
+def verdicts(evaluation: pd.DataFrame) -> pd.DataFrame:
+    """Per (tissue, method): the verdict of VERDICT_MEASURE, its value and chance."""
+    rows = evaluation[evaluation.measure == VERDICT_MEASURE]
+    return rows[["tissue", "method", "verdict", "value", "chance", "over_chance_low", "over_chance_high"]]
+
+
+def bottom_line(evaluation: pd.DataFrame) -> list[str]:
+    """One sentence per tissue: which methods' rankings beat chance, in average precision."""
+    lines = []
+    for tissue, part in verdicts(evaluation).groupby("tissue", sort=True):
+        said = [f"{r.method} {r.verdict} (AP {r.value:.3f}, chance {r.chance:.3f}, "
+                f"difference [{r.over_chance_low:+.3f}, {r.over_chance_high:+.3f}])"
+                for r in part.itertuples()]
+        above = part.verdict.eq(ABOVE).sum()
+        head = ("no method's rankings beat chance" if not above
+                else f"{above} of {len(part)} methods' rankings beat chance")
+        lines.append(f"{tissue}: {head}: " + "; ".join(said) + ".")
+    return lines
 
 
 def evaluate_run(out: Path, reference: Path, lam: float | None = None, k: int = K) -> pd.DataFrame:

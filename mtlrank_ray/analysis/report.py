@@ -40,7 +40,7 @@ from ..core.trial import Trial  # noqa: E402
 from ..data.store import write_atomically  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from .baselines import BASELINES, LABEL, LINE  # noqa: E402
-from .evaluation import wide  # noqa: E402
+from .evaluation import bottom_line, wide  # noqa: E402
 from .results import (  # noqa: E402
     GROUP,
     at_selected,
@@ -252,13 +252,14 @@ TABLE_LINES = {
                             "of its genes beside λ = 0's at the same settings and the baselines'.",
     "TF rankings against the reference network": "How well each method ranks a gene's "
         "regulators in the reference (the demo's planted truth, or `mtlrank-ray evaluate "
-        "--reference`) first: mean average precision and precision at k (10 unless `--k`) over "
-        "genes (a gene with R regulators scores at most R/k), and the early precision ratio: "
+        "--reference`) first: mean average precision, AUROC and precision at k (10 unless `--k`) "
+        "over genes (a gene with R regulators scores at most R/k), and the early precision ratio: "
         "the share of reference edges among the tissue's K top-ranked edges, K the number of "
         "reference edges, over their share of all edges (1 is chance). Each comes with a 95% "
         "bootstrap interval over genes and what a random ranking scores (for average precision "
-        "its expectation, above the share of regulators when they are few); a method whose "
-        "interval holds its chance value does no better than chance.",
+        "its expectation, above the share of regulators when they are few). The verdict is "
+        "average precision's: \"above chance\" only where the 95% interval of its difference "
+        "from chance lies above 0, \"not distinguishable from chance\" where it holds 0.",
 }
 HEATMAP_TFS, HEATMAP_GENES = 20, 60
 
@@ -325,15 +326,20 @@ def write_report(out: Path) -> Path:
             plots.append("network.png")
     selected = selected_table(genes)
     tables = {"Per tissue": tissue_summary(genes, selected), "Chosen on validation": selected}
+    verdict = []
     if (out / "evaluation.csv").is_file():
-        tables["TF rankings against the reference network"] = wide(pd.read_csv(out / "evaluation.csv"))
+        evaluation = pd.read_csv(out / "evaluation.csv")
+        tables["TF rankings against the reference network"] = wide(evaluation)
+        if "verdict" in evaluation:
+            verdict = [f"<p><b>{html.escape(line, quote=False)}</b></p>" for line in bottom_line(evaluation)]
     # λ and the searched settings as written (a learning rate of 0.00343 is not 0.003).
     settings_format = {COLUMN_NAMES.get(key, key): lambda v: "" if pd.isna(v) else f"{v:g}"
                        for key in ("lambda", *searched(genes)) if key != "standardize"}
     names = {**COLUMN_NAMES, **{f"{key}_selected": f"{key} chosen (clusters × replicates)"
                                 for key in searched(genes)}}
     targets = ", ".join(genes.target.unique())
-    body = [f"<h1>MTLRank sweep: {html.escape(str(out))} (target: {html.escape(targets)})</h1>"]
+    body = [f"<h1>MTLRank sweep: {html.escape(str(out))} (target: {html.escape(targets)})</h1>",
+            *verdict]
     body += [f'<figure><img src="{name}" alt="{name}"><figcaption>{_prose(CAPTIONS[name])}'
              "</figcaption></figure>" for name in plots]
     for title, table in tables.items():

@@ -121,9 +121,13 @@ def tune_parser() -> argparse.ArgumentParser:
                         help="also print Tune's per-trial tables and Ray's own progress lines")
     parser.add_argument("--dashboard", action="store_true",
                         help="start the Ray dashboard with a local Ray and print its address")
-    parser.add_argument("--address", default=None,
-                        help="join a running Ray cluster ('auto' or HOST:PORT; default: "
-                             "RAY_ADDRESS if set) instead of starting a Ray of this run's own")
+    joining = parser.add_mutually_exclusive_group()
+    joining.add_argument("--address", default=None,
+                         help="join this running Ray cluster (HOST:PORT or 'auto'); default: "
+                              "RAY_ADDRESS, else the cluster this machine is the head of (the "
+                              "address file `ray start` leaves), else a Ray of this run's own")
+    joining.add_argument("--local", action="store_true",
+                         help="run on a Ray of this run's own even on a cluster's head")
     parser.set_defaults(run=_tune)
     return parser
 
@@ -267,6 +271,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     from .core.trial import Trial
     from .distributed.group_tasks import GroupsFinished, GroupTasks
     from .distributed.ray_data import materialize_tissue
+    from .distributed.joining import LOCAL, joined_line, ray_address
     from .distributed.resume import resumable
     from .distributed.search_space import trials_per_group
     from .distributed.storage_check import check_storage
@@ -275,15 +280,16 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
 
     if args.resume:
         resumable(config, out)  # fails before Ray starts when there is nothing to resume
-    # --address (or RAY_ADDRESS, which `ray job submit` sets) joins a cluster; without
-    # either, a Ray of this run's own, never one named by a stale address file. A joined
-    # cluster has its own dashboard; locally it is opt-in.
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    local = {} if address else {"include_dashboard": args.dashboard}
-    if not address:
+    # A joined cluster has its own dashboard; locally it is opt-in.
+    address, note = ray_address(args.address, args.local, os.environ)
+    if note:
+        print(note, file=sys.stderr)
+    joined = address != LOCAL
+    local = {} if joined else {"include_dashboard": args.dashboard}
+    if not joined:
         quiet_token_notice()
     quiet_missing_metrics()
-    context = ray.init(address=address or "local", **local,
+    context = ray.init(address=address, **local,
                        logging_level=logging.INFO if args.verbose else logging.WARNING)
     if context.dashboard_url:
         token = (" (it asks for this Ray's token: `ray get-auth-token` prints it)"
@@ -295,6 +301,8 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data keeps its own at INFO
         ray.data.DataContext.get_current().enable_progress_bars = False
     say = (lambda text: None) if args.quiet else phase
+    if joined:
+        say(joined_line(address))
     experiment = experiment_path(config, out)
     try:
         check_storage(config, out)

@@ -1,5 +1,6 @@
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ import yaml
 from mtlrank_ray.dev.demo import DemoSpec, write_demo
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Ray's temp dir of the tests' own: a driver joins the cluster whose address file it
+# finds there (`ray start` leaves one in /tmp/ray), so a cluster this machine happens
+# to run is never the one a test's sweep joins.
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="mtlr-ray-")
 
 # A small atlas and settings that select from it: every test's prepare runs in
 # well under a second.

@@ -65,7 +65,7 @@ def tune_command(data, config, cluster, *extra):
 
 def driver_env(cluster):
     """The driver's environment as a user's shell on the head would have it."""
-    env = {**os.environ, **cluster.env()}
+    env = {**os.environ, **cluster.driver_env()}
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -110,14 +110,16 @@ def assert_complete(run, epochs, genes_per_tissue=16):
 
 def test_the_readme_demo_sweep_runs_on_gpu_workers_with_store_and_trials_on_s3(cluster, tmp_path):
     """README, "Try the cluster path on one machine", from a folder holding the checkout's
-    tune.py and tune_configs/, with the variables the local cluster prints."""
+    tune.py and tune_configs/, with the variables the local cluster prints: without
+    --address, the driver joins the cluster whose head wrote the address file it finds."""
     shutil.copy(REPO / "tune.py", tmp_path)
     shutil.copytree(REPO / "tune_configs", tmp_path / "tune_configs")
     command = [sys.executable, "tune.py", "--demo", "--tissue", "all", "--config",
-               "tune_configs/local_cluster.yaml", "--address", cluster.address]
+               "tune_configs/local_cluster.yaml"]
     done = subprocess.run(command, cwd=tmp_path, env=driver_env(cluster), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Ray: joined the cluster at {cluster.address}: 3 nodes, 2 CPUs, 2 GPUs" in done.stdout
     run = tmp_path / "runs" / "local_cluster"
     assert_complete(run, epochs=None, genes_per_tissue=40)  # early stopping on: epochs vary
     assert "aligned store: s3://mtlrank/runs/local_cluster/store" in done.stdout

@@ -226,7 +226,7 @@ class LocalCluster:
     nodes: list[Node] = field(default_factory=list)
     port: int = 0
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
-    temp_dir: Path | None = None  # the head's Ray session files
+    temp_dir: Path | None = None  # the head's Ray session files and its address file
 
     @property
     def address(self) -> str:
@@ -237,6 +237,11 @@ class LocalCluster:
         and the cluster's Ray authentication token (Ray 2.60's token auth, on)."""
         return {**(self.s3.env() if self.s3 else {}), "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": self.token}
+
+    def driver_env(self) -> dict[str, str]:
+        """`env()` and the head's temp dir as the driver's Ray temp dir: where a driver on
+        a real head finds the address file `ray start --head` wrote (/tmp/ray), here."""
+        return {**self.env(), "RAY_TMPDIR": str(self.temp_dir.parent)}
 
     def storage(self, prefix: str) -> str:
         return f"s3://{BUCKET}/{prefix}"
@@ -276,8 +281,10 @@ class LocalCluster:
         for attempt in (1, 2):  # a port probed free can be taken before Ray binds it: once more
             ports = self._ports(HEAD_IP, "", "dashboard", "ray-client-server")
             self.port = int(ports[0].split("=")[1])
-            # A short temp dir: Ray's socket paths must fit in 107 bytes.
-            self.temp_dir = Path(tempfile.mkdtemp(prefix="mtlr-"))
+            # A short temp dir: Ray's socket paths must fit in 107 bytes. Named <dir>/ray, as
+            # Ray's default temp dir is: the driver's RAY_TMPDIR=<dir> finds its address file.
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="mtlr-")) / "ray"
+            self.temp_dir.mkdir()
             command = [self._ray(), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
                        "--num-cpus=0", "--num-gpus=0",
                        f"--object-store-memory={self.object_store_mb * 2**20}",
@@ -292,7 +299,7 @@ class LocalCluster:
                 if attempt == 2 or self.head.process.poll() is None:
                     raise
                 stop_groups([self.head.process])
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
+                shutil.rmtree(self.temp_dir.parent, ignore_errors=True)
 
     def _worker_ports(self, index: int) -> list[str]:
         low = 20000 + 500 * index  # disjoint ranges: the nodes share one machine's ports
@@ -341,7 +348,7 @@ class LocalCluster:
         if self.s3 is not None:
             self.s3.stop()
         if self.temp_dir is not None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            shutil.rmtree(self.temp_dir.parent, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,12 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    exports = " ".join(f"{k}={v}" for k, v in cluster.env().items())
+    exports = " ".join(f"{k}={v}" for k, v in cluster.driver_env().items())
     print(f"Ray cluster at {cluster.address}: a head without CPUs and {args.workers} worker nodes "
           f"with private /tmp; S3 at {cluster.s3.endpoint}, bucket {BUCKET}; logs in {folder}.\n"
           f"In another shell, in this checkout:\n    export {exports}\n"
-          f"    python tune.py --demo --tissue all --config tune_configs/local_cluster.yaml "
-          f"--address {cluster.address}\nCtrl-C stops the cluster.", flush=True)
+          f"    python tune.py --demo --tissue all --config tune_configs/local_cluster.yaml\n"
+          "(RAY_TMPDIR points the driver at this head's address file, as /tmp/ray on a "
+          "cluster's head.) Ctrl-C stops the cluster.", flush=True)
     for stop_signal in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
         signal.signal(stop_signal, signal.default_int_handler)
     try:

@@ -37,6 +37,9 @@ def test_cluster_yaml_has_the_shape_the_cluster_tests_run_on():
     head = config["available_node_types"][config["head_node_type"]]
     assert head["resources"] == {"CPU": 0}
     assert any("--head" in c and "--num-cpus=0" in c for c in config["head_start_ray_commands"])
+    # The dashboard and job API stay on the head's localhost (Ray's default), reached by
+    # `ray dashboard`'s SSH tunnel: no --dashboard-host widening it.
+    assert not any("--dashboard-host" in c for c in config["head_start_ray_commands"])
     assert {"**/.venv", "runs", "demo", "data", "**/*.h5ad"} <= set(config["rsync_exclude"])
     for node_type in config["available_node_types"].values():  # never Ray's CUDA 11 default
         assert node_type["node_config"]["ImageId"] == DLAMI

@@ -402,6 +402,8 @@ def _report(args) -> None:
 
 
 def _rank(args) -> None:
+    from .console import quiet_native_stderr
+    quiet_native_stderr()  # before TensorFlow loads, so its start-up lines are dropped
     from .analysis.rankings import rank_run
 
     _, network, quality = rank_run(args.out, args.top, args.lam)

@@ -9,9 +9,12 @@ per-trial tables appear only with -v.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import re
 import sys
+import threading
 import time
 
 from ray.tune import Callback
@@ -71,6 +74,42 @@ def quiet_worker_output(gpus: float) -> None:
 
     with dispatcher._lock:
         dispatcher.handlers = [(name, without_noise(handle)) for name, handle in dispatcher.handlers]
+
+
+_native_filtered = False  # once per process
+
+
+def quiet_native_stderr() -> None:
+    """Pass this process's own file descriptor 2 through a filter that drops STARTUP_NOISE
+    and CUDA's failed start. TensorFlow writes those lines there from C++, beyond
+    Python's reach; TF_CPP_MIN_LOG_LEVEL does not hold back what absl logs before
+    its InitializeLog. For the commands that load TensorFlow in this process and
+    start no other (`rank`): a child would hold the pipe open. Restored at exit,
+    after the filter has passed on everything written before."""
+    global _native_filtered
+    if _native_filtered:
+        return
+    _native_filtered = True
+    sys.stderr.flush()
+    real = os.dup(2)
+    source, sink = os.pipe()
+    os.dup2(sink, 2)
+    os.close(sink)
+
+    def pump() -> None:
+        with os.fdopen(source, "rb") as lines, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+            for line in lines:
+                if not (STARTUP_NOISE.search(text := line.decode(errors="replace")) or NO_GPU.search(text)):
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last write end closes: the filter reads to its end
+        thread.join(timeout=5)
+    atexit.register(restore)
 
 
 class DropMessages(logging.Filter):

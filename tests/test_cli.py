@@ -1,6 +1,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -71,7 +72,12 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     expected = {f"{r['tissue']}_c{r['cluster']}_r{r['replicate']}_{suffix}.npz"
                 for r in selected.to_dict("records") for suffix in {f"lambda{r['lambda']:g}", "lambda0", "lasso", "grnboost2"}}
     assert {p.name for p in (tmp_path / "runs/smoke/models").iterdir()} == expected
-    # Rankings made during the sweep equal those `mtlrank-ray rank` makes afterwards.
+    # Rankings made during the sweep equal those `mtlrank-ray rank` makes afterwards, and
+    # the command prints none of TensorFlow's start-up lines.
+    ranked = subprocess.run([shutil.which("mtlrank-ray", path=str(Path(sys.executable).parent)), "rank",
+                             str(tmp_path / "runs/smoke"), "-q"], capture_output=True, text=True, timeout=600)
+    assert ranked.returncode == 0 and ranked.stdout.startswith("\nTF rankings:"), ranked.stderr[-3000:]
+    assert ranked.stderr == "", ranked.stderr
     assert main(["rank", str(tmp_path / "runs/smoke"), "-q"]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet"), rankings)
     # Another λ's models are fetched from the sweep's storage when asked for.

@@ -402,11 +402,11 @@ def _report(args) -> None:
 
 
 def _rank(args) -> None:
-    from .console import quiet_native_stderr
-    quiet_native_stderr()  # before TensorFlow loads, so its start-up lines are dropped
-    from .analysis.rankings import rank_run
+    from .native_output import native_stderr_filtered
 
-    _, network, quality = rank_run(args.out, args.top, args.lam)
+    with native_stderr_filtered():  # TensorFlow loads, and starts, in here
+        from .analysis.rankings import rank_run
+        _, network, quality = rank_run(args.out, args.top, args.lam)
     _print_rankings(args.out, args.top, network, quality, "" if args.lam is None else f"_lambda{args.lam:g}")
 
 

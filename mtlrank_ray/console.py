@@ -9,31 +9,15 @@ per-trial tables appear only with -v.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import re
 import sys
-import threading
 import time
 
 from ray.tune import Callback
 
 PLAIN_EVERY_S = 30.0
-# TensorFlow's and CUDA's start-up lines in every worker (they say nothing about the
-# run); each worker's log file under Ray's session folder keeps them.
-STARTUP_NOISE = re.compile("|".join([
-    r"All log messages before absl::InitializeLog\(\) is called",
-    r"oneDNN custom operations are on", r"Could not find cuda drivers",
-    r"This TensorFlow binary is optimized",
-    r"To enable the following instructions", r"Unable to register cu\w+ factory",
-    r"computation placer already registered", r"XLA service .* initialized for platform",
-    r"StreamExecutor \[\d+\]", r"disabling MLIR crash reproducer", r"Compiled cluster using XLA",
-    r"Checkpoint successfully created at", r"Ray deduplicates logs by default",
-]))
-
-
-NO_GPU = re.compile(r"failed call to cuInit")  # noise only where no trial asked for a GPU
+from .native_output import NO_GPU, STARTUP_NOISE
 # When Tune ends a trial stopped early, Ray's SIGTERM handler in its worker can fire while
 # Python runs a finalizer: the interpreter prints "Exception ignored in: ..." and a
 # traceback ending in SystemExit. The trial is fine; a block holding Ray's handler is
@@ -74,42 +58,6 @@ def quiet_worker_output(gpus: float) -> None:
 
     with dispatcher._lock:
         dispatcher.handlers = [(name, without_noise(handle)) for name, handle in dispatcher.handlers]
-
-
-_native_filtered = False  # once per process
-
-
-def quiet_native_stderr() -> None:
-    """Pass this process's own file descriptor 2 through a filter that drops STARTUP_NOISE
-    and CUDA's failed start. TensorFlow writes those lines there from C++, beyond
-    Python's reach; TF_CPP_MIN_LOG_LEVEL does not hold back what absl logs before
-    its InitializeLog. For the commands that load TensorFlow in this process and
-    start no other (`rank`): a child would hold the pipe open. Restored at exit,
-    after the filter has passed on everything written before."""
-    global _native_filtered
-    if _native_filtered:
-        return
-    _native_filtered = True
-    sys.stderr.flush()
-    real = os.dup(2)
-    source, sink = os.pipe()
-    os.dup2(sink, 2)
-    os.close(sink)
-
-    def pump() -> None:
-        with os.fdopen(source, "rb") as lines, os.fdopen(os.dup(real), "wb", buffering=0) as out:
-            for line in lines:
-                if not (STARTUP_NOISE.search(text := line.decode(errors="replace")) or NO_GPU.search(text)):
-                    out.write(line)
-
-    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
-    thread.start()
-
-    def restore() -> None:
-        sys.stderr.flush()
-        os.dup2(real, 2)  # the pipe's last write end closes: the filter reads to its end
-        thread.join(timeout=5)
-    atexit.register(restore)
 
 
 class DropMessages(logging.Filter):

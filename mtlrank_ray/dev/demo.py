@@ -36,7 +36,10 @@ does (saturating, cooperative), not linearly:
   lists genes the data lacks.
 
 Written: DIR/data/... and DIR/results/r2/lasso_r2.csv exactly as the seed
-reads them (see README, "Data layout"), and DIR/truth/: regulators.csv
+reads them (see README, "Data layout"); where scVelo is installed, also
+DIR/data/h5ad/<Tissue>/<Tissue>.h5ad, the same cells as counts with the layers
+scVelo estimates from them (`demo_counts`; read with data.format: h5ad); and
+DIR/truth/: regulators.csv
 (gene, tf, program, effect, partner, weight; one network for every tissue),
 genes.csv (tissue, gene, program, beta, gamma, noise_sd, n_cells, r2_ceiling:
 the R² of the noise-free velocity on the cells with velocity) and params.json.
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -57,9 +61,14 @@ import numpy as np
 import pandas as pd
 
 from ..data.references import ID_MAP, LASSO, TF_LIST, normalize_tissue
+from ..data.scvelo import H5AD_DIR
 from ..data.seed_layout import MEAN_TF, RPKM, SUM_TF, VELO
 from ..data.store import install, sibling
 from ..errors import InputError
+from .demo_counts import UNSPLICED_SHARE_TF, sample_counts, scvelo_available, write_scvelo_file
+
+log = logging.getLogger(__name__)
+COUNTS_STREAM = 2  # the counts' random stream per tissue: the seed layout's draws stay as they were
 
 
 @dataclass(frozen=True)
@@ -109,14 +118,18 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     typical_level = np.exp(rng.uniform(np.log(2.0), np.log(30.0), size=spec.n_tfs))  # also Hill's K
     ceiling = rng.uniform(*spec.r2_ceiling_range, size=spec.n_genes)
 
+    with_scvelo = scvelo_available()
+    if not with_scvelo:
+        log.warning("scVelo is not installed: the demo has no .h5ad of counts and estimated "
+                    "layers (pip install -e \".[test]\" brings it)")
     staging = sibling(out, "staging")
     staging.mkdir()
     try:
         truth_genes, truth_regulators, lasso_rows = [], [], []
-        for name, n_cells in spec.cells.items():
+        for index, (name, n_cells) in enumerate(spec.cells.items()):
             tissue = normalize_tissue(name)
-            tf_level, spliced, true_velocity = _trajectories(rng, n_cells, spec, typical_level,
-                                                             regulators, program, kinetics)
+            tf_level, unspliced, spliced, true_velocity = _trajectories(
+                rng, n_cells, spec, typical_level, regulators, program, kinetics)
             expression = _recorded(rng, tf_level, typical_level[None, :])
             expression[:, :spec.n_silent_tfs] = 0
             noise_sd = true_velocity.std(0) * np.sqrt((1 - ceiling) / ceiling)
@@ -130,6 +143,10 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                                    axis=1)
             _write_tissue_hdf5(staging, tissue, rng, tfs, genes, velocity_genes,
                                expression, other, velocity)
+            if with_scvelo:
+                _write_counts_file(staging, tissue, np.random.default_rng([spec.seed, COUNTS_STREAM, index]),
+                                   spec, tfs, genes, tf_level, unspliced, spliced, true_velocity,
+                                   other[:, spec.n_genes:])
             _write_activity(staging, tissue, rng, tfs, velocity_genes, regulators, program, spec)
             observed = ~np.isnan(velocity)
             for g, gene in velocity_genes.reset_index(drop=True).iterrows():
@@ -209,7 +226,8 @@ def transcription_rate(level: np.ndarray, typical_level: np.ndarray, regulators:
 
 
 def _trajectories(rng, n_cells, spec, typical_level, regulators, program, kinetics):
-    """Cells at random times on random lineages: (TF levels, spliced, noise-free velocity).
+    """Cells at random times on random lineages: (TF levels, unspliced, spliced, noise-free
+    velocity).
 
     A cell's TF levels are its lineage's curves times its own fluctuation, a
     log-normal Ornstein-Uhlenbeck process (sd `cell_variation`, correlation time
@@ -248,7 +266,7 @@ def _trajectories(rng, n_cells, spec, typical_level, regulators, program, kineti
             size=fluctuation.shape)
         fluctuation = np.where(moving, step, fluctuation)  # a cell's path stops at its time
         alpha = transcription(k)
-    return level(end), s, beta * u - gamma * s
+    return level(end), u, s, beta * u - gamma * s
 
 
 def splice(u, s, alpha, beta, gamma, dt):
@@ -282,6 +300,24 @@ def _write_tissue_hdf5(root, tissue, rng, tfs, genes, velocity_genes, expression
             group.create_dataset(key, data=matrix, compression="gzip", compression_opts=1)
             group.create_dataset("barcode", data=barcodes)
             group.create_dataset("ensembl", data=np.array(ids, dtype="S"))
+
+
+def _write_counts_file(root, tissue, rng, spec, tfs, genes, tf_level, unspliced, spliced,
+                       true_velocity, expression_only):
+    """The tissue's cells as counts, through scVelo (`demo_counts`): TFs, then the velocity
+    genes, then the expression-only genes, as in the seed layout's expression file."""
+    tf_level = np.where(np.arange(spec.n_tfs) < spec.n_silent_tfs, 0.0, tf_level)  # silent TFs
+    counts = sample_counts(rng, np.concatenate([tf_level, spliced, expression_only], axis=1),
+                           np.concatenate([UNSPLICED_SHARE_TF * tf_level, unspliced,
+                                           UNSPLICED_SHARE_TF * expression_only], axis=1))
+    outside = np.full((len(tf_level), spec.n_tfs), np.nan)
+    only = np.full(expression_only.shape, np.nan)
+    truth = {name: np.concatenate([outside, values, only], axis=1) for name, values in
+             (("true_velocity", true_velocity), ("true_unspliced", unspliced), ("true_spliced", spliced))}
+    barcodes = np.array([f"{tissue}-{i:06d}-1" for i in range(len(tf_level))])
+    write_scvelo_file(root / H5AD_DIR / tissue / f"{tissue}.h5ad", barcodes,
+                      np.concatenate([tfs.ensembl_id, genes.ensembl_id]), *counts,
+                      list(tfs.ensembl_id), truth)
 
 
 def _write_activity(root, tissue, rng, tfs, velocity_genes, regulators, program, spec):

@@ -1,0 +1,60 @@
+"""TensorFlow's and CUDA's start-up lines, and a filter for what C++ libraries write
+on this process's own stderr.
+
+TensorFlow writes its start-up lines from C++ straight to file descriptor 2,
+beyond Python's reach; TF_CPP_MIN_LOG_LEVEL does not hold back what absl logs
+before its InitializeLog. Libraries load it on their own (umap, which scanpy's
+neighbours import, tries to), so the filter is where the lines would appear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+
+# TensorFlow's and CUDA's start-up lines, in every process that loads it (they say nothing about the
+# run); each worker's log file under Ray's session folder keeps them.
+STARTUP_NOISE = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on", r"Could not find cuda drivers",
+    r"This TensorFlow binary is optimized",
+    r"To enable the following instructions", r"Unable to register cu\w+ factory",
+    r"computation placer already registered", r"XLA service .* initialized for platform",
+    r"StreamExecutor \[\d+\]", r"disabling MLIR crash reproducer", r"Compiled cluster using XLA",
+    r"Checkpoint successfully created at", r"Ray deduplicates logs by default",
+]))
+
+
+NO_GPU = re.compile(r"failed call to cuInit")  # noise only where no trial asked for a GPU
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """While inside, file descriptor 2 passes through a filter dropping STARTUP_NOISE and
+    NO_GPU; everything else written there comes out as before, in order. Only for work
+    that starts no process (a child would keep the filter's pipe open)."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    source, sink = os.pipe()
+    os.dup2(sink, 2)
+    os.close(sink)
+
+    def pump() -> None:
+        with os.fdopen(source, "rb") as lines, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+            for line in lines:
+                text = line.decode(errors="replace")
+                if not (STARTUP_NOISE.search(text) or NO_GPU.search(text)):
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last write end closes: the filter reads to its end
+        os.close(real)
+        thread.join(timeout=5)

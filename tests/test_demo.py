@@ -1,5 +1,6 @@
 """The demo atlas: deterministic, in the seed layout, with the structure it claims."""
 
+import anndata
 import h5py
 import numpy as np
 import pandas as pd
@@ -131,3 +132,47 @@ def test_splicing_is_solved_exactly():
     np.testing.assert_allclose(exact, fine, rtol=1e-4)
     steady = demo.splice(alpha / beta, alpha / gamma, alpha, beta, gamma, 5.0)
     np.testing.assert_allclose(steady, [alpha / beta, alpha / gamma])
+
+
+def median_correlation(estimate: np.ndarray, truth: np.ndarray) -> float:
+    estimate, truth = estimate - estimate.mean(0), truth - truth.mean(0)
+    return float(np.median((estimate * truth).sum(0) / np.sqrt((estimate ** 2).sum(0) * (truth ** 2).sum(0))))
+
+
+@pytest.mark.parametrize("tissue", ["Kidney_Left", "Liver"])
+def test_the_counts_file_is_scvelos_estimate_for_the_seed_layouts_cells(small_atlas_template, tissue):
+    """What scVelo estimated from counts of the same cells: velocity far noisier than the
+    smoothed abundances, each beside the model's noise-free values."""
+    pytest.importorskip("scvelo")
+    adata = anndata.read_h5ad(small_atlas_template / f"data/h5ad/{tissue}/{tissue}.h5ad")
+    assert "velocity_params" in adata.uns and {"velocity", "Ms", "Mu", "spliced", "unspliced"} <= set(adata.layers)
+    with h5py.File(small_atlas_template / "data/processed/rpkm/rpkm.hdf5") as rpkm:
+        assert list(adata.obs_names) == rpkm[tissue]["barcode"][()].astype(str).tolist()
+    sizes = adata.obs[["initial_size_spliced", "initial_size_unspliced"]].to_numpy()
+    assert (sizes == np.round(sizes)).all() and (sizes > 0).all()  # scVelo normalized counts
+    tf_list = pd.read_csv(small_atlas_template / "data/raw/tf/tf_list.csv", index_col=0)
+    assert set(tf_list["Ensembl ID"]) <= set(adata.var_names)  # every TF kept through the filter
+    # The model's genes that scVelo gave a velocity (var['velocity_genes'] marks the ones
+    # it fitted best: few, with this few cells).
+    modelled = ~np.isnan(adata.layers["true_velocity"]).all(0) & np.isfinite(adata.layers["velocity"]).all(0)
+    assert modelled.sum() >= 10 and np.isnan(adata[:, tf_list["Ensembl ID"]].layers["true_velocity"]).all()
+    velocity = median_correlation(adata.layers["velocity"][:, modelled], adata.layers["true_velocity"][:, modelled])
+    spliced = median_correlation(adata.layers["Ms"][:, modelled], adata.layers["true_spliced"][:, modelled])
+    assert -0.1 < velocity < 0.2 < spliced < 1  # measured: about 0.06 and 0.3 at this size
+
+
+def test_the_counts_file_is_read_as_h5ad_input(atlas, tmp_path):
+    """The demo's counts file beside its seed layout, read with data.format: h5ad (the
+    genes scVelo fitted: at this size few of the model's genes, so no lasso list)."""
+    pytest.importorskip("scvelo")
+    from mtlrank_ray.config import config_from_dict
+    from mtlrank_ray.data import load_tissue, prepare_store
+    (atlas / "results/r2/lasso_r2.csv").unlink()
+    config = config_from_dict({"data": {"format": "h5ad", "expression_is_log": True},
+                               "genes": {"n_genes": 12, "min_cells": 200, "min_cells_by_tissue": {},
+                                         "n_clusters": 3}})
+    prepare_store(atlas, config, tmp_path / "store")
+    tissue = load_tissue(tmp_path / "store", "Liver")
+    adata = anndata.read_h5ad(atlas / "data/h5ad/Liver/Liver.h5ad")
+    assert len(tissue.genes) == 12 and adata.var.velocity_genes[list(tissue.genes)].all()
+    np.testing.assert_array_equal(tissue.target, adata[:, list(tissue.genes)].layers["velocity"])

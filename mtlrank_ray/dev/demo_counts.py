@@ -54,7 +54,9 @@ def write_scvelo_file(path: Path, barcodes: np.ndarray, gene_ids: np.ndarray, sp
                       unspliced: np.ndarray, tf_ids: list[str], truth: dict[str, np.ndarray]) -> None:
     """Run scVelo's pipeline on the counts and save the result at `path` (see above).
     `truth`: layer name -> cells x genes (NaN outside the model), added after scVelo."""
-    with native_stderr_filtered():  # scanpy's neighbours import umap, which loads TensorFlow
+    # scanpy's neighbours import umap, which loads TensorFlow; the never-expressed TFs have no
+    # counts, and scVelo's fit of them divides 0 by 0 (their velocity is NaN, as it says).
+    with native_stderr_filtered(), np.errstate(divide="ignore", invalid="ignore"):
         _estimate_and_write(path, barcodes, gene_ids, spliced, unspliced, tf_ids, truth)
 
 
@@ -72,9 +74,10 @@ def _estimate_and_write(path, barcodes, gene_ids, spliced, unspliced, tf_ids, tr
     scv.settings.verbosity = 0
     scv.pp.filter_and_normalize(adata, min_shared_counts=20, retain_genes=tf_ids)
     scanpy.pp.log1p(adata)  # X only (scVelo 0.3.4 has no log step); data.expression_is_log: true
-    scanpy.pp.pca(adata, n_comps=30, random_state=0)  # scVelo 0.3.4 asks for scanpy's, not its own
-    scanpy.pp.neighbors(adata, n_neighbors=30, n_pcs=30, random_state=0)
-    scv.pp.moments(adata, n_pcs=30, n_neighbors=30)
+    n_pcs = min(30, adata.n_vars - 1, adata.n_obs - 1)  # a small demo has fewer genes
+    scanpy.pp.pca(adata, n_comps=n_pcs, random_state=0)  # scVelo 0.3.4 asks for scanpy's, not its own
+    scanpy.pp.neighbors(adata, n_neighbors=30, n_pcs=n_pcs, random_state=0)
+    scv.pp.moments(adata, n_pcs=n_pcs, n_neighbors=30)
     scv.tl.velocity(adata, mode="deterministic")
     kept = pd.Index(gene_ids.astype(str)).get_indexer(adata.var_names)
     for name, values in truth.items():

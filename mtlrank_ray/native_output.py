@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import sys
-import threading
 
 # TensorFlow's and CUDA's start-up lines, in every process that loads it (they say nothing about the
 # run); each worker's log file under Ray's session folder keeps them.
@@ -31,6 +31,18 @@ STARTUP_NOISE = re.compile("|".join([
 NO_GPU = re.compile(r"failed call to cuInit")  # noise only where no trial asked for a GPU
 
 
+# The filter runs in a process of its own: it outlives this one when TensorFlow aborts
+# (its last words still come out), and it reads on while native code holds the GIL.
+FILTER = """
+import re, sys
+noise = re.compile(sys.argv[1])
+for line in sys.stdin.buffer:
+    if not noise.search(line.decode(errors="replace")):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+
+
 @contextlib.contextmanager
 def native_stderr_filtered():
     """While inside, file descriptor 2 passes through a filter dropping STARTUP_NOISE and
@@ -38,23 +50,18 @@ def native_stderr_filtered():
     that starts no process (a child would keep the filter's pipe open)."""
     sys.stderr.flush()
     real = os.dup(2)
-    source, sink = os.pipe()
-    os.dup2(sink, 2)
-    os.close(sink)
-
-    def pump() -> None:
-        with os.fdopen(source, "rb") as lines, os.fdopen(os.dup(real), "wb", buffering=0) as out:
-            for line in lines:
-                text = line.decode(errors="replace")
-                if not (STARTUP_NOISE.search(text) or NO_GPU.search(text)):
-                    out.write(line)
-
-    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
-    thread.start()
+    noise = f"{STARTUP_NOISE.pattern}|{NO_GPU.pattern}"
+    filtering = subprocess.Popen([sys.executable, "-c", FILTER, noise], stdin=subprocess.PIPE,
+                                 stdout=real, close_fds=True)
+    os.dup2(filtering.stdin.fileno(), 2)
+    filtering.stdin.close()
     try:
         yield
     finally:
         sys.stderr.flush()
         os.dup2(real, 2)  # the pipe's last write end closes: the filter reads to its end
         os.close(real)
-        thread.join(timeout=5)
+        try:
+            filtering.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            filtering.kill()

@@ -1,3 +1,4 @@
+import atexit
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # finds there (`ray start` leaves one in /tmp/ray), so a cluster this machine happens
 # to run is never the one a test's sweep joins.
 os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="mtlr-ray-")
+atexit.register(shutil.rmtree, os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 # A small atlas and settings that select from it: every test's prepare runs in
 # well under a second.

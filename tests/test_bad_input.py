@@ -1,5 +1,6 @@
 """Each input a user can get wrong: one clear message, exit status 2, no store."""
 
+import shutil
 import logging
 
 import h5py
@@ -220,6 +221,7 @@ def test_variable_length_string_ids_read_like_fixed_length(atlas, small_config, 
 
 def test_forced_h5ad_format_without_h5ad_folder(atlas, tmp_path, capsys):
     from conftest import SMALL_SETTINGS, write_config
+    shutil.rmtree(atlas / "data/h5ad", ignore_errors=True)  # the demo's counts files, where scVelo is
     config = write_config(tmp_path / "c.yaml", {**SMALL_SETTINGS, "data": {"format": "h5ad"}})
     assert "data/h5ad does not exist" in prepare_fails(atlas, config, tmp_path, capsys)
 

@@ -183,11 +183,11 @@ def test_workers_see_neither_the_run_folder_nor_the_data_wherever_they_are(
 
 def test_grouped_asha_keeps_its_rung_records_when_a_killed_driver_resumes(cluster, tmp_path, drivers):
     def driver(storage, *extra):
-        drivers.append(subprocess.Popen(
-            [sys.executable, str(TESTS / "asha_resume_driver.py"), cluster.address, str(storage),
-             *extra], env={**driver_env(cluster), "TUNE_GLOBAL_CHECKPOINT_S": "0"}, cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=(tmp_path / f"driver{len(drivers)}.err").open("w"),
-            text=True, start_new_session=True))
+        with (tmp_path / f"driver{len(drivers)}.err").open("w") as err:  # the driver keeps its own
+            drivers.append(subprocess.Popen(
+                [sys.executable, str(TESTS / "asha_resume_driver.py"), cluster.address, str(storage),
+                 *extra], env={**driver_env(cluster), "TUNE_GLOBAL_CHECKPOINT_S": "0"}, cwd=tmp_path,
+                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True))
         return drivers[-1]
 
     def printed(process):

@@ -2,6 +2,8 @@
 files scVelo wrote (its own pipeline, test_scvelo_files.scvelo_output) and from the
 seed layout."""
 
+import shutil
+
 import anndata
 import h5py
 import numpy as np
@@ -11,7 +13,9 @@ from test_scvelo_files import SETTINGS, reference_genes, references, scvelo_outp
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
-from mtlrank_ray.data.seed_layout import RPKM
+from mtlrank_ray.data.prepare import open_source
+from mtlrank_ray.data.scvelo import ScveloFiles
+from mtlrank_ray.data.seed_layout import RPKM, SeedLayout
 from mtlrank_ray.errors import InputError
 
 
@@ -54,6 +58,7 @@ def test_each_target_is_the_layer_scvelo_wrote_for_the_velocity_genes(root, writ
     # The same candidates as velocity's, without the TFs: a TF's abundance is an input
     # (velocity keeps them, as the seed does).
     assert set(by_velocity.genes) & set(by_velocity.tfs) and not set(tissue.genes) & set(tissue.tfs)
+    assert list(tissue.genes) == [g for g in by_velocity.genes if g not in set(by_velocity.tfs)]
     symbol_of = dict(zip(reference_genes().ensembl_id, reference_genes().symbol))
     assert adata.var.velocity_genes[[symbol_of[g] for g in tissue.genes]].all()
     np.testing.assert_array_equal(tissue.expression, by_velocity.expression)
@@ -105,6 +110,19 @@ def test_the_seed_layouts_expression_target_is_its_log_rpkm(atlas, tmp_path):
 
 @pytest.mark.parametrize("key, value", [("target", "spliced"), ("tf_input", "smoothed")])
 def test_the_seed_layout_refuses_what_only_scvelo_layers_hold(atlas, tmp_path, key, value):
-    with pytest.raises(InputError, match=rf"^data.{key} {value} needs scVelo's smoothed layers \(Ms, Mu\), "
-                                         r"which the seed layout .* does not hold; use .h5ad input"):
-        prepare_store(atlas, config_from_dict({**SMALL_SETTINGS, "data": {key: value}}), tmp_path / "store")
+    """Asked for, or chosen by data.format auto where the folder has no data/h5ad."""
+    for data, folder in (({"format": "seed"}, atlas), ({}, tmp_path / "seed_only")):
+        if folder != atlas:
+            shutil.copytree(atlas, folder, ignore=shutil.ignore_patterns("h5ad"))
+        with pytest.raises(InputError, match=rf"^data.{key} {value} needs scVelo's smoothed layers \(Ms, Mu\), "
+                                             r"which the seed layout .* does not hold; use .h5ad input"):
+            prepare_store(folder, config_from_dict({**SMALL_SETTINGS, "data": {**data, key: value}}),
+                          tmp_path / "store")
+
+
+def test_format_auto_reads_scvelos_layers_where_a_folder_has_both_layouts(atlas):
+    """The demo has both: a target only scVelo's layers hold picks data/h5ad, velocity the seed's."""
+    pytest.importorskip("scvelo")
+    assert isinstance(open_source(atlas, config_from_dict({"data": {"target": "spliced"}})), ScveloFiles)
+    assert isinstance(open_source(atlas, config_from_dict({"data": {"tf_input": "smoothed"}})), ScveloFiles)
+    assert isinstance(open_source(atlas, config_from_dict({})), SeedLayout)

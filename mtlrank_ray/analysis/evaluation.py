@@ -184,7 +184,7 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
         mixed = labels.any(axis=1) & ~labels.all(axis=1)  # genes AUROC is defined for
         chance = {"average precision": _random_average_precision(labels),  # per gene
                   "AUROC": np.where(mixed, 0.5, np.nan),
-                  "precision at k": np.full(len(genes), labels.mean())}
+                  "precision at k": labels.mean(axis=1)}
         for method, (method_genes, method_tfs, values) in methods:
             if list(method_tfs) != list(tfs):
                 raise ValueError(f"{method} scores other TFs than the tissue's")
@@ -195,7 +195,8 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
                                            for l, s, m in zip(labels, matrix, mixed)]),
                         "precision at k": _precision_at(labels, matrix, min(k, len(tfs)))}
             for measure, value in per_gene.items():
-                rows.append(_row(tissue, method, measure, value, chance[measure], counts, k))
+                if not np.isnan(value).all():  # AUROC: not where every TF of every gene regulates
+                    rows.append(_row(tissue, method, measure, value, chance[measure], counts, k))
             epr = _early_precision_ratio(labels, matrix)
             resampled = np.array([epr(c) for c in counts])
             rows.append(_summary(tissue, method, "early precision ratio", epr(np.ones(len(genes))), resampled,

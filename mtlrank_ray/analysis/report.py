@@ -259,7 +259,8 @@ TABLE_LINES = {
         "bootstrap interval over genes and what a random ranking scores (for average precision "
         "its expectation, above the share of regulators when they are few). The verdict is "
         "average precision's: \"above chance\" only where the 95% interval of its difference "
-        "from chance lies above 0, \"not distinguishable from chance\" where it holds 0.",
+        "from chance lies above 0, \"below chance\" where it lies below, \"not "
+        "distinguishable from chance\" where it holds 0.",
 }
 HEATMAP_TFS, HEATMAP_GENES = 20, 60
 
@@ -307,6 +308,8 @@ def write_report(out: Path) -> Path:
         raise InputError(f"{out / 'gene_r2.parquet'} is missing; report on a folder that "
                          "`python tune.py` finished.")
     genes = pd.read_parquet(out / "gene_r2.parquet")
+    if "target" not in genes:  # a run from before data.target: velocity, the only one then
+        genes["target"] = "velocity"
     folder = out / "report"
     folder.mkdir(exist_ok=True)
     plot_test_r2(genes, folder / "test_r2.png")

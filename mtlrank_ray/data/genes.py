@@ -7,8 +7,8 @@ in the list's order (the notebook's semantics); without one, all velocity
 genes in the velocity file's column order. `n_genes` of them are drawn as the
 notebook draws them: `np.random.seed(seed)` then `np.random.choice` without
 replacement, kept in the drawn order. For a target other than velocity
-the TFs are left out of the candidates (`excluded`): their abundance is one of
-the inputs. Clusters are balanced k-means on the genes' target profiles, NaN
+the TFs are then left out of the drawn genes (`excluded`): their abundance is
+one of the inputs; drawing first keeps every target's genes those of velocity. Clusters are balanced k-means on the genes' target profiles, NaN
 filled with the gene's mean.
 """
 
@@ -44,10 +44,6 @@ def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.D
                  tissue: str, settings: GenesConfig, velocity_file: str,
                  lasso_file: str = "the lasso list", excluded: pd.Index = pd.Index([])) -> pd.Index:
     passing = eligible_genes(velocity, expression_genes, tissue, settings, velocity_file)
-    if passing.isin(excluded).any():
-        log.info("tissue %s: %d TFs left out of the genes: their abundance is an input",
-                 tissue, passing.isin(excluded).sum())
-        passing = passing[~passing.isin(excluded)]
     min_cells = settings.min_cells_for(tissue)
     if lasso is None:
         listed = velocity.columns
@@ -79,7 +75,17 @@ def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.D
     if len(drawn) < settings.n_clusters:
         raise InputError(f"genes.n_genes ({settings.n_genes}) is less than genes.n_clusters "
                          f"({settings.n_clusters}); every cluster needs a gene.")
-    return candidates[drawn]
+    genes = candidates[drawn]
+    own_input = genes.isin(excluded)
+    if own_input.any():
+        log.info("tissue %s: %d TFs of the %d genes drawn left out: their abundance is an input",
+                 tissue, own_input.sum(), len(genes))
+        if (~own_input).sum() < settings.n_clusters:
+            raise InputError(f"tissue {tissue}: {(~own_input).sum()} of the {len(genes)} genes drawn "
+                             f"are not TFs, fewer than the {settings.n_clusters} clusters asked for "
+                             "(data.target other than velocity leaves TFs out); raise genes.n_genes "
+                             "or lower genes.n_clusters.")
+    return genes[~own_input]
 
 
 def cluster_genes(target: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:

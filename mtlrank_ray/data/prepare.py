@@ -54,8 +54,11 @@ class TissueReport:
 
 def open_source(root: Path, config: Config) -> Source:
     fmt = config.data.format
+    scvelo_only = config.data.target in ("unspliced", "spliced") or config.data.tf_input == "smoothed"
     if fmt == "auto":
-        if (root / RPKM).exists() or (root / VELO).exists():
+        if scvelo_only and (root / H5AD_DIR).is_dir():
+            fmt = "h5ad"  # what only scVelo's layers hold (the demo has both layouts)
+        elif (root / RPKM).exists() or (root / VELO).exists():
             fmt = "seed"
         elif (root / H5AD_DIR).is_dir():
             fmt = "h5ad"

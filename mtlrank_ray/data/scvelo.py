@@ -94,16 +94,17 @@ class ScveloFiles:
             log.warning("tissue %s: no activity files in %s; activity scores are taken as 0, so "
                         "the model sees TF expression alone", tissue, self.root / MEAN_TF)
         barcodes = np.concatenate([s["barcodes"] for s in samples])
+        velocity = pd.concat([s["velocity"].reindex(columns=velocity_genes) for s in samples],
+                             ignore_index=True)
         check_unique(barcodes, "barcodes", f"tissue {tissue} ({self.folder / tissue})")
         return TissueInputs(
             name=tissue,
             barcodes=barcodes,
             expression=pd.concat([s["expression"][tfs] for s in samples], ignore_index=True),
             expression_genes=expression_genes,
-            velocity=pd.concat([s["velocity"].reindex(columns=velocity_genes) for s in samples],
-                               ignore_index=True),
-            target=pd.concat([s["target"].reindex(columns=velocity_genes) for s in samples],
-                             ignore_index=True),
+            velocity=velocity,
+            target=velocity if self.settings.target == "velocity" else pd.concat(
+                [s["target"].reindex(columns=velocity_genes) for s in samples], ignore_index=True),
             velocity_file=", ".join(map(str, paths)),
             activity=activity,
         )

@@ -5,7 +5,7 @@ CSV files (`seed_layout`) and scVelo `.h5ad` files (`scvelo`). Each turns a
 tissue into one `TissueInputs`: TF inputs, velocity and the target
 (`data.target`) over the same cells, matched by barcode, in the expression
 file's cell order (the order the notebook splits cells in). Velocity picks the
-genes whatever the target, so every target models the same genes.
+genes whatever the target (less the TFs for an abundance target, `genes`).
 """
 
 from __future__ import annotations

@@ -248,7 +248,8 @@ def store_tissues(store: str | Path) -> list[str]:
 
 def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
     """Read one tissue of an aligned store (a folder or a URI) back into arrays."""
-    if read_manifest(store, tissue) is None:
+    manifest = read_manifest(store, tissue)
+    if manifest is None:
         raise InputError(f"{store} holds no prepared tissue '{tissue}' (it has: "
                          f"{', '.join(store_tissues(store)) or 'none'}); run "
                          "`mtlrank-ray prepare` for it first.")
@@ -271,7 +272,8 @@ def load_tissue(store: str | Path, tissue: str) -> AlignedTissue:
         clusters=genes["cluster"].to_numpy(),
         n_cells=genes["n_cells"].to_numpy(),
         expression=expression,
-        target=read("target").to_numpy(np.float32),
+        # format 1 (before data.target) kept velocity, its only target, as velocity.parquet
+        target=read("target" if manifest.get("format", 1) >= 2 else "velocity").to_numpy(np.float32),
         activity_mean=read("activity_mean").to_numpy(np.float32),
         activity_sum=read("activity_sum").to_numpy(np.float32),
     )

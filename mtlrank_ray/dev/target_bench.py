@@ -25,16 +25,17 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..analysis.baselines import RANKING
+from ..analysis.evaluation import OURS, PEARSON
 from ..analysis.results import markdown_table
 from .demo import write_demo
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("velocity", "unspliced", "spliced", "expression")
 # evaluation.csv's method -> (its name here, gene_r2's model or selected.csv's column)
-METHODS = {"mtlrank (DeepLIFT)": ("ours, chosen λ", "mean_test_r2"),
-           "abs lasso coefficient": ("lasso", "lasso_mean_test_r2"),
-           "GRNBoost2 importance": ("GRNBoost2", "grnboost2_mean_test_r2"),
-           "abs Pearson": ("|Pearson|", None)}
+METHODS = {OURS: ("ours, chosen λ", "mean_test_r2"), PEARSON: ("|Pearson|", None),
+           RANKING["lasso"]: ("lasso", "lasso_mean_test_r2"),
+           RANKING["grnboost2"]: ("GRNBoost2", "grnboost2_mean_test_r2")}
 
 
 def run(demo: Path, out: Path, target: str, tf_input: str) -> pd.DataFrame:
@@ -59,7 +60,7 @@ def run(demo: Path, out: Path, target: str, tf_input: str) -> pd.DataFrame:
         for (tissue, method), part in evaluation.groupby(["tissue", "method"]):
             name, column = METHODS[method]
             if not chosen:
-                if method != "mtlrank (DeepLIFT)":
+                if method != OURS:
                     continue
                 name, column = "ours, λ = 0", "lambda0_mean_test_r2"
             ap = part.set_index("measure").loc["average precision"]

@@ -7,9 +7,11 @@ submit` sets); the address file `ray start --head` leaves on the head
 /tmp: Ray 2.60's `ray._common.utils.get_ray_address_file`, written by `ray
 start` in `ray/scripts/scripts.py`). So on a cluster's head, after `ray up`,
 `python tune.py` joins the cluster and its GPU workers, as a driver started
-there by hand would. An address file whose cluster is gone (a stopped or
-crashed head leaves it behind) is not joined: Ray itself would fail to
-connect, so the run says so in one line and starts its own Ray.
+there by hand would. The file's cluster is joined only while a Ray process
+of this machine names it (Ray's `find_gcs_addresses`, from the processes'
+command lines) and its address answers: a file a stopped or crashed head left
+behind, or one naming an address that now belongs to something else, is not
+joined; the run says so in one line and starts its own Ray.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 
 import ray
 from ray._common.utils import get_ray_address_file
+from ray._private.services import find_gcs_addresses
 from ray._private.utils import read_ray_address
 
 LOCAL = "local"  # ray.init's address for a new Ray of this process's own
@@ -33,10 +36,12 @@ def ray_address(address: str | None, local: bool, environment: dict) -> tuple[st
     recorded = read_ray_address()
     if not recorded:
         return LOCAL, None
-    if answers(recorded):
-        return recorded, None
-    return LOCAL, (f"note: the Ray cluster at {recorded} (named in {get_ray_address_file(None)}) "
-                   "does not answer; starting a Ray of this run's own")
+    named = f"the Ray cluster at {recorded} (named in {get_ray_address_file(None)})"
+    if recorded not in find_gcs_addresses():
+        return LOCAL, f"note: no Ray process of this machine belongs to {named}; starting a Ray of this run's own"
+    if not answers(recorded):
+        return LOCAL, f"note: {named} does not answer; starting a Ray of this run's own"
+    return recorded, None
 
 
 def answers(address: str) -> bool:

@@ -1,7 +1,7 @@
 """Each input a user can get wrong: one clear message, exit status 2, no store."""
 
-import shutil
 import logging
+import shutil
 
 import h5py
 import numpy as np

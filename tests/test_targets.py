@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import SMALL_SETTINGS
-from test_scvelo_files import SETTINGS, reference_genes, references, scvelo_output
+from test_scvelo_files import SETTINGS, reference_genes, root, written  # noqa: F401 (fixtures)
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import load_tissue, prepare_store
@@ -17,20 +17,6 @@ from mtlrank_ray.data.prepare import open_source
 from mtlrank_ray.data.scvelo import ScveloFiles
 from mtlrank_ray.data.seed_layout import RPKM, SeedLayout
 from mtlrank_ray.errors import InputError
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    return scvelo_output(tmp_path_factory.mktemp("scvelo") / "pancreas.h5ad")
-
-
-@pytest.fixture
-def root(written, tmp_path):
-    root = tmp_path / "data_root"
-    (root / "data/h5ad/Pancreas").mkdir(parents=True)
-    (root / "data/h5ad/Pancreas/pancreas.h5ad").write_bytes(written.read_bytes())
-    references(root)
-    return root
 
 
 def settings(**data):

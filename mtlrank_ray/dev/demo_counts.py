@@ -16,6 +16,7 @@ noise-free values (NaN for genes outside the model): a ceiling, not an input.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,9 @@ def write_scvelo_file(path: Path, barcodes: np.ndarray, gene_ids: np.ndarray, sp
     """Run scVelo's pipeline on the counts and save the result at `path` (see above).
     `truth`: layer name -> cells x genes (NaN outside the model), added after scVelo."""
     # scanpy's neighbours import umap, which loads TensorFlow; the never-expressed TFs have no
-    # counts, and scVelo's fit of them divides 0 by 0 (their velocity is NaN, as it says).
-    with native_stderr_filtered(), np.errstate(divide="ignore", invalid="ignore"):
+    # counts, and scVelo's fit of them divides 0 by 0 (their velocity is NaN, as it says);
+    # importing scanpy turns DeprecationWarnings on for the whole process: its filters are undone.
+    with warnings.catch_warnings(), native_stderr_filtered(), np.errstate(divide="ignore", invalid="ignore"):
         _estimate_and_write(path, barcodes, gene_ids, spliced, unspliced, tf_ids, truth)
 
 

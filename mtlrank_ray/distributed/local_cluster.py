@@ -17,8 +17,9 @@ cluster path before paying for one, and for the tests.
   every node reach it through the standard AWS variables, as on AWS.
 
 Every node has its own loopback address (127.77.0.1 the head, .2, .3, ... the
-workers) and ports. Each process is started in a session of its own and
-stopped by its process group id, so `stop()` leaves nothing running.
+workers) and ports. Each node is started in a session of its own and stopped
+by its session id (Ray's workers run in process groups of their own), so
+`stop()` leaves nothing running and `Node.kill` loses the whole node at once.
 
     python -m mtlrank_ray.distributed.local_cluster [--workers 2] [--cpus-per-worker 1]
 
@@ -102,31 +103,44 @@ def _wait(condition, timeout: float, what: str, processes: tuple[subprocess.Pope
     raise RuntimeError(f"{what} did not come up in {timeout:.0f} s{tails}")
 
 
-def stop_groups(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
-    """End processes started with start_new_session, and everything in their groups:
+def session_members(sid: int) -> list[int]:
+    """The live processes of session `sid`. A Ray node's workers run in process groups
+    of their own, so a node is its session, not its group. Zombies are left out: a
+    worker whose raylet died is reaped by whoever adopts it, which in a container may
+    be never."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except OSError:  # ended while we looked
+            continue
+        if int(session) == sid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def signal_session(sid: int, sig: int) -> None:
+    for pid in session_members(sid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_sessions(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """End processes started with start_new_session, and everything in their sessions:
     SIGTERM, then SIGKILL for what is left after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        live = [p for p in processes if _group_alive(p.pid)]
+        live = [p for p in processes if session_members(p.pid)]
         for process in live:
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_session(process.pid, sig)
         deadline = time.time() + wait
-        while any(_group_alive(p.pid) for p in live) and time.time() < deadline:
+        while any(session_members(p.pid) for p in live) and time.time() < deadline:
             for process in live:
                 process.poll()
             time.sleep(0.1)
     for process in processes:
         process.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 @dataclass
@@ -195,7 +209,7 @@ class S3Server:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_groups([self.process])
+            stop_sessions([self.process])
 
 
 @dataclass
@@ -204,12 +218,16 @@ class Node:
     process: subprocess.Popen
     log: Path
 
+    def signal(self, sig: int) -> None:
+        """Signal every process of the node at once (SIGSTOP freezes it whole)."""
+        signal_session(self.process.pid, sig)
+
     def kill(self) -> None:
-        """Lose the node: SIGKILL its `ray start`, raylet, agents and workers at once."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Lose the node: SIGKILL its `ray start`, raylet, agents and workers at once,
+        again until none is left (a raylet may have forked a worker as they were listed)."""
+        while session_members(self.process.pid):
+            self.signal(signal.SIGKILL)
+            time.sleep(0.01)
         self.process.wait()
 
 
@@ -298,7 +316,7 @@ class LocalCluster:
             except RuntimeError:
                 if attempt == 2 or self.head.process.poll() is None:
                     raise
-                stop_groups([self.head.process])
+                stop_sessions([self.head.process])
                 shutil.rmtree(self.temp_dir.parent, ignore_errors=True)
 
     def _worker_ports(self, index: int) -> list[str]:
@@ -344,7 +362,7 @@ class LocalCluster:
                 raise RuntimeError(f"a Ray node exited: see {self.folder}/*.log")
 
     def stop(self) -> None:
-        stop_groups([node.process for node in [*self.nodes, self.head] if node is not None])
+        stop_sessions([node.process for node in [*self.nodes, self.head] if node is not None])
         if self.s3 is not None:
             self.s3.stop()
         if self.temp_dir is not None:

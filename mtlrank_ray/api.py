@@ -73,7 +73,9 @@ def tune(data, config: dict | str | Path | None = None, out: str | Path = "runs/
                          "(address='auto' joins a running cluster)")
     root = _data_root(data, tf_list, id_map, Path(out), tissue)
     with tempfile.TemporaryDirectory() as folder:
-        argv = ["--data", str(root), "--out", str(out), "--tissue", tissues, "-q"]
+        # Not -q: a notebook shows the phase lines and the sweep's bar (the package's
+        # INFO log stays off: no logging.basicConfig here, unlike the command line).
+        argv = ["--data", str(root), "--out", str(out), "--tissue", tissues]
         if config is not None:
             path = Path(config) if isinstance(config, (str, Path)) else Path(folder) / "config.yaml"
             if isinstance(config, dict):  # checked here, before anything runs

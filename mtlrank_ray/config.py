@@ -58,11 +58,20 @@ class GenesConfig:
     min_cells_by_tissue: dict[str, int] = field(
         default_factory=lambda: {"Liver": 1000},
         metadata=_check(lambda v: min(v.values(), default=0) >= 0, "counts of at least 0"))
+    # The count is capped at this fraction of the tissue's cells, so that the defaults fit
+    # a 2,000-cell sample as well as an atlas (the seed's 4000 holds from 8,000 cells up).
+    min_cell_fraction: float = field(default=0.5, metadata=_check(lambda v: 0 < v <= 1,
+                                                                   "above 0 and at most 1"))
     n_clusters: int = field(default=20, metadata=_POSITIVE)
     seed: int = 1000
 
-    def min_cells_for(self, tissue: str) -> int:
+    def min_cells_setting(self, tissue: str) -> int:
         return self.min_cells_by_tissue.get(tissue, self.min_cells)
+
+    def min_cells_for(self, tissue: str, n_cells: int) -> int:
+        """A gene of `tissue` (of `n_cells` cells) is a candidate with velocity in more
+        than this many cells."""
+        return min(self.min_cells_setting(tissue), int(self.min_cell_fraction * n_cells))
 
 
 @dataclass(frozen=True)

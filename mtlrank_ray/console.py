@@ -1,14 +1,16 @@
 """What `tune.py` prints while it runs: a line per phase, a progress bar for the sweep,
 and the workers' output without TensorFlow's start-up lines.
 
-The sweep's bar (tqdm) shows trials done out of all, elapsed time, the time
-left and the best trial's mean validation R² so far per tissue; where the output is
-not a terminal it is a plain line every PLAIN_EVERY_S seconds. Tune's own
+The sweep's bar (tqdm; in a Jupyter notebook its notebook bar) shows trials done
+out of all, elapsed time, the time left and the best trial's mean validation R² so
+far per tissue; where the output is neither a terminal nor a notebook it is a plain
+line every PLAIN_EVERY_S seconds. Tune's own
 per-trial tables appear only with -v.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import sys
@@ -90,6 +92,22 @@ def quiet_missing_metrics() -> None:
     DropMessages("Failed to fetch metrics for").install()
 
 
+def in_notebook() -> bool:
+    """Whether this Python is a Jupyter kernel (whose stderr is no terminal, yet shows a bar)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+def bar_class():
+    """tqdm's notebook bar in Jupyter where ipywidgets draws it, its text bar elsewhere."""
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm
+
+
 def phase(text: str) -> None:
     print(text, flush=True)
 
@@ -117,9 +135,8 @@ class SweepProgress(Callback):
             for trial in trials:  # a resumed sweep's earlier trials count towards the best
                 if trial.last_result:
                     self.on_trial_result(iteration, trials, trial, trial.last_result)
-            if sys.stderr.isatty():
-                from tqdm import tqdm
-                self._bar = tqdm(total=max(len(trials), self._expected or 0), initial=self._done, desc="sweep", unit="trial",
+            if sys.stderr.isatty() or in_notebook():
+                self._bar = bar_class()(total=max(len(trials), self._expected or 0), initial=self._done, desc="sweep", unit="trial",
                                  file=sys.stderr, dynamic_ncols=True)
         self._total = max(len(trials), self._expected or 0)
         if self._bar is not None and self._bar.total != self._total:

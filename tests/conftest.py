@@ -22,9 +22,9 @@ atexit.register(shutil.rmtree, os.environ["RAY_TMPDIR"], ignore_errors=True)
 # well under a second.
 SMALL_SPEC = DemoSpec(seed=7, cells={"Kidney (Left)": 400, "Liver": 250}, n_tfs=24,
                       n_silent_tfs=3, n_genes=40, n_expression_only_genes=6)
-SMALL_SETTINGS = {"genes": {"n_genes": 16, "min_cells": 250,
-                            "min_cells_by_tissue": {"Liver": 150}, "n_clusters": 4,
-                            "seed": 1000}}
+SMALL_SETTINGS = {"genes": {"n_genes": 16, "min_cells": 250,  # counts as the notebook's
+                            "min_cells_by_tissue": {"Liver": 150}, "min_cell_fraction": 1,
+                            "n_clusters": 4, "seed": 1000}}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Each input a user can get wrong: one clear message, exit status 2, no store."""
 
 import logging
+import re
 import shutil
 
 import h5py
@@ -159,10 +160,19 @@ def test_gene_without_velocity_is_reported_and_skipped(atlas, small_config, tmp_
 
 def test_fewer_genes_than_clusters(atlas, tmp_path, capsys):
     from conftest import SMALL_SETTINGS, write_config
-    settings = {"genes": {**SMALL_SETTINGS["genes"], "min_cells": 395}}
+    settings = {"genes": {**SMALL_SETTINGS["genes"], "min_cells": 395, "min_cell_fraction": 1}}
     message = prepare_fails(atlas, write_config(tmp_path / "c.yaml", settings), tmp_path, capsys)
-    assert "tissue Kidney_Left:" in message and "fewer than the 4 clusters" in message
-    assert "genes.min_cells" in message
+    with h5py.File(atlas / VELO) as f:
+        cells = f["Kidney_Left/velo"].shape[0]  # every barcode in both files
+    assert message.startswith(f"error: tissue Kidney_Left ({cells} cells): ")
+    assert "fewer than the 4 clusters" in message
+    fits = re.search(r"genes.min_cells_by_tissue: \{'Kidney_Left': (\d+)\} fits \((\d+) genes qualify\)\.$",
+                     message)
+    assert fits, message
+    settings["genes"]["min_cells_by_tissue"] = {"Kidney_Left": int(fits[1])}  # as the line says
+    prepare_store(atlas, load_config(write_config(tmp_path / "fits.yaml", settings)), tmp_path / "store",
+                  tissues="Kidney_Left")
+    assert len(load_tissue(tmp_path / "store", "Kidney_Left").genes) == int(fits[2])
 
 
 def test_lasso_list_without_the_tissue(atlas, small_config, tmp_path, capsys):

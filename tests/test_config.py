@@ -2,7 +2,7 @@ import pytest
 from conftest import REPO
 
 from mtlrank_ray.cli import main
-from mtlrank_ray.config import Config, load_config
+from mtlrank_ray.config import Config, config_from_dict, load_config
 from mtlrank_ray.errors import ConfigError
 
 
@@ -19,11 +19,21 @@ def test_gpu_config_shares_gpus():
 def test_seed_config_holds_the_notebooks_settings():
     config = load_config(REPO / "tune_configs" / "seed.yaml")
     assert (config.genes.n_genes, config.genes.n_clusters, config.genes.min_cells) == (500, 20, 4000)
-    assert config.genes.min_cells_for("Liver") == 1000
-    assert config.genes.min_cells_for("Kidney_Left") == 4000
+    assert config.genes.min_cells_for("Liver", 1500) == 1000  # the counts, however few cells
+    assert config.genes.min_cells_for("Kidney_Left", 6000) == 4000
     assert config.search.lambdas == [0.01] and config.search.replicates == 3
     assert config.training.standardize == "per_split" and config.training.epochs == 10
     assert config.asha.enabled is False
+
+
+def test_the_default_gene_threshold_scales_with_the_tissue():
+    """The seed's counts for an atlas's tissues; half the cells of a smaller sample."""
+    genes = load_config(REPO / "tune_configs" / "default.yaml").genes
+    assert genes == config_from_dict({}).genes
+    assert genes.min_cells_for("Kidney_Left", 20000) == 4000
+    assert genes.min_cells_for("Liver", 20000) == 1000
+    assert genes.min_cells_for("Pancreas", 3696) == 1848  # scVelo's pancreas example
+    assert genes.min_cells_for("Liver", 1500) == 750
 
 
 def test_default_grid_includes_lambda_zero():

@@ -65,7 +65,7 @@ def test_lasso_list_errors_name_the_fix(atlas, tmp_path, capsys):
     assert main(["lasso", "--data", str(atlas), "--tissue", "Lung"]) == 2
     assert "no tissue 'Lung' in the data; tissues: Kidney_Left, Liver" in capsys.readouterr().err
     strict = tmp_path / "strict.yaml"
-    strict.write_text("genes: {min_cells: 100000, min_cells_by_tissue: {}}\n")
+    strict.write_text("genes: {min_cells: 100000, min_cells_by_tissue: {}, min_cell_fraction: 1}\n")
     before = (atlas / LIST).read_text()
     assert main(["lasso", "--data", str(atlas), "--config", str(strict)]) == 2
     assert "lower genes.min_cells" in capsys.readouterr().err

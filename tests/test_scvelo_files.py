@@ -206,6 +206,37 @@ def test_a_notebook_prepares_and_sweeps_an_anndata(written, tmp_path):
     assert (evaluation.genes == 16).all()
 
 
+def readme_example(containing: str) -> str:
+    blocks = [block.split("```")[0] for block in (REPO / "README.md").read_text().split("```python\n")[1:]]
+    return next(block for block in blocks if containing in block)
+
+
+@pytest.mark.slow
+def test_readme_notebook_example_runs_as_written(written, tmp_path, monkeypatch):
+    """README's "From a notebook", verbatim, on a file scVelo wrote: 500 cells, with
+    every setting the example leaves out at its default (min_cells among them)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(written, "pancreas_velocity.h5ad")
+    genes = reference_genes()
+    pd.DataFrame({"Ensembl ID": genes.ensembl_id[genes.is_tf].to_numpy()}).to_csv("mouse_tfs.csv")
+    genes.rename(columns={"symbol": "gene_symbol"})[["ensembl_id", "gene_symbol"]].to_csv("mouse_ids.csv")
+    adata = anndata.read_h5ad(written)
+    velocity_genes = adata.var_names[adata.var.velocity_genes]
+    velocity_genes = velocity_genes[~velocity_genes.str.endswith("-1")]  # no id: left out
+    first_tf = next(name for name in adata.var_names if name in set(genes.symbol[genes.is_tf]))
+    pd.DataFrame({"tf": first_tf, "gene": velocity_genes}).to_csv("reference_network.csv", index=False)
+    example = readme_example("mtlrank_ray.prepare(")
+    scope = {}
+    exec(compile(example, "README's notebook example", "exec"), scope)
+    store, results = scope["store"], scope["results"]
+    assert store.tissues.loc[0, "cells"] == adata.n_obs
+    assert store.tissues.loc[0, "genes"] == len(velocity_genes)  # every velocity gene: fewer than 500
+    assert set(results.gene_r2.model) == {"mtlrank", "lasso", "grnboost2"}
+    assert set(results.gene_r2.gene) == set(store.load("Pancreas").genes)
+    evaluation = results.evaluate("reference_network.csv")
+    assert (evaluation.genes == len(velocity_genes)).all()  # each has the reference's TF
+
+
 def test_names_are_ids_of_any_species_versioned_or_symbols():
     from mtlrank_ray.data.references import gene_ids
     id_map = pd.DataFrame({"ensembl_id": ["ENSG00000137203", "FBgn0000001", "ENSG00000008196", "ENSG00000000003"],

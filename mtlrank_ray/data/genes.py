@@ -1,8 +1,9 @@
 """Which genes are modelled, and their clusters (notebook steps 1-2).
 
 A gene is a candidate when it has velocity in more than `min_cells` cells
-(per-tissue overrides: `min_cells_by_tissue`) and is present in the
-expression matrix. With a lasso list, candidates are its rows for the tissue,
+(per-tissue overrides: `min_cells_by_tissue`), or in more than
+`min_cell_fraction` of the tissue's cells where that is fewer, and is present
+in the expression matrix. With a lasso list, candidates are its rows for the tissue,
 in the list's order (the notebook's semantics); without one, all velocity
 genes in the velocity file's column order. `n_genes` of them are drawn as the
 notebook draws them: `np.random.seed(seed)` then `np.random.choice` without
@@ -30,13 +31,13 @@ log = logging.getLogger(__name__)
 def eligible_genes(velocity: pd.DataFrame, expression_genes: pd.Index, tissue: str,
                    settings: GenesConfig, velocity_file: str) -> pd.Index:
     """Velocity genes, in the file's column order, with velocity in more than
-    `min_cells` cells and a column in the expression matrix."""
+    `min_cells_for` the tissue's cells and a column in the expression matrix."""
     counts = velocity.notna().sum(axis=0)
     empty = counts.index[counts == 0]
     if len(empty):
         log.warning("tissue %s: %d genes in %s have no velocity in any cell and are skipped "
                     "(%s)", tissue, len(empty), velocity_file, ", ".join(empty[:5]))
-    passing = counts.index[counts > settings.min_cells_for(tissue)]
+    passing = counts.index[counts > settings.min_cells_for(tissue, len(velocity))]
     return passing[passing.isin(expression_genes)]
 
 
@@ -44,7 +45,7 @@ def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.D
                  tissue: str, settings: GenesConfig, velocity_file: str,
                  lasso_file: str = "the lasso list", excluded: pd.Index = pd.Index([])) -> pd.Index:
     passing = eligible_genes(velocity, expression_genes, tissue, settings, velocity_file)
-    min_cells = settings.min_cells_for(tissue)
+    min_cells = settings.min_cells_for(tissue, len(velocity))
     if lasso is None:
         listed = velocity.columns
     else:
@@ -63,10 +64,10 @@ def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.D
              min_cells)
     if len(candidates) < settings.n_clusters:
         raise InputError(
-            f"tissue {tissue}: {len(candidates)} genes have velocity in more than {min_cells} "
-            f"cells ({velocity_file}) and expression, fewer than the {settings.n_clusters} "
-            f"clusters asked for; lower genes.min_cells (or genes.min_cells_by_tissue.{tissue}) "
-            "or genes.n_clusters in the config.")
+            f"tissue {tissue} ({len(velocity)} cells): {len(candidates)} genes have velocity in "
+            f"more than {min_cells} cells ({velocity_file}) and expression, fewer than the "
+            f"{settings.n_clusters} clusters asked for; "
+            + _fitting_settings(velocity, expression_genes, pd.Index(listed), tissue, settings))
     rng = np.random.RandomState(settings.seed)  # the stream np.random.seed(seed) gives
     if settings.n_genes < len(candidates):
         drawn = rng.choice(np.arange(len(candidates)), size=settings.n_genes, replace=False)
@@ -86,6 +87,22 @@ def select_genes(velocity: pd.DataFrame, expression_genes: pd.Index, lasso: pd.D
                              "(data.target other than velocity leaves TFs out); raise genes.n_genes "
                              "or lower genes.n_clusters.")
     return genes[~own_input]
+
+
+def _fitting_settings(velocity: pd.DataFrame, expression_genes: pd.Index, listed: pd.Index,
+                      tissue: str, settings: GenesConfig) -> str:
+    """The gene settings under which `n_genes` genes (or as many as there are) qualify."""
+    counts = velocity.notna().sum(axis=0)
+    usable = counts[listed[listed.isin(expression_genes) & listed.isin(counts.index)]]
+    usable = usable[usable > 0].sort_values(ascending=False)
+    wanted = min(settings.n_genes, len(usable))
+    if wanted == 0:
+        return ("no listed gene has both velocity and expression there: check the tissue's "
+                "velocity and expression inputs.")
+    fits = f"genes.min_cells_by_tissue: {{{tissue!r}: {usable.iloc[wanted - 1] - 1}}}"
+    if wanted < settings.n_clusters:
+        fits += f" and genes.n_clusters: {wanted}"
+    return f"{fits} fits ({wanted} genes qualify)."
 
 
 def cluster_genes(target: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:

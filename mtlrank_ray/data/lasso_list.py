@@ -87,8 +87,8 @@ def tissue_rows(inputs: TissueInputs, config: Config, symbols: pd.Series,
         genes = genes[~genes.isin(too_few)]
     if genes.empty:
         raise InputError(f"tissue {inputs.name}: no gene of {inputs.velocity_file} has velocity "
-                         f"in more than {config.genes.min_cells_for(inputs.name)} cells and "
-                         "expression; lower genes.min_cells in the config.")
+                         f"in more than {config.genes.min_cells_for(inputs.name, len(inputs.velocity))} "
+                         "cells and expression; lower genes.min_cells in the config.")
     expression = inputs.expression.to_numpy(np.float64)
     tfs = inputs.expression.columns
     tf_symbols = symbols.reindex(tfs).fillna("").astype(str).to_numpy()

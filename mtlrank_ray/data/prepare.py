@@ -230,7 +230,8 @@ def _settings(config: Config, tissue: str, lasso_used: bool) -> dict:
     genes = config.genes
     return {
         "data": config.to_dict()["data"],
-        "genes": {"n_genes": genes.n_genes, "min_cells": genes.min_cells_for(tissue),
+        "genes": {"n_genes": genes.n_genes, "min_cells": genes.min_cells_setting(tissue),
+                  "min_cell_fraction": genes.min_cell_fraction,
                   "n_clusters": genes.n_clusters, "seed": genes.seed},
         "lasso_list_used": lasso_used,
         "versions": {k: store.package_versions()[k] for k in ("numpy", "k-means-constrained")},

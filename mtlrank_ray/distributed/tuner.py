@@ -187,5 +187,10 @@ def _new_tuner(trainable, blocks: dict[str, ray_data.TissueBlocks], config: Conf
                                   storage_filesystem=storage_filesystem,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-                                  stop=gpu_check, callbacks=callbacks, verbose=verbose),
+                                  stop=gpu_check, callbacks=callbacks, verbose=verbose,
+                                  # In a notebook Tune's default is its Jupyter reporter,
+                                  # which clears the cell's output as it starts, even
+                                  # silent (JupyterNotebookReporter.display in
+                                  # ray/tune/progress_reporter.py): the phase lines went.
+                                  progress_reporter=None if verbose else tune.CLIReporter()),
     )

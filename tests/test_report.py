@@ -60,11 +60,16 @@ def test_plots_draw_the_results(tmp_path):
         assert curve["Kidney_Left", method] == pytest.approx(kidney[kidney.model == method].val_r2.mean())
     pairs = report.plot_selected_vs_zero(genes, tmp_path / "c.png")
     assert len(pairs) == 20 and (pairs.test_r2_selected.to_numpy() != pairs.test_r2_zero.to_numpy()).all()
-    values = report.plot_singular_values(genes, tmp_path / "models", tmp_path / "d.png")
-    with np.load(tmp_path / "models" / "Kidney_Left_c0_r0_lambda0.01.npz") as saved:
-        np.testing.assert_allclose(values[0.01], np.linalg.svd(saved["dense_64_kernel"].reshape(5, -1),
-                                                               compute_uv=False), rtol=1e-5)
-    assert values[0.0].sum() > values[0.01].sum()
+    low, high = pairs[["test_r2_zero", "test_r2_selected"]].min().min(), pairs[["test_r2_zero", "test_r2_selected"]].max().max()
+    assert high < 0.8  # the axes end near the data, not at an R² of 1
+    panels = report.plot_singular_values(genes, tmp_path / "models", tmp_path / "d.png")
+    assert sorted(panels) == [("Kidney_Left", 0), ("Kidney_Left", 1), ("Liver", 0), ("Liver", 1)]
+    for (tissue, cluster), values in panels.items():  # every cluster, λ = 0 beside the chosen λ
+        for lam in (0.0, 0.01):
+            with np.load(tmp_path / "models" / f"{tissue}_c{cluster}_r0_lambda{lam:g}.npz") as saved:
+                np.testing.assert_allclose(values[lam], np.linalg.svd(
+                    saved["dense_64_kernel"].reshape(5, -1), compute_uv=False), rtol=1e-5)
+        assert values[0.0].sum() > values[0.01].sum()
     for name in "abcd":
         image = matplotlib.image.imread(tmp_path / f"{name}.png")
         assert image.shape[0] > 300 and image.shape[1] > 300 and image.std() > 0.01  # not blank
@@ -90,12 +95,51 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     assert page.count("<figcaption>") == len(names) == page.count("<img ")
     assert "Validation R², lasso" in page and "lasso_mean_val_r2" not in page
     assert "Mean test R², GRNBoost2" in page and "Validation R², GRNBoost2" in page
-    assert page.count("<h2>") == page.count("</table>") == 3 and page.count("<p>") == 4
-    # The bottom line first: right under the title, before any plot.
-    assert page.index("</h1>\n<p><b>Liver: 1 of 1 methods' rankings beat chance: mtlrank (DeepLIFT) above "
-                      "chance (AP 0.500, chance 0.050, difference [+0.360, +0.550]).</b></p>") < page.index("<img")
+    assert page.count("<h2>") == 5 and page.count("</table>") == 4  # bottom line, 3 tables, the run
+    # The bottom line first: right under the title, before any plot: fit, then rankings.
+    assert page.index("</h1>\n<h2>Bottom line</h2>") < page.index("<img")
+    assert page.index("Fit, on held-out cells") < page.index("<h3>TF rankings") < page.index("<img")
+    assert ("<li>Liver: 1 of 1 methods' rankings beat chance: mtlrank (DeepLIFT) above "
+            "chance (AP 0.500, chance 0.050, difference [+0.360, +0.550]).</li>") in page
+    assert "<li>Liver: the chosen networks' mean test R² is " in page
+    # The run's facts and config on the page.
+    assert "<th>versions</th><td>mtlrank-ray " in page and "<th>run folder</th>" in page
     assert "Kidney_Left" in page and "against the reference network" in page
     assert "0.500 [0.400, 0.600]" in page  # a value with its interval over genes
+
+
+def test_the_fit_bottom_line_says_above_below_or_level_by_the_interval():
+    """Planted: the chosen networks beat λ = 0 by 0.1 on every gene, tie with the lasso
+    up to noise, and lose to GRNBoost2 by 0.1."""
+    from mtlrank_ray.analysis.results import fit_bottom_line, gene_table, selected_table
+
+    rng = np.random.default_rng(1)
+    genes = [f"g{i}" for i in range(30)]
+    base = rng.uniform(0.2, 0.5, 30)
+    trials = [({"tissue": "Liver", "cluster": 0, "replicate": 0, "lambda": lam},
+               {"genes": genes, "best_val_r2": list(base + shift), "best_test_r2": list(base + shift),
+                "best_epoch": 3, "epoch": 4}) for lam, shift in ((0.0, 0.0), (0.01, 0.1))]
+    fits = [(("Liver", 0, 0), BaselineFit("lasso", genes, np.full(30, 0.01), np.zeros((30, 7)), base,
+                                           base + 0.1 + rng.normal(0, 0.02, 30))),
+            (("Liver", 0, 0), BaselineFit("grnboost2", genes, np.full(30, 700), np.zeros((30, 7)), base,
+                                           base + 0.2))]
+    table = gene_table(trials, epochs=4, baselines=fits)
+    (line,) = fit_bottom_line(table, selected_table(table))
+    assert line.startswith(f"Liver: the chosen networks' mean test R² is {base.mean() + 0.1:.3f}, "
+                           f"above λ = 0 ({base.mean():.3f}; difference +0.100 [+0.100, +0.100]), "
+                           "level with lasso (")
+    assert "below GRNBoost2" in line and line.endswith("difference -0.100 [-0.100, -0.100]).")
+
+
+def test_the_network_picture_marks_the_references_edges(tmp_path):
+    network = pd.DataFrame({"tissue": "Liver", "gene": ["g1", "g1", "g2"], "gene_symbol": ["ALB", "ALB", "APOA1"],
+                            "tf": ["t1", "t2", "t1"], "tf_symbol": ["HNF4A", "FOXA2", "HNF4A"],
+                            "mean_rank": [1.0, 2.0, 4.0]})
+    reference = pd.DataFrame({"tissue": ["Liver", "Liver", "Kidney_Left"], "gene": ["g2", "g9", "g1"],
+                              "tf": ["t1", "t1", "t2"]})
+    drawn = report.plot_network(network, tmp_path / "n.png", reference)
+    (row, column), = drawn["Liver", "reference"]  # only (t1, g2) is both drawn and Liver's
+    assert (drawn["Liver"].index[row], drawn["Liver"].columns[column]) == ("t1", "g2")
 
 
 def test_the_network_picture_shows_mean_ranks_with_symbols(tmp_path):

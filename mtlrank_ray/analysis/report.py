@@ -13,7 +13,7 @@
                         genes they regulate (mean rank over replicates), clustered
     singular_values.png   singular values of the Dense(64) kernels stacked over a
                         cluster's genes, λ = 0 against the selected λ (the low rank
-                        the trace norm buys), for the first tissue's first cluster
+                        the trace norm buys), a small panel per cluster
     index.html          the plots, each with a caption saying how to read it, and the
                         tables (summary, selected λ, evaluation) with plain headers
 
@@ -24,7 +24,9 @@ pictures show the results.
 from __future__ import annotations
 
 import html
+import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +47,7 @@ from .results import (  # noqa: E402
     GROUP,
     at_selected,
     configuration,
+    fit_bottom_line,
     networks,
     searched,
     selected_table,
@@ -90,7 +93,7 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     baselines = {m: genes[genes.model == m].groupby("tissue").val_r2.mean() for m in BASELINES
                  if (genes.model == m).any()}
     drawn = {}
-    fig, (zero_ax, ax) = plt.subplots(1, 2, sharey=True, figsize=(6.5, 4), layout="constrained",
+    fig, (zero_ax, ax) = plt.subplots(1, 2, sharey=True, figsize=(8.5, 4), layout="constrained",
                                       gridspec_kw={"width_ratios": [1, 6]})
     for k, (tissue, curve) in enumerate(curves.groupby(level="tissue")):
         lambdas = curve.index.get_level_values("lambda").to_numpy()
@@ -115,8 +118,8 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     ax.set_xscale("log")
     ax.set_xlabel("λ (trace-norm weight)")
     ax.tick_params(left=False)
-    ax.legend(fontsize="small")
-    _save(fig, path)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    _save(fig, path)  # the legend beside the panels covers no point
     return drawn
 
 
@@ -161,37 +164,58 @@ def plot_selected_vs_zero(genes: pd.DataFrame, path: Path) -> pd.DataFrame:
     selected = selected_table(genes)
     pairs = at_selected(genes, selected)[[*key, "test_r2"]].merge(
         at_selected(genes, selected, lam=0)[[*key, "test_r2"]], on=key, suffixes=("_selected", "_zero"))
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
     for tissue, part in pairs.groupby("tissue"):
         ax.scatter(part.test_r2_zero, part.test_r2_selected, s=10, label=tissue)
-    low = min(pairs.test_r2_zero.min(), pairs.test_r2_selected.min(), 0) if len(pairs) else 0
-    ax.plot([low, 1], [low, 1], color="grey", linewidth=0.8)
+    values = pairs[["test_r2_zero", "test_r2_selected"]].to_numpy()
+    low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)
+    low, high = low - 0.05 * (high - low or 1), high + 0.05 * (high - low or 1)
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    ax.set_xlim(low, high)  # the data's range, the same on both axes (the diagonal at 45°)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal")
     ax.set_xlabel("test R², λ = 0")
     ax.set_ylabel("test R², selected configuration")
-    ax.legend()
+    fig.legend(loc="outside right upper", fontsize="small")
     _save(fig, path)
     return pairs
 
 
+SINGULAR_PANELS = 40  # small multiples: a page, not an atlas of them
+
+
 def plot_singular_values(genes: pd.DataFrame, models: Path, path: Path) -> dict:
-    """Singular values of the stacked Dense(64) kernels, λ = 0 against the selected λ."""
+    """Per cluster (its first replicate; the first SINGULAR_PANELS, tissue by tissue):
+    singular values of the stacked Dense(64) kernels, λ = 0 against the selected λ.
+    Returns {(tissue, cluster): {λ: values}}."""
     selected = selected_table(genes)
-    candidates = selected[selected["lambda"] > 0]
-    pick = (candidates if len(candidates) else selected).iloc[0]
+    picks = selected.sort_values(GROUP).drop_duplicates(["tissue", "cluster"]).head(SINGULAR_PANELS)
+    columns = min(5, len(picks))
+    rows = -(-len(picks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns + 1.5, 2.2 * rows + 0.8),
+                             sharex=True, squeeze=False, layout="constrained")
     drawn = {}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    chosen = Trial.from_config(pick.to_dict())
-    for lam in sorted({0.0, chosen.lam}):
-        name = chosen.at(lam).name
-        with np.load(models / f"{name}.npz") as saved:
-            kernel = saved["dense_64_kernel"]
-        values = np.linalg.svd(kernel.reshape(kernel.shape[0], -1), compute_uv=False)
-        ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=f"λ = {lam:g}")
-        drawn[lam] = values
-    ax.set_xlabel("index")
-    ax.set_ylabel("singular value")
-    ax.set_title(f"{pick.tissue}, cluster {pick.cluster}, replicate {pick.replicate}: Dense(64)")
-    ax.legend()
+    for ax, pick in zip(axes.flat, picks.to_dict("records")):
+        chosen = Trial.from_config(pick)
+        drawn[chosen.tissue, chosen.cluster] = {}
+        for k, lam in enumerate(sorted({0.0, chosen.lam})):
+            saved_model = models / f"{chosen.at(lam).name}.npz"
+            if not saved_model.is_file():
+                continue
+            with np.load(saved_model) as saved:
+                kernel = saved["dense_64_kernel"]
+            values = np.linalg.svd(kernel.reshape(kernel.shape[0], -1), compute_uv=False)
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", color=f"C{k}",
+                    label="λ = 0" if lam == 0 else "chosen λ > 0")
+            drawn[chosen.tissue, chosen.cluster][lam] = values
+        ax.set_title(f"{chosen.tissue} c{chosen.cluster} (λ {chosen.lam:g})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(picks):]:
+        ax.set_visible(False)
+    fig.supxlabel("index", fontsize=9)
+    fig.supylabel("singular value", fontsize=9)
+    handles = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
     _save(fig, path)
     return drawn
 
@@ -223,13 +247,16 @@ CAPTIONS = {
                             "chosen on validation against test R² of the independent networks "
                             "(λ = 0, at the chosen configuration's other settings). Above the grey diagonal "
                             "the gene gained from sharing with its cluster; below it, it lost.",
-    "singular_values.png": "Singular values of one cluster's Dense(64) layer (its genes' kernels "
-                           "stacked), at λ = 0 and at the chosen λ. A faster fall means the genes "
-                           "use fewer shared directions: the low rank the trace norm asks for.",
+    "singular_values.png": "Singular values of each cluster's Dense(64) layer (its genes' kernels "
+                           f"stacked; its first replicate; at most {SINGULAR_PANELS} clusters), at "
+                           "λ = 0 and at the chosen λ when that is above 0. A faster fall means the "
+                           "genes use fewer shared directions: the low rank the trace norm asks for.",
     "network.png": "The regulatory network's strongest regulators, per tissue: the TFs (rows) in "
                    "the consensus top of the most genes, and for each gene (columns, grouped by "
                    "their regulators) the TF's mean rank over replicates; darker is stronger, "
-                   "blank is not in that gene's network.",
+                   "blank is not in that gene's network. Red circles: the edges of the reference "
+                   "the rankings were evaluated against (when there is one), so a dark cell "
+                   "without one is a prediction the reference lacks.",
 }
 COLUMN_NAMES = {
     "tissue": "Tissue", "genes": "Genes", "trials": "Trials", "stopped_early": "Stopped early",
@@ -262,12 +289,18 @@ TABLE_LINES = {
         "from chance lies above 0, \"below chance\" where it lies below, \"not "
         "distinguishable from chance\" where it holds 0.",
 }
+BOTTOM_LINE = ("Fit: each gene's test R² averaged over replicates; a difference is \"above\" or "
+               "\"below\" only where its 95% bootstrap interval over genes excludes 0, \"level "
+               "with\" otherwise. Rankings: average precision against what a random order scores, "
+               "read the same way (the table at the end has every measure). Neither is corrected "
+               "for the number of tissues and methods.")
 HEATMAP_TFS, HEATMAP_GENES = 20, 60
 
 
-def plot_network(network: pd.DataFrame, path: Path) -> dict:
+def plot_network(network: pd.DataFrame, path: Path, reference: pd.DataFrame | None = None) -> dict:
     """Per tissue, mean rank of its most connected TFs (rows) for the genes they
-    regulate most (columns, ordered by hierarchical clustering); returns the matrices."""
+    regulate most (columns, ordered by hierarchical clustering), the reference's edges
+    (tissue, gene, tf) marked; returns the matrices and, per tissue, the marked cells."""
     from scipy.cluster.hierarchy import leaves_list, linkage
 
     tissues = sorted(network.tissue.unique())
@@ -298,6 +331,17 @@ def plot_network(network: pd.DataFrame, path: Path) -> dict:
         ax.set_title(f"{tissue}: {len(matrix.index)} TFs with the most targets x "
                      f"{len(matrix.columns)} genes", fontsize=9)
         fig.colorbar(image, ax=ax, label="1 / mean rank", fraction=0.03)
+        if reference is not None:
+            known = reference[reference.tissue == tissue]
+            known = set(zip(known.tf, known.gene))
+            marked = [(i, j) for i, tf in enumerate(matrix.index) for j, gene in enumerate(matrix.columns)
+                      if (tf, gene) in known]
+            drawn[tissue, "reference"] = marked
+            if marked:
+                rows, columns = zip(*marked)
+                ax.scatter(columns, rows, marker="o", s=14, facecolors="none", edgecolors="red",
+                           linewidths=0.8, label="a reference edge")
+                ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=7, frameon=False)
     _save(fig, path)
     return drawn
 
@@ -325,16 +369,22 @@ def write_report(out: Path) -> Path:
     if (out / "network.csv").is_file():
         network = pd.read_csv(out / "network.csv", keep_default_na=False)
         if {"gene_symbol", "tf_symbol"} <= set(network.columns) and len(network):
-            plot_network(network, folder / "network.png")
+            plot_network(network, folder / "network.png", _reference_edges(out, network))
             plots.append("network.png")
     selected = selected_table(genes)
     tables = {"Per tissue": tissue_summary(genes, selected), "Chosen on validation": selected}
-    verdict = []
+    said = {"Fit, on held-out cells": fit_bottom_line(genes, selected)}
     if (out / "evaluation.csv").is_file():
         evaluation = pd.read_csv(out / "evaluation.csv")
         tables["TF rankings against the reference network"] = wide(evaluation)
         if "verdict" in evaluation:
-            verdict = [f"<p><b>{html.escape(line, quote=False)}</b></p>" for line in bottom_line(evaluation)]
+            said[f"TF rankings against {evaluation.reference.iloc[0]}"
+                 if "reference" in evaluation else "TF rankings"] = bottom_line(evaluation)
+    verdict = ["<h2>Bottom line</h2>"]
+    for title, lines in said.items():
+        verdict += [f"<h3>{html.escape(title)}</h3><ul>"
+                    + "".join(f"<li>{html.escape(line, quote=False)}</li>" for line in lines) + "</ul>"]
+    verdict.append(f"<p>{_prose(BOTTOM_LINE)}</p>")
     # λ and the searched settings as written (a learning rate of 0.00343 is not 0.003).
     settings_format = {COLUMN_NAMES.get(key, key): lambda v: "" if pd.isna(v) else f"{v:g}"
                        for key in ("lambda", *searched(genes)) if key != "standardize"}
@@ -349,6 +399,12 @@ def write_report(out: Path) -> Path:
         body += [f"<h2>{html.escape(title)}</h2>", f"<p>{_prose(TABLE_LINES[title])}</p>",
                  '<div class="wide">' + table.rename(columns=names).to_html(
                      index=False, float_format="%.3f", formatters=settings_format) + "</div>"]
+    body += ["<h2>This run</h2>", "<table>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in run_facts(out).items())
+        + "</table>"]
+    if (out / "config.yaml").is_file():
+        body.append("<details><summary>config.yaml, as the sweep ran it</summary><pre>"
+                    + html.escape((out / "config.yaml").read_text()) + "</pre></details>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>MTLRank sweep</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
@@ -357,6 +413,48 @@ def write_report(out: Path) -> Path:
             + "\n".join(body) + "</body></html>")
     write_atomically(folder / "index.html", lambda p: Path(p).write_text(page))
     return folder / "index.html"
+
+
+def _reference_edges(out: Path, network: pd.DataFrame) -> pd.DataFrame | None:
+    """The edges of the reference evaluation.csv was scored against, if it is still there."""
+    from ..config import load_config
+    from .evaluation import read_reference
+
+    if not (out / "evaluation.csv").is_file():
+        return None
+    named = pd.read_csv(out / "evaluation.csv").get("reference")
+    if named is None or not Path(named.iloc[0]).is_file():
+        return None
+    store = load_config(out / "config.yaml").run.store(out)
+    return read_reference(Path(named.iloc[0]), store, sorted(network.tissue.astype(str).unique()))
+
+
+def run_facts(out: Path) -> dict[str, str]:
+    """What a reader needs to place the page: the run, when, which code, which data."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..config import load_config
+    from ..data.store import read_manifest
+
+    facts = {"run folder": str(out.resolve())}
+    if (out / "sweep.json").is_file():
+        facts["sweep started"] = json.loads((out / "sweep.json").read_text()).get("created", "")
+    facts["report written"] = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    versions = []
+    for package in ("mtlrank-ray", "ray", "tensorflow", "numpy"):
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    facts["versions"] = ", ".join(versions)
+    if (out / "config.yaml").is_file():
+        store = load_config(out / "config.yaml").run.store(out)
+        facts["store"] = str(store)
+        tissues = pd.read_parquet(out / "gene_r2.parquet", columns=["tissue"]).tissue.unique()
+        manifests = [read_manifest(store, str(t)) for t in sorted(tissues)]
+        roots = sorted({m["data_root"] for m in manifests if m and "data_root" in m})
+        facts["data"] = ", ".join(roots)
+    return facts
 
 
 def _prose(text: str) -> str:

@@ -30,7 +30,7 @@ import pandas as pd
 from ..config import INTEGER_KEYS, TRAINING_KEYS
 from ..core.trial import Trial
 from ..data.store import write_atomically
-from .baselines import BASELINES, SETTING, BaselineFit
+from .baselines import BASELINES, LABEL, SETTING, BaselineFit
 
 GENE_COLUMNS = ["tissue", "cluster", "gene", "replicate", "model", "lambda", "alpha", "trees",
                 "val_r2", "test_r2", "best_epoch", "epochs_run", "stopped_early", "target"]
@@ -152,6 +152,36 @@ def tissue_summary(genes: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
                         chosen_values(selected.loc[selected.tissue == tissue, key])
                         for key in configuration(genes)}})
     return pd.DataFrame(rows)
+
+
+FIT_RESAMPLES, FIT_SEED = 1000, 0
+
+
+def fit_bottom_line(genes: pd.DataFrame, selected: pd.DataFrame) -> list[str]:
+    """One sentence per tissue: the chosen configuration's mean test R² against λ = 0's
+    and each baseline's, each difference with a 95% bootstrap interval over genes
+    (each gene's R² averaged over replicates; the same seeded resamples for all)."""
+    per_gene = {"chosen": at_selected(genes, selected), "λ = 0": at_selected(genes, selected, lam=0),
+                **{LABEL[m]: genes[genes.model == m] for m in BASELINES}}
+    per_gene = {name: rows.groupby(["tissue", "gene"]).test_r2.mean() for name, rows in per_gene.items()
+                if len(rows)}
+    lines = []
+    for tissue, chosen in per_gene["chosen"].groupby(level="tissue", sort=True):
+        said = []
+        for name, other in per_gene.items():
+            if name == "chosen" or tissue not in other.index.get_level_values("tissue"):
+                continue
+            pair = pd.concat([chosen, other.loc[[tissue]]], axis=1, join="inner").to_numpy()
+            difference = pair[:, 0] - pair[:, 1]
+            picks = np.random.default_rng(FIT_SEED).integers(0, len(difference),
+                                                              (FIT_RESAMPLES, len(difference)))
+            low, high = np.percentile(difference[picks].mean(axis=1), [2.5, 97.5])
+            word = "above" if low > 0 else "below" if high < 0 else "level with"
+            said.append(f"{word} {name} ({pair[:, 1].mean():.3f}; difference "
+                        f"{difference.mean():+.3f} [{low:+.3f}, {high:+.3f}])")
+        lines.append(f"{tissue}: the chosen networks' mean test R² is {chosen.mean():.3f}, "
+                     + ", ".join(said) + ".")
+    return lines
 
 
 def chosen_values(values: pd.Series) -> str:

@@ -3,15 +3,16 @@ to run whole, or to SIGKILL and run again with --resume.
 
     python asha_resume_driver.py ADDRESS STORAGE [--resume]
 
-Trials run one at a time in grid order; trial λ reports 0.9 - λ every epoch, so
-with its rung records ASHA lets λ = 0 run every epoch and stops every other λ
-at the first rung. It prints {λ: epochs run} as JSON when the run is done.
-STORAGE is a folder on the driver's machine: trials keep no checkpoints (a
-resumed unfinished trial starts over), so only the driver writes there, and
-an experiment snapshot is taken at every step (TUNE_GLOBAL_CHECKPOINT_S=0).
-It is written through the sweep's own storage filesystem (tune_storage), as
-tune.py writes it: Tune's plain local copy can leave a cut-off state file
-when the kill lands during a snapshot, and no resume reads that.
+Trial λ reports 0.9 - λ every epoch, so grouped ASHA stops λ by λ, the weakest
+first, whatever the order trials reach a rung in, and λ = 0 runs every epoch.
+It prints {λ: epochs run} as JSON when the run is done. Trials keep no
+checkpoints (a paused or resumed trial starts over and is given its group's
+decisions again), so only the driver writes to STORAGE, a folder on its
+machine, and an experiment snapshot is taken at every step
+(TUNE_GLOBAL_CHECKPOINT_S=0). It is written through the sweep's own storage
+filesystem (tune_storage), as tune.py writes it: Tune's plain local copy can
+leave a cut-off state file when the kill lands during a snapshot, and no resume
+reads that.
 """
 
 import json
@@ -44,11 +45,11 @@ def main(address: str, storage: str, resume: bool) -> None:
                                    storage_filesystem=storage_filesystem)
     else:
         scheduler = GroupedASHA(group_of, "score", max_t=EPOCHS, grace_period=1, reduction_factor=2,
-                                time_attr="epoch")
+                                group_size=len(LAMBDAS), time_attr="epoch")
         grid = [{"tissue": "T", "cluster": 0, "replicate": 0, "lambda": lam} for lam in LAMBDAS]
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(grid)},
-            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+            tune_config=tune.TuneConfig(scheduler=scheduler),
             run_config=tune.RunConfig(storage_path=storage_path, storage_filesystem=storage_filesystem,
                                       name="asha", verbose=0,
                                       callbacks=[scheduler.records_keeper()]))

@@ -12,6 +12,12 @@ with one CPU per trial, and prints for each, measured in this run:
     parallel_efficiency    sum_trial_s / (wall_s x concurrent trials)
     overhead_per_trial_s   (wall_s x concurrent trials - sum_trial_s) / trials
 
+`--asha` runs, on the same atlas with early stopping on (4 λ per group, 32
+trials), the sweep with grouped ASHA's decisions once per group and rung (the
+sweep's) and with decisions as each trial reaches a rung (ASHA's asynchronous
+rule, the sweep's before), and prints each one's wall time, epochs trained
+and trials stopped, and the ratio of the wall times.
+
 `--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.dev.atlas_bench`);
 `--many N` runs N short trials on the local cluster with S3 storage
 (`mtlrank_ray.dev.many_trials`).
@@ -25,10 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray
+from ray.tune.schedulers import TrialScheduler
 
 from ..config import config_from_dict
 from ..data import prepare_store
+from ..distributed import tuner
+from ..distributed.asha import GroupedASHA
 from ..distributed.ray_data import materialize_tissue
 from ..distributed.tuner import run_sweep
 from .demo import DemoSpec, write_demo
@@ -42,6 +52,55 @@ def settings(replicates: int) -> dict:
             "training": {"epochs": 20},
             "search": {"lambdas": [0.0, 0.01], "replicates": replicates},
             "asha": {"enabled": False}, "resources": {"cpu": 1}}
+
+
+class ArrivalOrderASHA(GroupedASHA):
+    """ASHA's asynchronous rule within groups, for comparison: each trial decided as it
+    reaches a rung, against the values recorded there before it; never paused."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        done = result.get(self._time_attr)
+        if done is None or done < self._milestones[0]:
+            return TrialScheduler.CONTINUE
+        if done >= self._max_t:
+            return TrialScheduler.STOP
+        rung = max(m for m in self._milestones if m <= done)
+        key, group = (trial.trial_id, rung), self._group_of(trial.config)
+        if key not in self._decisions:
+            value = result.get(self._metric)
+            earlier = list(self._recorded[group, rung].values())
+            cutoff = np.percentile(earlier, (1 - 1 / self._rf) * 100) if earlier else -np.inf
+            self._decisions[key] = TrialScheduler.CONTINUE
+            if value is None or not np.isfinite(value) or (
+                    value < cutoff and not self._never_stop(trial.config)):
+                self._decisions[key] = TrialScheduler.STOP
+            if value is not None and np.isfinite(value):
+                self._recorded[group, rung][trial.trial_id] = float(value)
+        return self._decisions[key]
+
+
+def compare_asha(root: Path) -> None:
+    """The sweep with each scheduler on one store, in this run (the module's docstring)."""
+    config = config_from_dict({**settings(2), "search": {"lambdas": [0.0, 0.001, 0.01, 0.1],
+                                                          "replicates": 2},
+                               "asha": {"enabled": True, "grace_period": 2, "reduction_factor": 2}})
+    reports = prepare_store(root / "demo", config, root / "store")
+    blocks = {r.tissue: materialize_tissue(str(root / "store"), r.tissue) for r in reports}
+    walls = {}
+    for name, scheduler in (("per_group", GroupedASHA), ("arrival_order", ArrivalOrderASHA)):
+        tuner.GroupedASHA = scheduler  # what run_sweep builds
+        try:
+            started = time.perf_counter()
+            grid = run_sweep(blocks, config, root / f"run_{name}", verbose=0)
+            walls[name] = time.perf_counter() - started
+        finally:
+            tuner.GroupedASHA = GroupedASHA
+        epochs = sum(result.metrics["epoch"] for result in grid)
+        stopped = sum(result.metrics["epoch"] < config.training.epochs for result in grid)
+        print(f"asha_{name}_wall_s: {walls[name]:.1f}")
+        print(f"asha_{name}_epochs_trained: {epochs} of {len(grid) * config.training.epochs}")
+        print(f"asha_{name}_trials_stopped: {stopped} of {len(grid)}")
+    print(f"asha_per_group_over_arrival_order_wall: {walls['per_group'] / walls['arrival_order']:.3f}")
 
 
 def main() -> None:
@@ -60,6 +119,9 @@ def main() -> None:
         write_demo(root / "demo", SPEC)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
         try:
+            if "--asha" in sys.argv[1:]:
+                compare_asha(root)
+                return
             for replicates in (1, 2):
                 config = config_from_dict(settings(replicates))
                 reports = prepare_store(root / "demo", config, root / "store")

@@ -1,24 +1,31 @@
-"""Asynchronous successive halving within groups of competing trials.
+"""Successive halving within groups of competing trials, decided once per group and rung.
 
-Ray's ASHA compares every trial with every other. In this sweep only the λ
-values of one (tissue, cluster, replicate) compete: a hard cluster's best λ
-must not be stopped because an easy cluster scores higher. This scheduler
-keeps ASHA's rungs (grace_period · reduction_factor^k epochs, below max_t)
-and its rule (at a rung, stop a trial whose metric is below the
-(1 - 1/reduction_factor) quantile of those recorded before it at that rung),
-but records and compares per group. A missing or non-finite metric never
-counts as good: such a trial is stopped at its rung and not recorded. A trial
-that reports a rung again (restarted from an earlier checkpoint) gets the
-decision it got there the first time. Trials for which `never_stop(config)`
-holds (the sweep's λ = 0 baseline) are recorded like any other but always run
-to the end, so the baseline the chosen λ is compared with is never cut short.
+Ray's ASHA compares every trial with every other, and decides each trial as it
+reaches a rung, against those that reached it before: which trials are stopped
+depends on timing. In this sweep only the configurations (λ and any searched
+setting) of one (tissue, cluster, replicate) compete, and the group's size is
+known in advance, so this scheduler decides a group's rung once every trial of
+the group has reached it: a trial that arrives first is paused (its checkpoint
+kept, its slot free for other groups' trials) until the last one arrives; then
+those below the (1 - 1/reduction_factor) quantile of the group's values at the
+rung are stopped and the rest go on. Rungs are ASHA's (grace_period ·
+reduction_factor^k epochs, below max_t). The outcome depends on the values only,
+never on the order: two runs of one config stop the same trials.
+
+A missing or non-finite metric never counts as good: such a trial is stopped at
+its rung and not compared. A trial that has ended (stopped, failed, finished)
+no longer holds its group's later rungs back. A trial that reports a rung again
+(restarted from an earlier checkpoint) gets the decision its group got there.
+Trials for which `never_stop(config)` holds (the sweep's λ = 0 baseline) are
+compared like any other but never paused or stopped, so the baseline the chosen λ
+is compared with always trains to the end.
 
 Tune saves a scheduler nowhere: a resumed sweep takes it from tuner.pkl, as it
-was when the sweep was created. Its rung records travel instead in a Tune
-callback (`GroupedASHA.records_keeper()`), whose state Tune saves with every
-experiment snapshot and gives back on resume; the callback and the scheduler
-are pickled together in tuner.pkl, so the restored callback still holds the
-restored scheduler.
+was when the sweep was created. Its records travel instead in a Tune callback
+(`GroupedASHA.records_keeper()`), whose state Tune saves with every experiment
+snapshot and gives back on resume; the callback and the scheduler are pickled
+together in tuner.pkl, so the restored callback still holds the restored
+scheduler.
 """
 
 from __future__ import annotations
@@ -44,16 +51,20 @@ def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
 
 class GroupedASHA(FIFOScheduler):
     def __init__(self, group_of: Callable[[dict], Hashable], metric: str, max_t: int,
-                 grace_period: int, reduction_factor: int, time_attr: str = "training_iteration",
-                 mode: str = "max", never_stop: Callable[[dict], bool] | None = None):
+                 grace_period: int, reduction_factor: int, group_size: int,
+                 time_attr: str = "training_iteration", mode: str = "max",
+                 never_stop: Callable[[dict], bool] | None = None):
         super().__init__()
         self._group_of, self._metric, self._time_attr = group_of, metric, time_attr
         self._never_stop = never_stop
         self._sign = 1.0 if mode == "max" else -1.0
-        self._max_t, self._rf = max_t, reduction_factor
+        self._max_t, self._rf, self._group_size = max_t, reduction_factor, group_size
         self._milestones = rungs(grace_period, reduction_factor, max_t)
         self._recorded: dict[tuple, dict[str, float]] = defaultdict(dict)  # (group, rung) -> values
         self._decisions: dict[tuple[str, int], str] = {}  # (trial id, rung) -> decision
+        self._ended: dict[Hashable, dict[str, int]] = defaultdict(dict)  # group -> {trial id: epoch}
+        self._protected: set[str] = set()  # trial ids never stopped (never_stop)
+        self._paused_at: dict[str, int] = {}  # trial id -> the rung it was paused at
         self.num_stopped = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -68,43 +79,117 @@ class GroupedASHA(FIFOScheduler):
         reached = [m for m in self._milestones if m <= done]
         if not reached:
             return TrialScheduler.CONTINUE
-        key = (trial.trial_id, reached[-1])
-        if key not in self._decisions:  # a trial that reports a rung again gets its first decision
-            decision = self._decide(self._group_of(trial.config), trial.trial_id,
-                                    reached[-1], result.get(self._metric))
+        key, group = (trial.trial_id, reached[-1]), self._group_of(trial.config)
+        if key in self._decisions:  # decided, or a trial reporting its rung again
+            return self._decisions[key]
+        value = result.get(self._metric)
+        if value is None or not math.isfinite(value):
+            self._stop(key, group)
+        else:
+            self._recorded[group, key[1]][trial.trial_id] = self._sign * float(value)
             if self._never_stop is not None and self._never_stop(trial.config):
-                decision = TrialScheduler.CONTINUE  # recorded, so others are judged against it
-            self._decisions[key] = decision
-            self.num_stopped += decision == TrialScheduler.STOP
+                self._protected.add(trial.trial_id)
+                self._decisions[key] = TrialScheduler.CONTINUE  # compared, never held back
+        self._settle(tune_controller, group)
+        if key not in self._decisions:
+            self._paused_at[trial.trial_id] = key[1]
+            return TrialScheduler.PAUSE
         return self._decisions[key]
 
-    def _decide(self, group: Hashable, trial_id: str, rung: int, value) -> str:
-        if value is None or not math.isfinite(value):
-            return TrialScheduler.STOP
-        recorded = self._recorded[group, rung]
-        value = self._sign * float(value)
-        cutoff = (np.percentile(list(recorded.values()), (1 - 1 / self._rf) * 100)
-                  if recorded else None)
-        recorded[trial_id] = value
-        return TrialScheduler.STOP if cutoff is not None and value < cutoff else TrialScheduler.CONTINUE
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._end(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._end(tune_controller, trial, trial.last_result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._end(tune_controller, trial, trial.last_result)
+
+    def choose_trial_to_run(self, tune_controller):
+        """New trials first, then paused ones whose group has decided they go on (a
+        paused trial decided out is stopped here if it was still pausing then)."""
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == trial.PENDING:
+                return trial
+        for trial in trials:
+            if trial.status != trial.PAUSED:
+                continue
+            rung = self._paused_at.get(trial.trial_id)
+            decision = self._decisions.get((trial.trial_id, rung)) if rung is not None else None
+            if rung is not None and decision is None:
+                continue  # its group has not decided yet
+            self._paused_at.pop(trial.trial_id, None)
+            if decision == TrialScheduler.STOP:
+                tune_controller.stop_trial(trial)
+                continue
+            return trial
+        return None
+
+    def _end(self, tune_controller, trial, result: dict | None) -> None:
+        """A trial that reports no more (finished, stopped, failed) holds no rung back."""
+        group = self._group_of(trial.config)
+        if trial.trial_id not in self._ended[group]:
+            self._ended[group][trial.trial_id] = (result or {}).get(self._time_attr) or 0
+        self._paused_at.pop(trial.trial_id, None)
+        self._settle(tune_controller, group)
+
+    def _stop(self, key: tuple[str, int], group: Hashable) -> None:
+        self._decisions[key] = TrialScheduler.STOP
+        self._ended[group][key[0]] = key[1]
+        self.num_stopped += 1
+
+    def _settle(self, tune_controller, group: Hashable) -> None:
+        """Decide every rung of `group` that all its trials have reached or ended before."""
+        for rung in self._milestones:
+            recorded = self._recorded[group, rung]
+            open_ = [t for t in recorded if (t, rung) not in self._decisions]
+            passed = {t for t, epoch in self._ended[group].items() if epoch <= rung} | set(recorded)
+            if len(passed) < self._group_size:
+                return  # later rungs wait for this one
+            if not open_:
+                continue
+            cutoff = np.percentile(list(recorded.values()), (1 - 1 / self._rf) * 100)
+            for trial_id in sorted(open_):
+                if recorded[trial_id] < cutoff and trial_id not in self._protected:
+                    self._stop((trial_id, rung), group)
+                else:
+                    self._decisions[trial_id, rung] = TrialScheduler.CONTINUE
+            self._release(tune_controller, open_, rung)
+
+    def _release(self, tune_controller, decided: list[str], rung: int) -> None:
+        """Paused trials just decided out end now; those decided in, and any still
+        pausing, are left to `choose_trial_to_run`."""
+        out = {t for t in decided if self._paused_at.get(t) == rung
+               and self._decisions[t, rung] == TrialScheduler.STOP}
+        if tune_controller is None or not out:
+            return
+        for trial in tune_controller.get_trials():
+            if trial.trial_id in out and (trial.status == trial.PAUSED or trial.is_saving):
+                del self._paused_at[trial.trial_id]
+                tune_controller.stop_trial(trial)
 
     def debug_string(self) -> str:
-        return (f"Grouped ASHA: {self.num_stopped} stopped, rungs at {self._milestones} of "
-                f"{self._max_t}, {len({g for g, _ in self._recorded})} groups")
+        waiting = sum((t, r) not in self._decisions for t, r in self._paused_at.items())
+        return (f"Grouped successive halving: {self.num_stopped} stopped, {waiting} waiting for "
+                f"their group, rungs at {self._milestones} of {self._max_t}")
 
     def records_keeper(self) -> Callback:
         """The callback to pass to Tune beside this scheduler, so that a resumed
-        sweep keeps its rung records."""
+        sweep keeps its records."""
         return _RungRecords(self)
 
     def state(self) -> dict:
-        """Rung records and decisions (Tune pickles callback state: keys stay tuples)."""
+        """Records and decisions (Tune pickles callback state: keys stay tuples)."""
         return {"recorded": dict(self._recorded), "decisions": dict(self._decisions),
-                "num_stopped": self.num_stopped}
+                "ended": dict(self._ended), "protected": set(self._protected),
+                "paused_at": dict(self._paused_at), "num_stopped": self.num_stopped}
 
     def load_state(self, state: dict) -> None:
         self._recorded = defaultdict(dict, state["recorded"])
         self._decisions = dict(state["decisions"])
+        self._ended = defaultdict(dict, state["ended"])
+        self._protected, self._paused_at = set(state["protected"]), dict(state["paused_at"])
         self.num_stopped = state["num_stopped"]
 
 
@@ -114,7 +199,8 @@ class _RungRecords(Callback):
 
     def get_state(self) -> dict | None:
         state = self._scheduler.state()
-        return state if state["decisions"] else None  # None: nothing to save yet
+        nothing = not any(state["recorded"].values()) and not state["decisions"] and not state["ended"]
+        return None if nothing else state  # None: nothing to save yet
 
     def set_state(self, state: dict) -> None:
         self._scheduler.load_state(state)

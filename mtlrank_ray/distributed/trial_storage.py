@@ -4,9 +4,11 @@
   end (ASHA's rungs and the last epoch) when the best epoch changed since the
   last write: a stopped trial's model is always there, and nothing else is
   ever fetched to export or rank it;
-- a Tune checkpoint of the whole trainer state when `run.checkpoint_every_epochs`
-  or `run.checkpoint_every_s` has passed (not at the last epoch: the trial is
-  done). A crashed trial goes on from it, exactly as it would have;
+- a Tune checkpoint of the whole trainer state at ASHA's rungs (where the trial
+  may be paused until its group has reached the rung) and when
+  `run.checkpoint_every_epochs` or `run.checkpoint_every_s` has passed (not at
+  the last epoch: the trial is done). A paused or crashed trial goes on from it,
+  exactly as it would have;
 - at the last epoch, a checkpoint that says only that the trial finished (and
   replaces its state). A driver killed after the trial's last report but
   before Tune marked it finished leaves a snapshot in which it still runs;
@@ -69,7 +71,8 @@ class TrialStorage:
             return True
         every_epochs, every_s = self.run.checkpoint_every_epochs, self.run.checkpoint_every_s
         now = time.monotonic()
-        if not ((every_epochs is not None and epoch % every_epochs == 0)
+        if not (epoch in self.ends  # a rung: the trial may be paused there (asha.py)
+                or (every_epochs is not None and epoch % every_epochs == 0)
                 or (every_s is not None and now - self.last_save >= every_s)):
             return False
         self.last_save = now

@@ -17,7 +17,7 @@ from ray.tune.stopper import Stopper
 
 from ..config import Config
 from ..core.trial import Trial
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..run_storage import EXPERIMENT, experiment_path
 from . import ray_data, resume, search_space
 from .asha import GroupedASHA
@@ -156,10 +156,17 @@ def _new_tuner(trainable, blocks: dict[str, ray_data.TissueBlocks], config: Conf
     gpu_check = StopWithoutGpu()
     callbacks = [_TensorBoardNumbers(), gpu_check, ForgetFinishedWindows(), *callbacks]
     if config.asha.enabled:
+        group_size, limit = search_space.trials_per_group(config.search), config.resources.max_concurrent_trials
+        if limit is not None and limit < group_size:
+            raise ConfigError(
+                f"resources.max_concurrent_trials {limit} is below the {group_size} trials of a "
+                "group: with asha.enabled a group's trials wait at each rung until all of them "
+                f"reach it; allow at least {group_size}, or set asha.enabled: false.")
         scheduler = GroupedASHA(group_of, METRIC, max_t=max_epochs(config),
                                 grace_period=config.asha.grace_period,
-                                reduction_factor=config.asha.reduction_factor, time_attr="epoch",
-                                never_stop=is_baseline)
+                                reduction_factor=config.asha.reduction_factor,
+                                group_size=group_size,
+                                time_attr="epoch", never_stop=is_baseline)
         callbacks.append(scheduler.records_keeper())
     else:
         scheduler = tune.schedulers.FIFOScheduler()

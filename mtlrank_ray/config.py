@@ -123,6 +123,9 @@ class ResourcesConfig:
     # false only where nodes advertise GPUs they lack (the local cluster's config).
     require_gpu: bool = True
     max_concurrent_trials: int | None = field(default=None, metadata=_POSITIVE)
+    # TensorFlow's deterministic kernels (tf.config.experimental.enable_op_determinism):
+    # a GPU's sums may otherwise run in a different order each time; slower where it acts.
+    deterministic_ops: bool = False
 
 
 @dataclass(frozen=True)

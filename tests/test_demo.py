@@ -176,3 +176,14 @@ def test_the_counts_file_is_read_as_h5ad_input(atlas, tmp_path):
     adata = anndata.read_h5ad(atlas / "data/h5ad/Liver/Liver.h5ad")
     assert len(tissue.genes) == 12 and adata.var.velocity_genes[list(tissue.genes)].all()
     np.testing.assert_array_equal(tissue.target, adata[:, list(tissue.genes)].layers["velocity"])
+
+
+@pytest.mark.slow
+def test_a_demo_tissue_of_more_than_8192_cells_gets_its_counts_file(tmp_path):
+    """From 8,192 cells on scanpy's default neighbour search is another code path (one
+    that fails on SciPy's sparse arrays); the demo's must hold at any size."""
+    pytest.importorskip("scvelo")
+    spec = DemoSpec(**{**SMALL_SPEC.__dict__, "cells": {"Liver": 8300}})
+    atlas = write_demo(tmp_path / "demo", spec)
+    adata = anndata.read_h5ad(atlas / "data/h5ad/Liver/Liver.h5ad")
+    assert adata.n_obs == 8300 and np.isfinite(adata.layers["Ms"]).all()

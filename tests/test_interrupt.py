@@ -1,5 +1,6 @@
 """Ctrl-C as a terminal sends it: SIGINT to the whole process group of `python tune.py`."""
 
+import io
 import json
 import os
 import shlex
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, SMALL_SETTINGS, write_config
@@ -97,6 +99,20 @@ def test_ctrl_c_mid_sweep_keeps_the_last_results_whole_and_resume_finishes_once(
     genes = pd.read_csv(folder / "run" / "gene_r2.csv")
     assert not genes.duplicated(["tissue", "cluster", "replicate", "model", "lambda", "gene"]).any()
     assert len(genes) == 2 * 16 * 4  # every gene once per λ and once per baseline
+    # Interrupted and resumed, the sweep's results are the uninterrupted run's.
+    again = results(folder / "run")
+    assert sorted(again) == sorted(before)
+    for name in before:
+        if name.endswith(".parquet"):
+            pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(again[name])),
+                                          pd.read_parquet(io.BytesIO(before[name])))
+        elif name.endswith(".npz"):
+            with np.load(io.BytesIO(again[name])) as new, np.load(io.BytesIO(before[name])) as old:
+                assert sorted(new.files) == sorted(old.files)
+                for key in old.files:
+                    np.testing.assert_array_equal(new[key], old[key], err_msg=f"{name}: {key}")
+        elif name != "summary.md":  # it says what the resume kept
+            assert again[name] == before[name], name
 
 
 def test_ctrl_c_while_the_data_loads_stops_at_once_and_writes_nothing(folder, small_atlas_template):

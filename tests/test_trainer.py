@@ -207,3 +207,42 @@ def test_a_worker_training_trial_after_trial_is_not_told_it_retraces(tissue):
     finally:
         tf.get_logger().removeHandler(handler)
     assert not [m for m in seen if "retracing" in m]
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import json, sys
+import tensorflow as tf
+from mtlrank_ray.config import TrainingConfig
+from mtlrank_ray.core.cluster_data import ClusterData, split_cells
+from mtlrank_ray.core.trainer import ClusterTrainer, Trial, configure_runtime
+from mtlrank_ray.data import load_tissue
+
+configure_runtime(1, deterministic_ops=sys.argv[2] == "on")
+tissue = load_tissue(sys.argv[1], "Kidney_Left")
+trainer = ClusterTrainer(ClusterData.from_tissue(tissue, 0), Trial("Kidney_Left", 0, 0, 0.01),
+                         TrainingConfig(batch_size=64), split_cells(len(tissue.barcodes), 0.1, 0.1, seed=0, replicate=0),
+                         seed=0)
+result = trainer.fit(3)
+print(json.dumps({"deterministic": tf.config.experimental.is_op_determinism_enabled(),
+                  "val_r2": result.best_val_r2.tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_deterministic_ops_train_the_same_numbers_on_the_cpu(small_atlas_template, tmp_path):
+    """resources.deterministic_ops reaches TensorFlow, trains, and changes nothing on
+    the CPU (whose kernels are deterministic already); each run in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    prepare_store(small_atlas_template, config_from_dict(SMALL_SETTINGS), store, tissues="Kidney_Left")
+    runs = {}
+    for flag in ("off", "on"):
+        done = subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS, str(store), flag],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[flag] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["off"]["deterministic"] is False and runs["on"]["deterministic"] is True
+    assert runs["on"]["val_r2"] == runs["off"]["val_r2"]

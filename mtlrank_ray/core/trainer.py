@@ -78,13 +78,15 @@ class _TracePerTrainer(logging.Filter):
 tf.get_logger().addFilter(_TracePerTrainer())
 
 
-def configure_runtime(cpus: float) -> int:
-    """Size TensorFlow's thread pools to the CPUs a caller was given and let it
-    grow GPU memory as needed (so trials can share a GPU); returns how many GPUs
-    TensorFlow sees. Takes effect only before the process runs its first
-    TensorFlow op; later calls change nothing."""
+def configure_runtime(cpus: float, deterministic_ops: bool = False) -> int:
+    """Size TensorFlow's thread pools to the CPUs a caller was given, let it grow GPU
+    memory as needed (so trials can share a GPU) and, if asked, use only its
+    deterministic kernels; returns how many GPUs TensorFlow sees. Takes effect only
+    before the process runs its first TensorFlow op; later calls change nothing."""
     threads = max(1, int(cpus))
     gpus = tf.config.list_physical_devices("GPU")
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -78,7 +78,9 @@ def _estimate_and_write(path, barcodes, gene_ids, spliced, unspliced, tf_ids, tr
     scanpy.pp.log1p(adata)  # X only (scVelo 0.3.4 has no log step); data.expression_is_log: true
     n_pcs = min(30, adata.n_vars - 1, adata.n_obs - 1)  # a small demo has fewer genes
     scanpy.pp.pca(adata, n_comps=n_pcs, random_state=0)  # scVelo 0.3.4 asks for scanpy's, not its own
-    scanpy.pp.neighbors(adata, n_neighbors=30, n_pcs=n_pcs, random_state=0)
+    # Exact neighbours (scikit-learn): scanpy 1.11's default from 8,192 cells on
+    # (pynndescent) fails on SciPy 1.17's sparse arrays (no getnnz).
+    scanpy.pp.neighbors(adata, n_neighbors=30, n_pcs=n_pcs, random_state=0, transformer="sklearn")
     scv.pp.moments(adata, n_pcs=n_pcs, n_neighbors=30)
     scv.tl.velocity(adata, mode="deterministic")
     kept = pd.Index(gene_ids.astype(str)).get_indexer(adata.var_names)

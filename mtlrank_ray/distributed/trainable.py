@@ -45,7 +45,7 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     )
 
     run_config: Config = settings["config"]
-    gpus = configure_runtime(run_config.resources.cpu)
+    gpus = configure_runtime(run_config.resources.cpu, run_config.resources.deterministic_ops)
     node = ray.get_runtime_context().get_node_id()
     if run_config.resources.gpu > 0 and run_config.resources.require_gpu and not gpus:
         raise NoGpuError(

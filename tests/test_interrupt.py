@@ -1,4 +1,5 @@
-"""Ctrl-C as a terminal sends it: SIGINT to the whole process group of `python tune.py`."""
+"""Ctrl-C as a terminal sends it: SIGINT to the whole process group of `python tune.py`;
+and what a resumed or repeated sweep must give: the same results.
 
 import io
 import json
@@ -71,6 +72,23 @@ def results(run: Path) -> dict[str, bytes]:
         f"models/{p.name}": p.read_bytes() for p in sorted((run / "models").iterdir())}
 
 
+def assert_same_results(again: dict[str, bytes], before: dict[str, bytes]) -> None:
+    """Equal tables, rankings and model arrays (a zip's dates and summary.md's account
+    of what ran may differ)."""
+    assert sorted(again) == sorted(before)
+    for name in before:
+        if name.endswith(".parquet"):
+            pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(again[name])),
+                                          pd.read_parquet(io.BytesIO(before[name])))
+        elif name.endswith(".npz"):
+            with np.load(io.BytesIO(again[name])) as new, np.load(io.BytesIO(before[name])) as old:
+                assert sorted(new.files) == sorted(old.files)
+                for key in old.files:
+                    np.testing.assert_array_equal(new[key], old[key], err_msg=f"{name}: {key}")
+        elif name != "summary.md":
+            assert again[name] == before[name], name
+
+
 def test_ctrl_c_mid_sweep_keeps_the_last_results_whole_and_resume_finishes_once(
         folder, small_atlas_template):
     args = command(folder, small_atlas_template)
@@ -100,19 +118,7 @@ def test_ctrl_c_mid_sweep_keeps_the_last_results_whole_and_resume_finishes_once(
     assert not genes.duplicated(["tissue", "cluster", "replicate", "model", "lambda", "gene"]).any()
     assert len(genes) == 2 * 16 * 4  # every gene once per λ and once per baseline
     # Interrupted and resumed, the sweep's results are the uninterrupted run's.
-    again = results(folder / "run")
-    assert sorted(again) == sorted(before)
-    for name in before:
-        if name.endswith(".parquet"):
-            pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(again[name])),
-                                          pd.read_parquet(io.BytesIO(before[name])))
-        elif name.endswith(".npz"):
-            with np.load(io.BytesIO(again[name])) as new, np.load(io.BytesIO(before[name])) as old:
-                assert sorted(new.files) == sorted(old.files)
-                for key in old.files:
-                    np.testing.assert_array_equal(new[key], old[key], err_msg=f"{name}: {key}")
-        elif name != "summary.md":  # it says what the resume kept
-            assert again[name] == before[name], name
+    assert_same_results(results(folder / "run"), before)
 
 
 def test_ctrl_c_while_the_data_loads_stops_at_once_and_writes_nothing(folder, small_atlas_template):
@@ -154,3 +160,23 @@ def test_an_interrupt_python_cannot_raise_prints_no_traceback(monkeypatch):
         Finalized(RuntimeError("a real problem"))
     Finalized(KeyboardInterrupt())  # the hook is the previous one again
     assert seen == [KeyboardInterrupt, RuntimeError, KeyboardInterrupt]
+
+
+def test_two_runs_with_early_stopping_give_identical_results(folder, small_atlas_template):
+    """Grouped ASHA at work (4 λ per group, two trials at a time, so which trial reaches
+    a rung first varies): the same trials stop at the same rungs, and every table,
+    ranking and model is the same."""
+    write_config(folder / "asha.yaml", {
+        **SMALL_SETTINGS, "training": {"epochs": 6, "batch_size": 64},
+        "search": {"lambdas": [0.0, 0.001, 0.01, 0.1], "replicates": 1},
+        "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2}})
+    runs = []
+    for name in ("first", "second"):
+        args = [sys.executable, "tune.py", "--data", str(small_atlas_template), "--config", "asha.yaml",
+                "--out", name, "-q"]
+        done = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(results(folder / name))
+    genes = pd.read_csv(io.BytesIO(runs[0]["gene_r2.csv"]))
+    assert genes[genes.model == "mtlrank"].stopped_early.any()  # ASHA did stop trials
+    assert_same_results(runs[1], runs[0])

@@ -1,5 +1,5 @@
 """Ctrl-C as a terminal sends it: SIGINT to the whole process group of `python tune.py`;
-and what a resumed or repeated sweep must give: the same results.
+and what a resumed or repeated sweep must give: the same results."""
 
 import io
 import json

@@ -23,7 +23,8 @@ STATUSES = {name: getattr(TuneTrial, name) for name in ("PENDING", "RUNNING", "P
 def trial(tissue, cluster, lam, replicate=0):
     spec = {"tissue": tissue, "cluster": cluster, "replicate": replicate, "lambda": lam}
     return SimpleNamespace(trial_id=f"{tissue}-{cluster}-{replicate}-{lam}", config={"trial": spec},
-                           status=TuneTrial.RUNNING, is_saving=False, last_result={}, **STATUSES)
+                           status=TuneTrial.RUNNING, is_saving=False, last_result={},
+                           should_recover=lambda: False, **STATUSES)
 
 
 class Controller:
@@ -143,6 +144,21 @@ def test_a_trial_that_ends_early_no_longer_holds_its_group_back():
     failing.status = TuneTrial.TERMINATED
     asha.on_trial_error(controller, failing)  # failed before its first rung
     assert asha.choose_trial_to_run(controller) is waiting
+
+
+def test_a_trial_tune_will_retry_still_holds_its_group_back():
+    """A failure with retries left (a lost node): Tune requeues the trial, which will
+    reach the rung from its checkpoint; the group waits for it."""
+    waiting, retried = trial("Liver", 0, 0.01), trial("Liver", 0, 0.1)
+    controller, asha = Controller([waiting, retried]), scheduler(2)
+    assert report(asha, controller, waiting, 1, 0.5) == PAUSE
+    retried.should_recover = lambda: True
+    asha.on_trial_error(controller, retried)
+    retried.status = TuneTrial.PENDING  # requeued
+    assert asha.choose_trial_to_run(controller) is retried  # not the waiting one
+    retried.status = TuneTrial.RUNNING
+    assert report(asha, controller, retried, 1, 0.9) == CONTINUE
+    assert waiting.status == TuneTrial.TERMINATED  # decided with the retried trial's value
 
 
 def test_rungs_and_last_epoch():

@@ -100,6 +100,9 @@ class GroupedASHA(FIFOScheduler):
         self._end(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller, trial) -> None:
+        if trial.should_recover():  # Tune requeues it (a retry, a lost node): it comes back
+            self._paused_at.pop(trial.trial_id, None)
+            return
         self._end(tune_controller, trial, trial.last_result)
 
     def on_trial_remove(self, tune_controller, trial) -> None:

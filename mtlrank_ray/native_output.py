@@ -25,6 +25,7 @@ STARTUP_NOISE = re.compile("|".join([
     r"computation placer already registered", r"XLA service .* initialized for platform",
     r"StreamExecutor \[\d+\]", r"disabling MLIR crash reproducer", r"Compiled cluster using XLA",
     r"Checkpoint successfully created at", r"Ray deduplicates logs by default",
+    r"Restored on \S+ from checkpoint: ",  # Tune, as a paused trial goes on (asha.py)
 ]))
 
 

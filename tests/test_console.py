@@ -26,7 +26,9 @@ def test_a_stopped_trials_sigterm_traceback_is_dropped_and_other_output_kept():
         emit = dispatcher.handlers[0][1]
         # Ray delivers the block in pieces, interleaved with other workers' lines.
         emit({"pid": 1, "lines": ["epoch 3 done", *STOPPED_TRIAL[:5]]})
-        emit({"pid": 2, "lines": ["oneDNN custom operations are on.", "a real line"]})
+        emit({"pid": 2, "lines": ["oneDNN custom operations are on.", "a real line",
+                                  "Restored on 192.0.2.2 from checkpoint: Checkpoint(filesystem="
+                                  "py::tune-local, path=/runs/sweep/Liver_c1_r0_lambda0.01/checkpoint_000000)"]})
         emit({"pid": 1, "lines": STOPPED_TRIAL[5:]})
         other = ["Exception ignored in: <function Foo.__del__>", "Traceback (most recent call last):",
                  "ValueError: something else", "SystemExit: 3"]

@@ -225,6 +225,9 @@ def _tune(args) -> None:
         args.data = DEMO_DATA
         args.config = args.config or SMOKE_CONFIG
     config = load_config(args.config)  # a bad config is named before a missing data folder
+    from .distributed.tuner import check_concurrency
+
+    check_concurrency(config)
     if config.search.searcher == "optuna" and importlib.util.find_spec("optuna") is None:
         raise InputError(f"{args.config}: search.searcher optuna needs the optuna package: "
                          "pip install -e '.[optuna]'")

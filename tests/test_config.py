@@ -91,3 +91,18 @@ def test_cli_reports_a_bad_config_without_traceback(atlas, tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert err.strip() == f"error: {bad}: genes.n_clusters must be an integer, got 'many' (str)"
     assert not (tmp_path / "s").exists()
+
+
+def test_a_concurrency_cap_below_a_group_is_refused_before_anything_runs(tmp_path, capsys):
+    """Grouped ASHA waits at each rung for a whole group: a smaller cap would wait for ever."""
+    config = tmp_path / "capped.yaml"
+    config.write_text("search: {lambdas: [0.0, 0.01, 0.1]}\nresources: {max_concurrent_trials: 2}\n")
+    from mtlrank_ray.cli import tune_main
+
+    assert tune_main(["--config", str(config), "--data", str(tmp_path / "nowhere"),
+                      "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: resources.max_concurrent_trials 2 is below the 3 trials of a group: with "
+        "asha.enabled a group's trials wait at each rung until all of them reach it; allow at "
+        "least 3, or set asha.enabled: false.")
+    assert not (tmp_path / "run").exists()

@@ -110,6 +110,17 @@ class _NoGpuQuiet(logging.Filter):
         return not isinstance(getattr(error, "cause", error), NoGpuError)
 
 
+def check_concurrency(config: Config) -> None:
+    """Grouped ASHA holds a group's early trials at each rung until all of them reach it:
+    a cap below a group's size would wait for ever."""
+    group_size, limit = search_space.trials_per_group(config.search), config.resources.max_concurrent_trials
+    if config.asha.enabled and limit is not None and limit < group_size:
+        raise ConfigError(
+            f"resources.max_concurrent_trials {limit} is below the {group_size} trials of a "
+            "group: with asha.enabled a group's trials wait at each rung until all of them "
+            f"reach it; allow at least {group_size}, or set asha.enabled: false.")
+
+
 def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
               resume_sweep: bool = False, verbose: int = 1, callbacks: tuple = (),
               trainable=train_trial) -> tune.ResultGrid:
@@ -123,6 +134,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     own); `trainable` is `train_trial` or, in tests, a wrapper of it. A trial that
     finds no GPU where it asked for one ends the sweep with an `InputError`.
     """
+    check_concurrency(config)
     path = experiment_path(config, out)
     settings = {"config": config, "experiment": path}
     trainable = tune.with_resources(
@@ -156,16 +168,10 @@ def _new_tuner(trainable, blocks: dict[str, ray_data.TissueBlocks], config: Conf
     gpu_check = StopWithoutGpu()
     callbacks = [_TensorBoardNumbers(), gpu_check, ForgetFinishedWindows(), *callbacks]
     if config.asha.enabled:
-        group_size, limit = search_space.trials_per_group(config.search), config.resources.max_concurrent_trials
-        if limit is not None and limit < group_size:
-            raise ConfigError(
-                f"resources.max_concurrent_trials {limit} is below the {group_size} trials of a "
-                "group: with asha.enabled a group's trials wait at each rung until all of them "
-                f"reach it; allow at least {group_size}, or set asha.enabled: false.")
         scheduler = GroupedASHA(group_of, METRIC, max_t=max_epochs(config),
                                 grace_period=config.asha.grace_period,
                                 reduction_factor=config.asha.reduction_factor,
-                                group_size=group_size,
+                                group_size=search_space.trials_per_group(config.search),
                                 time_attr="epoch", never_stop=is_baseline)
         callbacks.append(scheduler.records_keeper())
     else:

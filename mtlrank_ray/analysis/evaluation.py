@@ -313,18 +313,23 @@ def bottom_line(evaluation: pd.DataFrame) -> list[str]:
     return lines
 
 
+def run_store(out: Path) -> str:
+    """Where a finished run folder's aligned store is (its config.yaml says)."""
+    from ..config import load_config
+
+    return load_config(Path(out) / "config.yaml").run.store(Path(out))
+
+
 def evaluate_run(out: Path, reference: Path, lam: float | None = None, k: int = K) -> pd.DataFrame:
     """Evaluate a finished run folder's rankings (of the selected λ, or `lam`) against the
     reference network at `reference`; writes evaluation<suffix>.csv and returns it."""
-    from ..config import load_config
-
     out = Path(out)
     suffix = "" if lam is None else f"_lambda{lam:g}"
     path = out / f"rankings{suffix}.parquet"
     if not path.is_file():
         again = f"mtlrank-ray rank {out} --lambda {lam:g}" if lam is not None else "python tune.py"
         raise InputError(f"{path} is missing; run `{again}` first.")
-    store = load_config(out / "config.yaml").run.store(out)
+    store = run_store(out)
     rankings = pd.read_parquet(path)
     tissues = sorted(rankings.tissue.astype(str).unique())
     if k < 1:

@@ -42,7 +42,7 @@ from ..core.trial import Trial  # noqa: E402
 from ..data.store import write_atomically  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from .baselines import BASELINES, LABEL, LINE  # noqa: E402
-from .evaluation import bottom_line, wide  # noqa: E402
+from .evaluation import bottom_line, read_reference, run_store, wide  # noqa: E402
 from .results import (  # noqa: E402
     GROUP,
     at_selected,
@@ -417,23 +417,18 @@ def write_report(out: Path) -> Path:
 
 def _reference_edges(out: Path, network: pd.DataFrame) -> pd.DataFrame | None:
     """The edges of the reference evaluation.csv was scored against, if it is still there."""
-    from ..config import load_config
-    from .evaluation import read_reference
-
     if not (out / "evaluation.csv").is_file():
         return None
     named = pd.read_csv(out / "evaluation.csv").get("reference")
     if named is None or not Path(named.iloc[0]).is_file():
         return None
-    store = load_config(out / "config.yaml").run.store(out)
-    return read_reference(Path(named.iloc[0]), store, sorted(network.tissue.astype(str).unique()))
+    return read_reference(Path(named.iloc[0]), run_store(out), sorted(network.tissue.astype(str).unique()))
 
 
 def run_facts(out: Path) -> dict[str, str]:
     """What a reader needs to place the page: the run, when, which code, which data."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ..config import load_config
     from ..data.store import read_manifest
 
     facts = {"run folder": str(out.resolve())}
@@ -448,7 +443,7 @@ def run_facts(out: Path) -> dict[str, str]:
             pass
     facts["versions"] = ", ".join(versions)
     if (out / "config.yaml").is_file():
-        store = load_config(out / "config.yaml").run.store(out)
+        store = run_store(out)
         facts["store"] = str(store)
         tissues = pd.read_parquet(out / "gene_r2.parquet", columns=["tissue"]).tissue.unique()
         manifests = [read_manifest(store, str(t)) for t in sorted(tissues)]

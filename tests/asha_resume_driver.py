@@ -10,9 +10,9 @@ checkpoints (a paused or resumed trial starts over and is given its group's
 decisions again), so only the driver writes to STORAGE, a folder on its
 machine, and an experiment snapshot is taken at every step
 (TUNE_GLOBAL_CHECKPOINT_S=0). It is written through the sweep's own storage
-filesystem (tune_storage), as tune.py writes it: Tune's plain local copy can
-leave a cut-off state file when the kill lands during a snapshot, and no resume
-reads that.
+filesystem (tune_storage), and its journal settled before the resume, as
+tune.py does: Tune's plain upload can leave a cut-off state file, or state
+files of different snapshots, when the kill lands during a snapshot.
 """
 
 import json
@@ -24,6 +24,7 @@ from ray import tune
 
 from mtlrank_ray.distributed.asha import GroupedASHA
 from mtlrank_ray.distributed.group_tasks import group_of
+from mtlrank_ray.distributed.state_journal import settle
 from mtlrank_ray.distributed.tune_storage import tune_storage
 
 LAMBDAS = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
@@ -41,6 +42,7 @@ def main(address: str, storage: str, resume: bool) -> None:
     trainable = tune.with_resources(curve, {"cpu": 1})
     storage_path, storage_filesystem = tune_storage(storage)
     if resume:
+        settle(storage_filesystem, f"{storage_path}/asha")
         tuner = tune.Tuner.restore(f"{storage_path}/asha", trainable=trainable, resume_errored=True,
                                    storage_filesystem=storage_filesystem)
     else:

@@ -1,16 +1,22 @@
-"""Tune's storage: a file cut off by a kill leaves the last whole one, and a snapshot
-uploads only the files that changed."""
+"""Tune's storage: a file cut off by a kill leaves the last whole one, the state files
+reach storage as one snapshot wrote them, and a snapshot uploads only the files that
+changed."""
 
+import io
+import json
 import pickle
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ray.train._internal.storage import _FilesystemSyncer
 
-from mtlrank_ray.distributed.tune_storage import TuneStorageHandler, tune_storage
+from mtlrank_ray.distributed import state_journal
+from mtlrank_ray.distributed.tune_storage import _RAY_UPLOAD, TuneStorageHandler, tune_storage
 
 WRITER = """
 import os, sys
@@ -134,12 +140,141 @@ def test_a_snapshot_writes_only_what_changed(tmp_path):
 def test_the_filesystem_reaches_workers_without_this_process_record(tmp_path):
     """Tune pickles the filesystem into every trial: what this driver uploaded stays here."""
     staging = tmp_path / "staging"
-    staging.mkdir()
     path, fs = tune_storage(str(tmp_path / "remote"))
     empty = len(pickle.dumps(fs))
     for trial in range(200):
-        (staging / f"trial{trial}.json").write_text("{}")
+        (staging / f"trial{trial}").mkdir(parents=True)
+        (staging / f"trial{trial}" / "result.json").write_text("{}\n")
+    (staging / "experiment_state-x.json").write_text("{}")
     snapshot(fs, staging, path)
-    assert len(fs.handler.uploaded) == 200
+    assert len(fs.handler.uploaded) == 200 and fs.handler.installed[path] != {}
     assert len(pickle.dumps(fs)) == empty
-    assert pickle.loads(pickle.dumps(fs)).handler.uploaded == {}
+    restored = pickle.loads(pickle.dumps(fs)).handler
+    assert restored.uploaded == {} and restored.installed == {}
+
+
+STATE = ("experiment_state-s.json", "basic-variant-state-s.json", "callback-states-s.pkl")
+
+
+def write_state(staging, version: int) -> dict[str, bytes]:
+    """Tune's three state files as one snapshot writes them; every file differs by version."""
+    trials = [{"trial": n, "version": version, "config": "x" * 200} for n in range(2000)]
+    contents = dict(zip(STATE, [json.dumps(trials).encode(), f"generated {version}".encode(),
+                                f"rung records {version}".encode()]))
+    for name, content in contents.items():
+        (staging / name).write_bytes(content)
+    return contents
+
+
+def stored_state(remote) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in remote.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def test_the_state_files_reach_storage_as_tune_wrote_them_at_the_snapshot(tmp_path):
+    """Tune builds the upload right after writing its state files, and uploads from a
+    thread while its loop writes the next snapshot over them: the upload must not read
+    the next one, cut off in the middle, or half of it."""
+    staging, remote, plain = tmp_path / "staging", tmp_path / "remote", tmp_path / "plain"
+    staging.mkdir()
+    wrote = write_state(staging, 1)
+    path, fs = tune_storage(str(remote))
+    syncer = _FilesystemSyncer(storage_filesystem=fs, sync_period=0, sync_timeout=60)
+    command, arguments = syncer._sync_up_command(local_path=str(staging), uri=path)
+    following = write_state(staging, 2)  # the loop's next snapshot, cut short in the experiment state
+    (staging / STATE[0]).write_bytes(following[STATE[0]][:len(following[STATE[0]]) // 2])
+    command(**arguments)
+    assert stored_state(remote) == wrote
+    _RAY_UPLOAD(local_path=str(staging), fs=pafs.LocalFileSystem(), fs_path=str(plain))  # Ray's own
+    assert stored_state(plain)[STATE[0]] != wrote[STATE[0]]  # the stand-in shows what it guards
+
+
+class Killed(Exception):
+    pass
+
+
+class Upload(io.BytesIO):
+    """A file written to object storage: it appears, whole, when it is closed."""
+
+    def __init__(self, appear):
+        super().__init__()
+        self.appear = appear
+
+    def close(self):
+        if not self.closed:
+            content = self.getvalue()
+            super().close()
+            self.appear(content)
+
+
+class DyingHandler(CountingHandler):
+    """Object storage on a local folder, whose process dies at its `dies_at`-th change
+    (an upload, a move, a deletion): before it, or, `after` it, once it is done."""
+
+    def __init__(self, dies_at: int, after: bool):
+        super().__init__()
+        self.dies_at, self.after, self.changes = dies_at, after, 0
+
+    def _change(self, do):
+        self.changes += 1
+        if self.changes == self.dies_at and not self.after:
+            raise Killed
+        done = do()
+        if self.changes == self.dies_at:
+            raise Killed
+        return done
+
+    def open_output_stream(self, path, metadata):
+        def appear(content):
+            self._change(lambda: Path(path).write_bytes(content))
+        return pa.PythonFile(Upload(appear), mode="w")
+
+    def move(self, src, dest):
+        self._change(lambda: self.local.move(src, dest))
+
+    def delete_dir(self, path):
+        self._change(lambda: self.local.delete_dir(path))
+
+
+def test_a_kill_during_the_install_leaves_one_snapshots_state_after_settling(tmp_path):
+    """Killed at any step of putting a snapshot's state files in place (between two
+    changes or right after one), storage holds, once settled as a resume settles it,
+    the last snapshot's files or the new one's: never some of each."""
+    outcomes = set()
+    for dies_at in range(1, 12):
+        for after in (False, True):
+            staging, remote = tmp_path / f"staging{dies_at}{after}", tmp_path / f"remote{dies_at}{after}"
+            staging.mkdir()
+            remote.mkdir()
+            old = write_state(staging, 1)
+            live = DyingHandler(dies_at=0, after=False)
+            fs = pafs.PyFileSystem(TuneStorageHandler(pafs.PyFileSystem(live), local=False))
+            snapshot(fs, staging, remote)
+            assert stored_state(remote) == old
+            new = write_state(staging, 2)
+            live.dies_at, live.after, live.changes = dies_at, after, 0
+            try:
+                snapshot(fs, staging, remote)
+            except Killed:
+                pass
+            state_journal.settle(pafs.LocalFileSystem(), str(remote))
+            stored = stored_state(remote)
+            assert stored in (old, new), (dies_at, after, {k: v[:20] for k, v in stored.items()})
+            assert not (remote / state_journal.JOURNAL).exists()
+            outcomes.add("new" if stored == new else "old")
+    assert outcomes == {"old", "new"}
+
+
+def test_a_line_log_goes_up_to_its_last_whole_line(tmp_path):
+    """Tune appends a trial's result while the snapshot uploads: storage gets whole
+    lines, and the rest once the line is whole."""
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    (staging / "trial").mkdir(parents=True)
+    log = staging / "trial" / "result.json"
+    log.write_text('{"epoch": 1}\n{"epoch": 2, "val')
+    path, fs = tune_storage(str(remote))
+    snapshot(fs, staging, path)
+    assert (remote / "trial" / "result.json").read_text() == '{"epoch": 1}\n'
+    with open(log, "a") as appending:
+        appending.write('_r2": 0.5}\n')
+    snapshot(fs, staging, path)
+    assert (remote / "trial" / "result.json").read_text() == log.read_text()

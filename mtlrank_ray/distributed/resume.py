@@ -20,6 +20,7 @@ from ..config import Config
 from ..data.store import filesystem
 from ..errors import InputError
 from ..run_storage import RECORD, SweepRecord, experiment_path
+from . import state_journal
 from .tune_storage import tune_storage
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def mark_published(path: str, out: Path) -> None:
 def resumable(config: Config, out: Path) -> str:
     """The interrupted sweep's path, or an error saying there is none."""
     path = experiment_path(config, out)
-    if not tune.Tuner.can_restore(*tune_storage(path)):
+    stored, storage_filesystem = tune_storage(path)
+    state_journal.settle(storage_filesystem, stored)  # a snapshot the interruption cut short
+    if not tune.Tuner.can_restore(stored, storage_filesystem):
         raise InputError(f"there is no sweep to resume at {path}; run without --resume")
     return path
 

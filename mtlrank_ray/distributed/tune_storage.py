@@ -1,12 +1,16 @@
-"""The filesystem Tune keeps a sweep in: every file written whole, and a snapshot
-uploads only the files that changed since this process uploaded them.
+"""The filesystem Tune keeps a sweep in: every file written whole, the state files
+as one set, and a snapshot uploads only the files that changed since this
+process uploaded them.
 
-- Whole: Tune copies the sweep's state (experiment_state-*.json, each trial's
-  result.json) from the driver to storage file by file. On a local or shared
-  disk a driver killed during a copy would leave a cut-off state file that no
-  resume can read: here a file is written under a hidden name beside its
-  target, flushed to disk and renamed onto it. Object storage needs none of
-  this (an upload appears whole when it completes).
+- Whole: Tune copies the sweep's files (each trial's result.json) from the
+  driver to storage file by file. On a local or shared disk a driver killed
+  during a copy would leave a cut-off file: here a file is written under a
+  hidden name beside its target, flushed to disk and renamed onto it. Object
+  storage needs none of this (an upload appears whole when it completes). A
+  trial's line logs (result.json, progress.csv), which Tune appends to while
+  they upload, go up to their last whole line.
+- One set: the experiment, search and callback states are taken as Tune wrote
+  them and installed together (`state_journal`).
 - Only what changed: each experiment snapshot uploads the driver's whole
   experiment folder, every trial's logs included (Ray 2.60's
   `_FilesystemSyncer._sync_up_command` returns `_upload_to_fs_path`, which
@@ -34,8 +38,10 @@ import pyarrow.fs as pafs
 from ray.train._internal import storage as ray_storage
 
 from ..data.store import filesystem, is_uri
+from . import state_journal
 
 UPLOADS_AT_ONCE = 16  # object storage answers each request in tens of ms: several in flight
+LINE_LOGS = {"result.json", "progress.csv"}  # appended to by Tune as trials report
 
 
 class _ReplaceOnClose(io.FileIO):
@@ -79,6 +85,7 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         self.base, self.local = base, local
         self.uploaded: dict[str, tuple[int, int, int]] = {}  # path -> (inode, size, mtime) of its source
         self.made: set[str] = set()  # folders this process created
+        self.installed: dict[str, dict[str, tuple]] = {}  # experiment path -> its state files' sources
 
     def __getstate__(self) -> dict:  # Tune sends the filesystem to every trial: not the record
         return {"base": self.base, "local": self.local}
@@ -103,6 +110,11 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         for known in [p for p in list(self.uploaded) if p == path or p.startswith(prefix)]:
             self.uploaded.pop(known, None)
         self.made = {p for p in list(self.made) if p != path and not p.startswith(prefix)}
+        for experiment, files in list(self.installed.items()):
+            if experiment == path or experiment.startswith(prefix):
+                del self.installed[experiment]
+            elif posixpath.dirname(path) == experiment:  # one of its state files
+                files.pop(posixpath.basename(path), None)
 
     def get_type_name(self) -> str:
         return f"tune-{self.base.type_name}"
@@ -163,14 +175,19 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         return self.base.open_append_stream(path)
 
 
-def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str) -> None:
+def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,
+                   state: dict[str, tuple[bytes, tuple]] | None = None) -> None:
     """Upload the folder `local_path` to `fs_path`: the files whose (inode, size,
-    modification time) differ from their last upload by this process, several at once."""
+    modification time) differ from their last upload by this process, several at once.
+    With `state` (its state files as `state_journal.capture` took them), the folders
+    first and then that set."""
     changed = []
     for folder, _, names in os.walk(local_path):
         relative = os.path.relpath(folder, local_path)
         target = fs_path if relative == "." else posixpath.join(fs_path, *Path(relative).parts)
         handler.create_dir(target, recursive=True)
+        if relative == "." and state is not None:
+            continue  # the state files: `state`
         for name in names:
             source = os.path.join(folder, name)
             stat = os.stat(source)
@@ -180,28 +197,58 @@ def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str) -
 
     def upload(source: str, target: str, seen: tuple[int, int, int]) -> None:
         with open(source, "rb") as read, handler.open_base(target) as write:
-            while chunk := read.read(1 << 20):
-                write.write(chunk)
+            if posixpath.basename(target) in LINE_LOGS:  # a line being appended waits for the next
+                content = read.read()
+                write.write(content[:content.rfind(b"\n") + 1])
+            else:
+                while chunk := read.read(1 << 20):
+                    write.write(chunk)
         # The state before reading: a write during the copy is uploaded again next time.
         handler.uploaded[target] = seen
 
     with ThreadPoolExecutor(UPLOADS_AT_ONCE) as pool:
         list(pool.map(lambda item: upload(*item), changed))
+    if state is not None:
+        installed = handler.installed.setdefault(fs_path, {})
+        try:
+            state_journal.install(handler.base, _writer(handler), fs_path, state, installed)
+        except BaseException:
+            handler.installed.pop(fs_path, None)  # what is in place is no longer known
+            raise
 
 
-def _upload_to_fs_path(local_path: str, fs: pafs.FileSystem, fs_path: str, exclude=None) -> None:
+def _writer(handler: TuneStorageHandler):
+    def write(path: str, content: bytes) -> None:
+        with handler.open_base(path) as out:
+            out.write(content)
+    return write
+
+
+def _upload_to_fs_path(local_path: str, fs: pafs.FileSystem, fs_path: str, exclude=None,
+                       state=None) -> None:
     """Ray's upload of a snapshot, `upload_changed` where the folder goes to this filesystem."""
-    handler = getattr(fs, "handler", None)
-    if isinstance(handler, TuneStorageHandler) and os.path.isdir(local_path) and not exclude:
-        upload_changed(local_path, handler, fs_path)
+    handler = _ours(fs)
+    if handler is not None and os.path.isdir(local_path) and not exclude:
+        upload_changed(local_path, handler, fs_path, state)
     else:
         _RAY_UPLOAD(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
 
 
+def _ours(fs: pafs.FileSystem) -> TuneStorageHandler | None:
+    handler = getattr(fs, "handler", None)
+    return handler if isinstance(handler, TuneStorageHandler) else None
+
+
 def _sync_up_command(syncer, local_path: str, uri: str, exclude=None):
-    """Ray 2.60's `_FilesystemSyncer._sync_up_command` with `_upload_to_fs_path` above."""
+    """Ray 2.60's `_FilesystemSyncer._sync_up_command` with `_upload_to_fs_path` above. Tune
+    builds it in its loop's thread right after writing the state files, and uploads in
+    another while the loop writes the next ones: the state files are read here."""
+    handler = _ours(syncer.storage_filesystem)
+    state = None
+    if handler is not None and os.path.isdir(local_path) and not exclude:
+        state = state_journal.capture(local_path, handler.installed.get(uri, {}))
     return _upload_to_fs_path, dict(local_path=local_path, fs=syncer.storage_filesystem,
-                                    fs_path=uri, exclude=exclude)
+                                    fs_path=uri, exclude=exclude, state=state)
 
 
 _RAY_UPLOAD = ray_storage._upload_to_fs_path

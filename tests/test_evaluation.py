@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrank_ray.analysis.evaluation import ABOVE, BELOW, CHANCE, bottom_line, evaluate, wide
+from mtlrank_ray.analysis.evaluation import ABOVE, BELOW, CHANCE, OURS, bottom_line, evaluate, wide
 
 TFS = np.array([f"tf{i}" for i in range(20)])
 
@@ -104,3 +104,36 @@ def test_evaluate_on_a_folder_without_rankings_says_what_to_run(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{tmp_path / 'rankings.parquet'} is missing; run `python tune.py` first" in err
     assert "Traceback" not in err
+
+
+def test_our_rankings_are_set_against_each_method_paired_over_genes():
+    """Ours against a sharper method, one at chance and an exact copy: behind, ahead and
+    level, each from the difference's interval over the same resampled genes."""
+    rng = np.random.default_rng(3)
+    genes = [f"g{i}" for i in range(200)]
+    regulators = {g: list(rng.choice(TFS, 2, replace=False)) for g in genes}
+    reference = pd.DataFrame([("Liver", g, tf) for g in genes for tf in regulators[g]],
+                             columns=["tissue", "gene", "tf"])
+    labels = np.array([np.isin(TFS, regulators[g]) for g in genes])
+    ours = rng.normal(size=labels.shape) + 0.8 * labels
+    scores = {("Liver", OURS): (genes, TFS, ours),
+              ("Liver", "sharper"): (genes, TFS, rng.normal(size=labels.shape) + 2.0 * labels),
+              ("Liver", "blind"): (genes, TFS, rng.normal(size=labels.shape)),
+              ("Liver", "copy"): (genes[::-1], TFS, ours[::-1])}
+    table = evaluate(scores, reference)
+    ap = table[table.measure == "average precision"].set_index("method")
+    assert ap.loc["copy", ["ours_minus", "ours_minus_low", "ours_minus_high"]].tolist() == [0, 0, 0]
+    assert ap.loc["sharper", "ours_minus_high"] < 0 < ap.loc["blind", "ours_minus_low"]
+    for method in ("sharper", "blind"):
+        row = ap.loc[method]
+        assert row.ours_minus == pytest.approx(ap.loc[OURS, "value"] - row.value)
+        assert row.ours_minus_low < row.ours_minus < row.ours_minus_high
+    assert ap.loc[OURS, ["ours_minus", "ours_minus_low"]].isna().all()
+    line = bottom_line(table)[0]
+    said = line[line.index(f"In AP, {OURS} is "):]
+    assert said.startswith(f"In AP, {OURS} is behind sharper (difference -0.")
+    assert ", ahead of blind (difference +0." in said
+    assert said.endswith(", level with copy (difference +0.000 [+0.000, +0.000]).")
+    shown = wide(table).set_index("method")["average precision, ours minus this"]
+    assert shown[OURS] == "" and shown["copy"] == "+0.000 [+0.000, +0.000]"
+    assert shown["sharper"].startswith("-0.")

@@ -29,7 +29,9 @@ split gains, each by its rank averaged over replicates, and |Pearson
 correlation| over the gene's cells. Every
 method's edges are ranked within their gene, ties in a seeded random order, and
 the early precision ratio orders edges by that rank, so the measures treat
-every method alike.
+every method alike. Each measure of every other method is also set against
+ours: our value minus its, with the interval of that difference over the same
+resamples (paired over genes).
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
         chance = {"average precision": _random_average_precision(labels),  # per gene
                   "AUROC": np.where(mixed, 0.5, np.nan),
                   "precision at k": labels.mean(axis=1)}
+        tissue_rows = []
         for method, (method_genes, method_tfs, values) in methods:
             if list(method_tfs) != list(tfs):
                 raise ValueError(f"{method} scores other TFs than the tissue's")
@@ -196,13 +199,32 @@ def evaluate(scores: dict[tuple[str, str], Scores], reference: pd.DataFrame, k: 
                         "precision at k": _precision_at(labels, matrix, min(k, len(tfs)))}
             for measure, value in per_gene.items():
                 if not np.isnan(value).all():  # AUROC: not where every TF of every gene regulates
-                    rows.append(_row(tissue, method, measure, value, chance[measure], counts, k))
+                    tissue_rows.append(_row(tissue, method, measure, value, chance[measure], counts, k))
             epr = _early_precision_ratio(labels, matrix)
             resampled = np.array([epr(c) for c in counts])
-            rows.append(_summary(tissue, method, "early precision ratio", epr(np.ones(len(genes))), resampled,
-                                 1.0, resampled - 1.0, len(genes), k))
-    return pd.DataFrame(rows, columns=["tissue", "method", "measure", "value", "low", "high", "chance",
-                                       "over_chance_low", "over_chance_high", "verdict", "genes"])
+            tissue_rows.append(_summary(tissue, method, "early precision ratio", epr(np.ones(len(genes))),
+                                        resampled, 1.0, resampled - 1.0, len(genes), k))
+        rows += _against_ours(tissue_rows)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+COLUMNS = ["tissue", "method", "measure", "value", "low", "high", "chance", "over_chance_low",
+           "over_chance_high", "verdict", "genes", "ours_minus", "ours_minus_low", "ours_minus_high"]
+
+
+def _against_ours(rows: list[dict]) -> list[dict]:
+    """The rows with our rankings' value minus each method's, and its 95% interval from
+    the same resamples (paired over genes); empty where our rankings are not evaluated."""
+    ours = {r["measure"]: (r["value"], r["resampled"]) for r in rows if r["method"] == OURS}
+    for row in rows:
+        resampled = row.pop("resampled")
+        if row["measure"] not in ours or row["method"] == OURS:
+            row.update(ours_minus=np.nan, ours_minus_low=np.nan, ours_minus_high=np.nan)
+            continue
+        value, mine = ours[row["measure"]]
+        low, high = np.nanpercentile(mine - resampled, [2.5, 97.5])
+        row.update(ours_minus=value - row["value"], ours_minus_low=float(low), ours_minus_high=float(high))
+    return rows
 
 
 def with_reference(evaluation: pd.DataFrame, reference: Path) -> pd.DataFrame:
@@ -227,7 +249,7 @@ def _summary(tissue, method, measure, value, resampled, chance, over_chance, gen
     return {"tissue": tissue, "method": method, "measure": measure.replace("at k", f"at {k}"),
             "value": float(value), "low": float(low), "high": float(high), "chance": float(chance),
             "over_chance_low": float(over_low), "over_chance_high": float(over_high),
-            "verdict": verdict, "genes": genes}
+            "verdict": verdict, "genes": genes, "resampled": resampled}
 
 
 def _strict(scores: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
@@ -290,17 +312,25 @@ def wide(evaluation: pd.DataFrame) -> pd.DataFrame:
     out["genes"] = evaluation.groupby(["tissue", "method"]).genes.first()
     if "verdict" in evaluation:  # evaluation.csv of a run before verdicts has none
         out["verdict"] = verdicts(evaluation).set_index(["tissue", "method"]).verdict
+    if "ours_minus" in evaluation:
+        ap = evaluation[evaluation.measure == VERDICT_MEASURE].set_index(["tissue", "method"])
+        out[f"{VERDICT_MEASURE}, ours minus this"] = [
+            "" if np.isnan(r.ours_minus) else f"{r.ours_minus:+.3f} [{r.ours_minus_low:+.3f}, {r.ours_minus_high:+.3f}]"
+            for r in ap.reindex(out.index).itertuples()]
     return out.reset_index()
 
 
 def verdicts(evaluation: pd.DataFrame) -> pd.DataFrame:
     """Per (tissue, method): the verdict of VERDICT_MEASURE, its value and chance."""
     rows = evaluation[evaluation.measure == VERDICT_MEASURE]
-    return rows[["tissue", "method", "verdict", "value", "chance", "over_chance_low", "over_chance_high"]]
+    paired = [c for c in ("ours_minus", "ours_minus_low", "ours_minus_high") if c in rows]  # not in older runs'
+    return rows[["tissue", "method", "verdict", "value", "chance", "over_chance_low", "over_chance_high",
+                 *paired]]
 
 
 def bottom_line(evaluation: pd.DataFrame) -> list[str]:
-    """One sentence per tissue: which methods' rankings beat chance, in average precision."""
+    """One sentence per tissue: which methods' rankings beat chance, in average precision,
+    and where ours stand against each other method's (the difference's interval)."""
     lines = []
     for tissue, part in verdicts(evaluation).groupby("tissue", sort=True):
         said = [f"{r.method} {r.verdict} (AP {r.value:.3f}, chance {r.chance:.3f}, "
@@ -309,8 +339,19 @@ def bottom_line(evaluation: pd.DataFrame) -> list[str]:
         above = part.verdict.eq(ABOVE).sum()
         head = ("no method's rankings beat chance" if not above
                 else f"{above} of {len(part)} methods' rankings beat chance")
-        lines.append(f"{tissue}: {head}: " + "; ".join(said) + ".")
+        line = f"{tissue}: {head}: " + "; ".join(said) + "."
+        compared = part.dropna(subset=["ours_minus_low"]) if "ours_minus_low" in part else part.iloc[:0]
+        if len(compared):
+            line += f" In AP, {OURS} is " + ", ".join(
+                f"{_standing(r.ours_minus_low, r.ours_minus_high)} {r.method} (difference "
+                f"{r.ours_minus:+.3f} [{r.ours_minus_low:+.3f}, {r.ours_minus_high:+.3f}])"
+                for r in compared.itertuples()) + "."
+        lines.append(line)
     return lines
+
+
+def _standing(low: float, high: float) -> str:
+    return "ahead of" if low > 0 else "behind" if high < 0 else "level with"
 
 
 def run_store(out: Path) -> str:

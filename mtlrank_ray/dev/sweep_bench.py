@@ -12,11 +12,15 @@ with one CPU per trial, and prints for each, measured in this run:
     parallel_efficiency    sum_trial_s / (wall_s x concurrent trials)
     overhead_per_trial_s   (wall_s x concurrent trials - sum_trial_s) / trials
 
-`--asha` runs, on the same atlas with early stopping on (4 λ per group, 32
-trials), the sweep with grouped ASHA's decisions once per group and rung (the
-sweep's) and with decisions as each trial reaches a rung (ASHA's asynchronous
-rule, the sweep's before), and prints each one's wall time, epochs trained
-and trials stopped, and the ratio of the wall times.
+`--asha` runs, with early stopping on (4 λ per group, 32 trials), the sweep
+with grouped ASHA's decisions once per group and rung (the sweep's) and with
+decisions as each trial reaches a rung (ASHA's asynchronous rule, the sweep's
+before), and prints each one's wall time, epochs trained and trials stopped,
+and the ratio of the wall times, for two shapes: `short`, the atlas above with
+20 epochs of a tenth of a second (rungs at 2, 4, 8, 16), where a pause's fixed
+cost weighs most, and `default_epochs`, one tissue of 30,000 cells and 300 TFs
+with the default schedule (10 epochs, rungs at 2, 4, 8), whose epochs are
+closer to an atlas's.
 
 `--atlas` runs the atlas-shaped benchmark instead (`mtlrank_ray.dev.atlas_bench`);
 `--many N` runs N short trials on the local cluster with S3 storage
@@ -79,28 +83,44 @@ class ArrivalOrderASHA(GroupedASHA):
         return self._decisions[key]
 
 
+ASHA_SHAPES = {
+    # name: (atlas, settings beside `settings(2)`'s)
+    "short": (SPEC, {"search": {"lambdas": [0.0, 0.001, 0.01, 0.1], "replicates": 2},
+                     "asha": {"enabled": True, "grace_period": 2, "reduction_factor": 2}}),
+    "default_epochs": (DemoSpec(cells={"Kidney (Left)": 30000}, n_tfs=300),
+                       {"genes": {"n_genes": 20, "min_cells": 3000, "n_clusters": 2, "seed": 1000},
+                        "training": {"epochs": 10},
+                        "search": {"lambdas": [0.0, 0.001, 0.01, 0.1], "replicates": 4},
+                        "asha": {"enabled": True, "grace_period": 2, "reduction_factor": 2}}),
+}
+
+
 def compare_asha(root: Path) -> None:
-    """The sweep with each scheduler on one store, in this run (the module's docstring)."""
-    config = config_from_dict({**settings(2), "search": {"lambdas": [0.0, 0.001, 0.01, 0.1],
-                                                          "replicates": 2},
-                               "asha": {"enabled": True, "grace_period": 2, "reduction_factor": 2}})
-    reports = prepare_store(root / "demo", config, root / "store")
-    blocks = {r.tissue: materialize_tissue(str(root / "store"), r.tissue) for r in reports}
-    walls = {}
-    for name, scheduler in (("per_group", GroupedASHA), ("arrival_order", ArrivalOrderASHA)):
-        tuner.GroupedASHA = scheduler  # what run_sweep builds
-        try:
-            started = time.perf_counter()
-            grid = run_sweep(blocks, config, root / f"run_{name}", verbose=0)
-            walls[name] = time.perf_counter() - started
-        finally:
-            tuner.GroupedASHA = GroupedASHA
-        epochs = sum(result.metrics["epoch"] for result in grid)
-        stopped = sum(result.metrics["epoch"] < config.training.epochs for result in grid)
-        print(f"asha_{name}_wall_s: {walls[name]:.1f}")
-        print(f"asha_{name}_epochs_trained: {epochs} of {len(grid) * config.training.epochs}")
-        print(f"asha_{name}_trials_stopped: {stopped} of {len(grid)}")
-    print(f"asha_per_group_over_arrival_order_wall: {walls['per_group'] / walls['arrival_order']:.3f}")
+    """The sweep with each scheduler on one store per shape, in this run (the module's
+    docstring)."""
+    for shape, (spec, changes) in ASHA_SHAPES.items():
+        write_demo(root / shape, spec)
+        config = config_from_dict({**settings(2), **changes})
+        reports = prepare_store(root / shape, config, root / f"store_{shape}")
+        blocks = {r.tissue: materialize_tissue(str(root / f"store_{shape}"), r.tissue) for r in reports}
+        walls = {}
+        for name, scheduler in (("per_group", GroupedASHA), ("arrival_order", ArrivalOrderASHA)):
+            tuner.GroupedASHA = scheduler  # what run_sweep builds
+            try:
+                started = time.perf_counter()
+                grid = run_sweep(blocks, config, root / f"run_{shape}_{name}", verbose=0)
+                walls[name] = time.perf_counter() - started
+            finally:
+                tuner.GroupedASHA = GroupedASHA
+            epochs = sum(result.metrics["epoch"] for result in grid)
+            stopped = sum(result.metrics["epoch"] < config.training.epochs for result in grid)
+            tag = f"asha_{shape}_{name}"
+            print(f"{tag}_wall_s: {walls[name]:.1f}")
+            print(f"{tag}_mean_trial_s: {sum(r.metrics['time_total_s'] for r in grid) / len(grid):.1f}")
+            print(f"{tag}_epochs_trained: {epochs} of {len(grid) * config.training.epochs}")
+            print(f"{tag}_trials_stopped: {stopped} of {len(grid)}")
+        print(f"asha_{shape}_per_group_over_arrival_order_wall: "
+              f"{walls['per_group'] / walls['arrival_order']:.3f}")
 
 
 def main() -> None:
@@ -116,12 +136,12 @@ def main() -> None:
     print(f"cores: {cpus}")
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        write_demo(root / "demo", SPEC)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
         try:
             if "--asha" in sys.argv[1:]:
                 compare_asha(root)
                 return
+            write_demo(root / "demo", SPEC)
             for replicates in (1, 2):
                 config = config_from_dict(settings(replicates))
                 reports = prepare_store(root / "demo", config, root / "store")

@@ -7,6 +7,7 @@ print as one line and exit with status 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -20,6 +21,7 @@ import yaml
 
 from .config import load_config
 from .data.prepare import TissueReport, prepare_store, selected_tissues
+from .data.scvelo import H5AD_DIR
 from .dev.demo import DemoSpec, write_demo
 from .errors import InputError, TrainingError
 from .interrupts import CtrlC, Interrupted
@@ -243,6 +245,11 @@ def _tune(args) -> None:
         if args.demo and not (DEMO_DATA / "truth" / "params.json").is_file():
             write_demo(DEMO_DATA)
             log.info("demo atlas written to %s", DEMO_DATA)
+        if args.demo and config.data.format == "h5ad" and not (DEMO_DATA / H5AD_DIR).is_dir():
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, format="seed"))
+            log.warning("the demo in %s has no counts file (it is written where scVelo is "
+                        "installed: pip install -e '.[test]'); reading its seed layout, whose "
+                        "velocity is the true one with noise", DEMO_DATA)
         # Refused before the store changes when the folder holds tissues swept otherwise,
         # or when storage holds a sweep this run would replace by mistake.
         earlier = earlier_tissues(out, config, selected_tissues(args.data, config, args.tissue),

@@ -60,15 +60,20 @@ def test_a_ranking_at_chance_reads_as_chance():
             for m in ("random", "tied") for r in [table.loc[(m, "average precision")]]) + "."]
 
 
-def test_the_verdict_says_above_or_below_chance_only_when_the_difference_excludes_zero():
-    """Regulators a little ahead of the others, or a little behind: the verdict follows the
-    interval of average precision minus its per-gene chance, resampled over genes."""
-    rng = np.random.default_rng(2)
-    genes = [f"g{i}" for i in range(200)]
+def two_regulators_each(seed: int, n_genes: int = 200):
+    """(rng, genes, reference, labels): every gene with two regulators among TFS."""
+    rng = np.random.default_rng(seed)
+    genes = [f"g{i}" for i in range(n_genes)]
     regulators = {g: list(rng.choice(TFS, 2, replace=False)) for g in genes}
     reference = pd.DataFrame([("Liver", g, tf) for g in genes for tf in regulators[g]],
                              columns=["tissue", "gene", "tf"])
-    labels = np.array([np.isin(TFS, regulators[g]) for g in genes])
+    return rng, genes, reference, np.array([np.isin(TFS, regulators[g]) for g in genes])
+
+
+def test_the_verdict_says_above_or_below_chance_only_when_the_difference_excludes_zero():
+    """Regulators a little ahead of the others, or a little behind: the verdict follows the
+    interval of average precision minus its per-gene chance, resampled over genes."""
+    rng, genes, reference, labels = two_regulators_each(2)
     noise = rng.normal(size=labels.shape)
     scores = {("Liver", "ahead"): (genes, TFS, noise + 0.8 * labels),
               ("Liver", "behind"): (genes, TFS, noise - 0.8 * labels),
@@ -109,12 +114,7 @@ def test_evaluate_on_a_folder_without_rankings_says_what_to_run(tmp_path, capsys
 def test_our_rankings_are_set_against_each_method_paired_over_genes():
     """Ours against a sharper method, one at chance and an exact copy: behind, ahead and
     level, each from the difference's interval over the same resampled genes."""
-    rng = np.random.default_rng(3)
-    genes = [f"g{i}" for i in range(200)]
-    regulators = {g: list(rng.choice(TFS, 2, replace=False)) for g in genes}
-    reference = pd.DataFrame([("Liver", g, tf) for g in genes for tf in regulators[g]],
-                             columns=["tissue", "gene", "tf"])
-    labels = np.array([np.isin(TFS, regulators[g]) for g in genes])
+    rng, genes, reference, labels = two_regulators_each(3)
     ours = rng.normal(size=labels.shape) + 0.8 * labels
     scores = {("Liver", OURS): (genes, TFS, ours),
               ("Liver", "sharper"): (genes, TFS, rng.normal(size=labels.shape) + 2.0 * labels),

@@ -35,8 +35,8 @@ def test_prepare_prints_a_table(atlas, small_config, tmp_path, capsys):
 @pytest.mark.slow
 def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     """README's quick start: `python tune.py --demo` writes the demo atlas, prepares
-    it, runs the sweep and writes the results; a re-run reuses the store and
-    replaces the results."""
+    its counts file (velocity as scVelo estimates it), runs the sweep and writes the
+    results; a re-run reuses the store and replaces the results."""
     shutil.copy(REPO / "tune.py", tmp_path)
     shutil.copytree(REPO / "tune_configs", tmp_path / "tune_configs")
     for attempt in range(2):
@@ -53,10 +53,14 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert len(output.splitlines()) < 60, output
         assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
-        # tissues x genes x replicates x (lambdas + the lasso and GRNBoost2)
-        assert len(genes) == 2 * 40 * 1 * (2 + 2) and genes.test_r2.notna().all()
-        assert set(genes["lambda"].dropna()) == {0.0, 0.01} and (genes.model == "lasso").sum() == 80
-        assert (genes.model == "grnboost2").sum() == 80 and (genes.trees.dropna() >= 1).all()
+        # The genes scVelo estimated velocity for in enough cells, up to 40 a tissue.
+        stored = {t: load_tissue(tmp_path / "runs/smoke/store", t) for t in ("Kidney_Left", "Liver")}
+        modelled = sum(len(t.genes) for t in stored.values())
+        assert all(10 <= len(t.genes) <= 40 for t in stored.values())
+        # genes x replicates x (lambdas + the lasso and GRNBoost2)
+        assert len(genes) == modelled * 1 * (2 + 2) and genes.test_r2.notna().all()
+        assert set(genes["lambda"].dropna()) == {0.0, 0.01} and (genes.model == "lasso").sum() == modelled
+        assert (genes.model == "grnboost2").sum() == modelled and (genes.trees.dropna() >= 1).all()
         # Trials stopped early still carry their best epoch's results.
         stopped = genes[genes.stopped_early]
         assert (stopped.best_epoch <= stopped.epochs_run).all() and (stopped.epochs_run < 4).all()
@@ -65,7 +69,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     assert "| Kidney_Left |" in run.stdout and "gene_r2.parquet" in run.stdout
     # TF rankings of the selected models, the consensus network, and their quality.
     rankings = pd.read_parquet(tmp_path / "runs/smoke/rankings.parquet")
-    assert len(rankings) == 2 * 40 * 60 and set(rankings["rank"]) == set(range(1, 61))
+    assert len(rankings) == modelled * 60 and set(rankings["rank"]) == set(range(1, 61))
     assert (tmp_path / "runs/smoke/network.csv").is_file()
     # models/ holds what the results use: per group the selected λ, λ = 0 and the baselines.
     selected = pd.read_csv(tmp_path / "runs/smoke/selected.csv")
@@ -88,16 +92,19 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     evaluation = pd.read_csv(tmp_path / "runs/smoke/evaluation.csv").set_index(["tissue", "method", "measure"])
     assert set(evaluation.index.get_level_values("method")) == {"mtlrank (DeepLIFT)", "abs lasso coefficient",
                                                                 "GRNBoost2 importance", "abs Pearson"}
-    ours = evaluation.loc[("Kidney_Left", "mtlrank (DeepLIFT)", "average precision")]
-    assert ours.low > 3 * ours.chance  # the planted regulators are found, well above chance
+    # On estimated velocity the planted regulators are still found above chance (README,
+    # "Which target to start with"), well above it in Liver.
+    for tissue in ("Kidney_Left", "Liver"):
+        assert evaluation.loc[(tissue, "mtlrank (DeepLIFT)", "average precision"), "verdict"] == "above chance"
+    ours = evaluation.loc[("Liver", "mtlrank (DeepLIFT)", "average precision")]
+    assert ours.low > 3 * ours.chance
     # The planted truth is one reference like any other: evaluate reproduces the table.
     assert main(["evaluate", str(tmp_path / "runs/smoke"), "--reference",
                  str(tmp_path / "demo/truth/regulators.csv"), "-q"]) == 0
     again = pd.read_csv(tmp_path / "runs/smoke/evaluation.csv").set_index(["tissue", "method", "measure"])
     pd.testing.assert_frame_equal(again, evaluation)
     assert genes.groupby("tissue").test_r2.mean().min() > 0.1  # the demo's planted signal is found
-    tissue = load_tissue(tmp_path / "runs/smoke/store", "Kidney_Left")
-    assert len(tissue.genes) == 40 and len(set(tissue.clusters)) == 4
+    assert all(len(set(t.clusters)) == 4 for t in stored.values())
     # README's trainer example runs against this store.
     monkeypatch.chdir(tmp_path)
     blocks = [block.split("```")[0] for block in (REPO / "README.md").read_text().split("```python\n")[1:]]

@@ -32,6 +32,20 @@ def test_prepare_prints_a_table(atlas, small_config, tmp_path, capsys):
     assert "reused (inputs and settings unchanged)" in capsys.readouterr().out
 
 
+def test_the_demo_without_scvelo_says_so_and_reads_the_seed_layout(tmp_path, monkeypatch, capsys, caplog):
+    """Where scVelo is missing the demo has no counts file: `tune.py --demo` names what is
+    missing and goes on with the seed layout (here to its next check, an unknown tissue)."""
+    from mtlrank_ray.cli import tune_main
+
+    shutil.copytree(REPO / "tune_configs", tmp_path / "tune_configs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("mtlrank_ray.dev.demo.scvelo_available", lambda: False)
+    assert tune_main(["--demo", "--tissue", "Heart"]) == 2
+    assert "no counts file" in caplog.text and "reading its seed layout" in caplog.text
+    assert "error: no tissue 'Heart' in the data; tissues: Kidney_Left, Liver" in capsys.readouterr().err
+    assert not (tmp_path / "demo/data/h5ad").exists() and (tmp_path / "demo/data/processed").is_dir()
+
+
 @pytest.mark.slow
 def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     """README's quick start: `python tune.py --demo` writes the demo atlas, prepares
@@ -52,6 +66,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         output = run.stdout + run.stderr
         assert len(output.splitlines()) < 60, output
         assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
+        assert "no counts file" not in output  # the estimated layers are read
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
         # The genes scVelo estimated velocity for in enough cells, up to 40 a tissue.
         stored = {t: load_tissue(tmp_path / "runs/smoke/store", t) for t in ("Kidney_Left", "Liver")}

@@ -4,6 +4,7 @@ changed."""
 
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -278,3 +279,33 @@ def test_a_line_log_goes_up_to_its_last_whole_line(tmp_path):
         appending.write('_r2": 0.5}\n')
     snapshot(fs, staging, path)
     assert (remote / "trial" / "result.json").read_text() == log.read_text()
+
+
+def test_a_state_file_rewritten_to_the_same_size_and_time_is_still_seen(tmp_path):
+    """The experiment state is rewritten in place: a rewrite of the same size within the
+    clock's resolution looks unchanged to (inode, size, time), but its content differs."""
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    staging.mkdir()
+    write_state(staging, 1)
+    path, fs = tune_storage(str(remote))
+    snapshot(fs, staging, path)
+    state = staging / STATE[0]
+    before = state.stat()
+    new = write_state(staging, 2)  # "version": 2 where it said 1: the same size
+    os.utime(state, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (state.stat().st_ino, state.stat().st_size) == (before.st_ino, before.st_size)
+    snapshot(fs, staging, path)
+    assert stored_state(remote) == new
+
+
+def test_a_journal_whose_list_was_cut_off_is_dropped(tmp_path):
+    """A list cut off in the writing (a filesystem that writes in place) is no list: the
+    files in place stay as they are."""
+    remote = tmp_path / "remote"
+    (remote / state_journal.JOURNAL).mkdir(parents=True)
+    (remote / STATE[1]).write_text("generated 1")
+    (remote / state_journal.JOURNAL / STATE[1]).write_text("generated 2")
+    (remote / state_journal.JOURNAL / state_journal.LISTED).write_text('["basic-vari')
+    state_journal.settle(pafs.LocalFileSystem(), str(remote))
+    assert stored_state(remote) == {STATE[1]: b"generated 1"}
+    assert not (remote / state_journal.JOURNAL).exists()

@@ -26,6 +26,7 @@ storage holds one snapshot's set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -36,30 +37,32 @@ JOURNAL = ".state-next"
 LISTED = "files.json"  # written last: the journal is whole
 
 
-def capture(local_path: str, installed: dict[str, tuple]) -> dict[str, tuple[bytes, tuple]]:
-    """The state files (the top level) of the staging folder `local_path` that changed
-    since `installed` recorded them: name -> (content, (inode, size, mtime))."""
+def capture(local_path: str, installed: dict[str, bytes]) -> dict[str, tuple[bytes, bytes]]:
+    """The state files (the top level) of the staging folder `local_path` whose content
+    differs from what `installed` recorded: name -> (content, its digest). By content,
+    not by modification time: the experiment state is rewritten in place, and a rewrite
+    of the same size within the clock's resolution would look unchanged."""
     state = {}
     for entry in os.scandir(local_path):
         if entry.name.startswith(".") or not entry.is_file():
             continue  # hidden: Tune's files in the making
-        stat = entry.stat()
-        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if installed.get(entry.name) != seen:
-            with open(entry.path, "rb") as file:
-                state[entry.name] = file.read(), seen
+        with open(entry.path, "rb") as file:
+            content = file.read()
+        digest = hashlib.blake2b(content, digest_size=16).digest()
+        if installed.get(entry.name) != digest:
+            state[entry.name] = content, digest
     return state
 
 
-def install(fs: pafs.FileSystem, write, fs_path: str, state: dict[str, tuple[bytes, tuple]],
-            installed: dict[str, tuple]) -> None:
+def install(fs: pafs.FileSystem, write, fs_path: str, state: dict[str, tuple[bytes, bytes]],
+            installed: dict[str, bytes]) -> None:
     """Put the captured `state` at `fs_path`, as one set: one file by itself (`write(path,
     content)` writes a file whole), several through the journal. `installed` records
     them once in place; a failure (a kill) leaves what `settle` completes or drops."""
     if len(state) == 1:
-        [(name, (content, seen))] = state.items()
+        [(name, (content, digest))] = state.items()
         write(posixpath.join(fs_path, name), content)
-        installed[name] = seen
+        installed[name] = digest
         return
     if not state:
         return
@@ -70,16 +73,22 @@ def install(fs: pafs.FileSystem, write, fs_path: str, state: dict[str, tuple[byt
         write(posixpath.join(journal, name), content)
     write(posixpath.join(journal, LISTED), json.dumps(sorted(state)).encode())
     _complete(fs, fs_path, sorted(state))
-    installed.update((name, seen) for name, (_, seen) in state.items())
+    installed.update((name, digest) for name, (_, digest) in state.items())
 
 
 def settle(fs: pafs.FileSystem, fs_path: str) -> None:
     """Finish or drop the journal a killed upload left at `fs_path`."""
     journal = posixpath.join(fs_path, JOURNAL)
     listed = posixpath.join(journal, LISTED)
+    names = None
     if fs.get_file_info(listed).type == pafs.FileType.File:
         with fs.open_input_stream(listed) as file:
-            _complete(fs, fs_path, json.loads(file.readall()))
+            try:
+                names = json.loads(file.readall())
+            except ValueError:  # cut off (a filesystem that writes in place): no list yet
+                names = None
+    if names is not None:
+        _complete(fs, fs_path, names)
     elif fs.get_file_info(journal).type != pafs.FileType.NotFound:
         fs.delete_dir(journal)  # cut off before its list: the files in place are one set
 

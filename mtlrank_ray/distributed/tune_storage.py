@@ -27,8 +27,10 @@ process uploaded them.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import posixpath
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,7 +87,12 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         self.base, self.local = base, local
         self.uploaded: dict[str, tuple[int, int, int]] = {}  # path -> (inode, size, mtime) of its source
         self.made: set[str] = set()  # folders this process created
-        self.installed: dict[str, dict[str, tuple]] = {}  # experiment path -> its state files' sources
+        self.installed: dict[str, dict[str, bytes]] = {}  # experiment path -> its state files' digests
+        # Ray starts a second upload when one outlasts its sync_timeout: installs take turns,
+        # and one captured before the last installed is dropped.
+        self.installing = threading.Lock()
+        self.captures = itertools.count()
+        self.last_installed: dict[str, int] = {}  # experiment path -> capture number
 
     def __getstate__(self) -> dict:  # Tune sends the filesystem to every trial: not the record
         return {"base": self.base, "local": self.local}
@@ -176,11 +183,11 @@ class TuneStorageHandler(pafs.FileSystemHandler):
 
 
 def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,
-                   state: dict[str, tuple[bytes, tuple]] | None = None) -> None:
+                   state: tuple[int, dict[str, tuple[bytes, bytes]]] | None = None) -> None:
     """Upload the folder `local_path` to `fs_path`: the files whose (inode, size,
     modification time) differ from their last upload by this process, several at once.
-    With `state` (its state files as `state_journal.capture` took them), the folders
-    first and then that set."""
+    With `state` (the capture's number and the state files `state_journal.capture`
+    took), the folders first and then that set."""
     changed = []
     for folder, _, names in os.walk(local_path):
         relative = os.path.relpath(folder, local_path)
@@ -209,12 +216,17 @@ def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,
     with ThreadPoolExecutor(UPLOADS_AT_ONCE) as pool:
         list(pool.map(lambda item: upload(*item), changed))
     if state is not None:
-        installed = handler.installed.setdefault(fs_path, {})
-        try:
-            state_journal.install(handler.base, _writer(handler), fs_path, state, installed)
-        except BaseException:
-            handler.installed.pop(fs_path, None)  # what is in place is no longer known
-            raise
+        number, files = state
+        with handler.installing:
+            if number < handler.last_installed.get(fs_path, -1):
+                return  # a later snapshot is in place
+            installed = handler.installed.setdefault(fs_path, {})
+            try:
+                state_journal.install(handler.base, _writer(handler), fs_path, files, installed)
+            except BaseException:
+                handler.installed.pop(fs_path, None)  # what is in place is no longer known
+                raise
+            handler.last_installed[fs_path] = number
 
 
 def _writer(handler: TuneStorageHandler):
@@ -246,7 +258,7 @@ def _sync_up_command(syncer, local_path: str, uri: str, exclude=None):
     handler = _ours(syncer.storage_filesystem)
     state = None
     if handler is not None and os.path.isdir(local_path) and not exclude:
-        state = state_journal.capture(local_path, handler.installed.get(uri, {}))
+        state = next(handler.captures), state_journal.capture(local_path, handler.installed.get(uri, {}))
     return _upload_to_fs_path, dict(local_path=local_path, fs=syncer.storage_filesystem,
                                     fs_path=uri, exclude=exclude, state=state)
 
@@ -267,5 +279,6 @@ def tune_storage(root: str) -> tuple[str, pafs.FileSystem]:
             # reconstructor).
             rebuild, (options,) = base.__reduce__()
             base = rebuild({**options, "background_writes": False})
-        return path, pafs.PyFileSystem(TuneStorageHandler(base, local=False))
+        # file:// is a local disk all the same: its files are replaced by a rename.
+        return path, pafs.PyFileSystem(TuneStorageHandler(base, local=isinstance(base, pafs.LocalFileSystem)))
     return str(Path(root).resolve()), pafs.PyFileSystem(TuneStorageHandler(pafs.LocalFileSystem(), local=True))

@@ -26,7 +26,7 @@ import yaml
 
 from .config import config_from_dict, load_config
 from .data.references import ID_MAP, TF_LIST
-from .data.store import write_atomically
+from .data.store import read_parquet, write_atomically
 from .errors import InputError
 
 
@@ -97,12 +97,12 @@ class Results:
         path = self.out / name
         if not path.is_file():
             return None
-        return pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path, keep_default_na=False)
+        return read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path, keep_default_na=False)
 
     @property
     def gene_r2(self) -> pd.DataFrame:
         """Per gene and model (each λ, the lasso, GRNBoost2): validation and test R²."""
-        return pd.read_parquet(self.out / "gene_r2.parquet")
+        return read_parquet(self.out / "gene_r2.parquet")
 
     @property
     def selected(self) -> pd.DataFrame:

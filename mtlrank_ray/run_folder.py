@@ -20,7 +20,7 @@ import pandas as pd
 from .analysis.baselines import BaselineFit, baseline_name
 from .config import Config, load_config
 from .core.trial import Trial
-from .data.store import sibling
+from .data.store import read_parquet, sibling
 from .errors import InputError
 from .run_storage import fetch_models
 
@@ -42,7 +42,7 @@ def earlier_tissues(out: Path, config: Config, tissues: list[str], fresh: bool) 
     out = Path(out)
     if fresh or not (out / "gene_r2.parquet").is_file():
         return EarlierTissues()
-    genes = pd.read_parquet(out / "gene_r2.parquet")
+    genes = read_parquet(out / "gene_r2.parquet")
     genes = genes[~genes.tissue.isin(tissues)]
     if genes.empty:
         return EarlierTissues()
@@ -58,7 +58,7 @@ def earlier_tissues(out: Path, config: Config, tissues: list[str], fresh: bool) 
                 "pass --fresh to start the folder over, or --out for a new one")
     rankings = None
     if (out / "rankings.parquet").is_file():
-        rankings = pd.read_parquet(out / "rankings.parquet")
+        rankings = read_parquet(out / "rankings.parquet")
         if not {"cluster", "gene_symbol"} <= set(rankings.columns):
             raise InputError(f"{out} was written by an earlier version of this tool; pass --fresh "
                              "to start the folder over, or --out for a new one")

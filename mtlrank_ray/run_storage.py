@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 
 from .config import Config
 from .core.trial import Trial
-from .data.store import fetch_files, filesystem, put_file, read_file, sibling
+from .data.store import fetch_files, filesystem, put_file, read_file, read_parquet, sibling
 from .errors import InputError
 
 EXPERIMENT = "sweep"
@@ -71,7 +71,7 @@ def put_frame(location: str, frame: pd.DataFrame) -> None:
 
 
 def read_frame(location: str) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(read_file(location)))
+    return read_parquet(io.BytesIO(read_file(location)))
 
 
 @dataclass

@@ -53,7 +53,7 @@ from ..data.references import (
     read_csv_checked,
     read_id_map,
 )
-from ..data.store import read_manifest, write_atomically
+from ..data.store import read_manifest, read_parquet, write_atomically
 from ..errors import InputError
 from .baselines import BASELINES, RANKING, BaselineFit, baseline_name
 
@@ -371,7 +371,7 @@ def evaluate_run(out: Path, reference: Path, lam: float | None = None, k: int = 
         again = f"mtlrank-ray rank {out} --lambda {lam:g}" if lam is not None else "python tune.py"
         raise InputError(f"{path} is missing; run `{again}` first.")
     store = run_store(out)
-    rankings = pd.read_parquet(path)
+    rankings = read_parquet(path)
     tissues = sorted(rankings.tissue.astype(str).unique())
     if k < 1:
         raise InputError(f"--k {k}: precision at k needs k of at least 1.")

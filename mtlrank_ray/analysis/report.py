@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..core.trial import Trial  # noqa: E402
-from ..data.store import write_atomically  # noqa: E402
+from ..data.store import read_parquet, write_atomically  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from .baselines import BASELINES, LABEL, LINE  # noqa: E402
 from .evaluation import bottom_line, read_reference, run_store, wide  # noqa: E402
@@ -351,7 +351,7 @@ def write_report(out: Path) -> Path:
     if not (out / "gene_r2.parquet").is_file():
         raise InputError(f"{out / 'gene_r2.parquet'} is missing; report on a folder that "
                          "`python tune.py` finished.")
-    genes = pd.read_parquet(out / "gene_r2.parquet")
+    genes = read_parquet(out / "gene_r2.parquet")
     if "target" not in genes:  # a run from before data.target: velocity, the only one then
         genes["target"] = "velocity"
     folder = out / "report"
@@ -445,7 +445,7 @@ def run_facts(out: Path) -> dict[str, str]:
     if (out / "config.yaml").is_file():
         store = run_store(out)
         facts["store"] = str(store)
-        tissues = pd.read_parquet(out / "gene_r2.parquet", columns=["tissue"]).tissue.unique()
+        tissues = read_parquet(out / "gene_r2.parquet", columns=["tissue"]).tissue.unique()
         manifests = [read_manifest(store, str(t)) for t in sorted(tissues)]
         roots = sorted({m["data_root"] for m in manifests if m and "data_root" in m})
         facts["data"] = ", ".join(roots)

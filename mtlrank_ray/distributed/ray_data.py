@@ -38,7 +38,7 @@ import ray
 import ray.data
 
 from ..core.cluster_data import ClusterData
-from ..data.store import aligned_empty, is_uri
+from ..data.store import aligned_empty, is_uri, read_table
 
 DATASETS = {"expression": ("expression",), "target": ("target",),
             "activity": ("activity_mean", "activity_sum")}
@@ -75,7 +75,7 @@ def materialize_tissue(store: str, tissue: str, cpus: float = 1) -> TissueBlocks
     else:
         refs = [(name, _put_blocks([f"{folder}/{f}.parquet" for f in files]))
                 for name, files in DATASETS.items()]
-    refs += [(name, (ray.put(pq.read_table(f"{folder}/{name}.parquet")),)) for name in INDEX_TABLES]
+    refs += [(name, (ray.put(read_table(f"{folder}/{name}.parquet")),)) for name in INDEX_TABLES]
     tables = dict(refs)
     # Wait for the matrix, so the expression blocks can go before any trial starts.
     expression = _assemble_expression.options(num_cpus=cpus).remote(tables["tfs"], tables["expression"])
@@ -88,12 +88,12 @@ def _put_blocks(paths: list[str]) -> tuple:
     target = ray.data.DataContext.get_current().target_max_block_size
     refs = []
     for path in paths:
-        parquet = pq.ParquetFile(path)
-        meta = parquet.metadata
-        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        rows = max(1, target * meta.num_rows // max(1, size))
-        refs += [ray.put(pa.Table.from_batches([batch.replace_schema_metadata()]))
-                 for batch in parquet.iter_batches(rows)]
+        with pq.ParquetFile(path) as parquet:
+            meta = parquet.metadata
+            size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            rows = max(1, target * meta.num_rows // max(1, size))
+            refs += [ray.put(pa.Table.from_batches([batch.replace_schema_metadata()]))
+                     for batch in parquet.iter_batches(rows)]
     return tuple(refs)
 
 

@@ -429,12 +429,12 @@ def _print_rankings(out: Path, top: int | None, network, evaluation, suffix: str
 
 
 def _print_evaluation(evaluation, against: str, path: Path) -> None:
-    from .analysis.evaluation import wide
-    from .analysis.results import markdown_table
+    """The bottom line per tissue; every method's measures are in `path` and the report."""
+    from .analysis.evaluation import OURS, in_brief
 
-    print(f"rankings against {against} (value [95% interval over genes]; chance beside; the "
-          f"verdict from average precision minus chance): {path}")
-    print(markdown_table(wide(evaluation)))
+    print(f"rankings against {against}, average precision of ours ({OURS}) [95% interval over "
+          f"genes]; every method and measure: {path}")
+    print("\n".join(in_brief(evaluation)))
 
 
 def _evaluate(args) -> None:

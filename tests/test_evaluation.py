@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrank_ray.analysis.evaluation import ABOVE, BELOW, CHANCE, OURS, bottom_line, evaluate, wide
+from mtlrank_ray.analysis.evaluation import ABOVE, BELOW, CHANCE, OURS, bottom_line, evaluate, in_brief, wide
 
 TFS = np.array([f"tf{i}" for i in range(20)])
 
@@ -137,3 +137,10 @@ def test_our_rankings_are_set_against_each_method_paired_over_genes():
     shown = wide(table).set_index("method")["average precision, ours minus this"]
     assert shown[OURS] == "" and shown["copy"] == "+0.000 [+0.000, +0.000]"
     assert shown["sharper"].startswith("-0.")
+    ours_ap = ap.loc[OURS]
+    assert in_brief(table) == [
+        f"Liver: ours {ours_ap.value:.3f} [{ours_ap.low:.3f}, {ours_ap.high:.3f}], chance "
+        f"{ours_ap.chance:.3f}: above chance; behind sharper; ahead of blind; level with copy."]
+    others = in_brief(table[table.method != OURS])
+    assert others == ["Liver: sharper above chance; blind not distinguishable from chance; "
+                      "copy above chance."]

@@ -350,6 +350,27 @@ def bottom_line(evaluation: pd.DataFrame) -> list[str]:
     return lines
 
 
+def in_brief(evaluation: pd.DataFrame) -> list[str]:
+    """A line per tissue for the console: our rankings' average precision, its chance
+    and verdict, and where ours stand against each other method (ahead of, level with,
+    behind: the paired difference's interval). Without our rankings, each method's verdict."""
+    rows = evaluation[evaluation.measure == VERDICT_MEASURE]
+    lines = []
+    for tissue, part in rows.groupby("tissue", sort=True):
+        ours = part[part.method == OURS]
+        if ours.empty:
+            lines.append(f"{tissue}: " + "; ".join(f"{r.method} {r.verdict}" for r in part.itertuples()) + ".")
+            continue
+        row = ours.iloc[0]
+        standings: dict[str, list[str]] = {}
+        for other in part.dropna(subset=["ours_minus_low"]).itertuples():
+            standings.setdefault(_standing(other.ours_minus_low, other.ours_minus_high), []).append(other.method)
+        lines.append(f"{tissue}: ours {row.value:.3f} [{row.low:.3f}, {row.high:.3f}], chance "
+                     f"{row.chance:.3f}: {row.verdict}"
+                     + "".join(f"; {word} {', '.join(methods)}" for word, methods in standings.items()) + ".")
+    return lines
+
+
 def _standing(low: float, high: float) -> str:
     return "ahead of" if low > 0 else "behind" if high < 0 else "level with"
 

@@ -144,3 +144,10 @@ def test_our_rankings_are_set_against_each_method_paired_over_genes():
     others = in_brief(table[table.method != OURS])
     assert others == ["Liver: sharper above chance; blind not distinguishable from chance; "
                       "copy above chance."]
+
+
+def test_an_interval_that_excludes_zero_never_reads_as_touching_it():
+    from mtlrank_ray.analysis.results import signed_interval
+    assert signed_interval(0.045, 0.0003, 0.0904) == "+0.045 [+0.0003, +0.090]"
+    assert signed_interval(None, -0.00004, 0.0) == "[-4e-05, +0.000]"
+    assert signed_interval(-0.1, -0.2, -0.0012) == "-0.100 [-0.200, -0.001]"

@@ -56,6 +56,7 @@ from ..data.references import (
 from ..data.store import read_manifest, read_parquet, write_atomically
 from ..errors import InputError
 from .baselines import BASELINES, RANKING, BaselineFit, baseline_name
+from .results import signed_interval
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def wide(evaluation: pd.DataFrame) -> pd.DataFrame:
     if "ours_minus" in evaluation:
         ap = evaluation[evaluation.measure == VERDICT_MEASURE].set_index(["tissue", "method"])
         out[f"{VERDICT_MEASURE}, ours minus this"] = [
-            "" if np.isnan(r.ours_minus) else f"{r.ours_minus:+.3f} [{r.ours_minus_low:+.3f}, {r.ours_minus_high:+.3f}]"
+            "" if np.isnan(r.ours_minus) else signed_interval(r.ours_minus, r.ours_minus_low, r.ours_minus_high)
             for r in ap.reindex(out.index).itertuples()]
     return out.reset_index()
 
@@ -334,7 +335,7 @@ def bottom_line(evaluation: pd.DataFrame) -> list[str]:
     lines = []
     for tissue, part in verdicts(evaluation).groupby("tissue", sort=True):
         said = [f"{r.method} {r.verdict} (AP {r.value:.3f}, chance {r.chance:.3f}, "
-                f"difference [{r.over_chance_low:+.3f}, {r.over_chance_high:+.3f}])"
+                f"difference {signed_interval(None, r.over_chance_low, r.over_chance_high)})"
                 for r in part.itertuples()]
         above = part.verdict.eq(ABOVE).sum()
         head = ("no method's rankings beat chance" if not above
@@ -344,7 +345,7 @@ def bottom_line(evaluation: pd.DataFrame) -> list[str]:
         if len(compared):
             line += f" In AP, {OURS} is " + ", ".join(
                 f"{_standing(r.ours_minus_low, r.ours_minus_high)} {r.method} (difference "
-                f"{r.ours_minus:+.3f} [{r.ours_minus_low:+.3f}, {r.ours_minus_high:+.3f}])"
+                f"{signed_interval(r.ours_minus, r.ours_minus_low, r.ours_minus_high)})"
                 for r in compared.itertuples()) + "."
         lines.append(line)
     return lines

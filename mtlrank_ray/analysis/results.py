@@ -178,10 +178,18 @@ def fit_bottom_line(genes: pd.DataFrame, selected: pd.DataFrame) -> list[str]:
             low, high = np.percentile(difference[picks].mean(axis=1), [2.5, 97.5])
             word = "above" if low > 0 else "below" if high < 0 else "level with"
             said.append(f"{word} {name} ({pair[:, 1].mean():.3f}; difference "
-                        f"{difference.mean():+.3f} [{low:+.3f}, {high:+.3f}])")
+                        f"{signed_interval(difference.mean(), low, high)})")
         lines.append(f"{tissue}: the chosen networks' mean test R² is {chosen.mean():.3f}, "
                      + ", ".join(said) + ".")
     return lines
+
+
+def signed_interval(value: float | None, low: float, high: float) -> str:
+    """'+0.066 [+0.019, +0.121]' (the value left out when None); a bound that rounds to
+    0 keeps a significant digit, so an interval that excludes 0 never reads [+0.000, ...]."""
+    def signed(x: float) -> str:
+        return f"{x:+.1g}" if 0 < abs(x) < 0.0005 else f"{x:+.3f}"
+    return ("" if value is None else f"{signed(value)} ") + f"[{signed(low)}, {signed(high)}]"
 
 
 def chosen_values(values: pd.Series) -> str:

@@ -344,8 +344,8 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
         kept = (f"; kept from the interrupted sweep: {tasks.kept['baselines']} fits, "
                 f"{tasks.kept['rankings']} rankings" if args.resume else "")
-        say(f"baselines and rankings: {tasks.baseline_counts()}, {len(tasks.rankings)} groups "
-            f"ranked ({during} while trials ran), {len(tasks.failed)} failed{kept}")
+        say(f"baselines and rankings: {tasks.baseline_counts()}, TF rankings of {len(tasks.rankings)} "
+            f"groups ({during} made during the sweep), {len(tasks.failed)} failed{kept}")
     finally:
         ray.shutdown()
     return trials, failed, chosen, tasks

@@ -309,3 +309,30 @@ def test_a_journal_whose_list_was_cut_off_is_dropped(tmp_path):
     state_journal.settle(pafs.LocalFileSystem(), str(remote))
     assert stored_state(remote) == {STATE[1]: b"generated 1"}
     assert not (remote / state_journal.JOURNAL).exists()
+
+
+def test_a_settled_state_file_is_not_read_again_and_a_rewrite_of_it_is_seen(tmp_path, monkeypatch):
+    """After a resume the staging folder also holds earlier sessions' experiment states,
+    large and never rewritten: a capture reads them once, then goes by (inode, size,
+    time), safe for a file that was already old when read; the live one is read each time."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    write_state(staging, 1)
+    earlier = staging / "experiment_state-earlier.json"
+    earlier.write_bytes(b"an earlier session's state")
+    an_hour_ago = time.time() - 3600
+    os.utime(earlier, (an_hour_ago, an_hour_ago))
+    reads = []
+    monkeypatch.setattr(state_journal, "_read", lambda path: reads.append(Path(path).name) or Path(path).read_bytes())
+    installed, digests = {}, {}
+    first = state_journal.capture(str(staging), installed, digests)
+    assert sorted(first) == sorted([*STATE, earlier.name])
+    installed.update((name, digest) for name, (_, digest) in first.items())
+    reads.clear()
+    assert state_journal.capture(str(staging), installed, digests) == {}
+    assert sorted(reads) == sorted(STATE)  # the live files, written a moment ago
+    earlier.write_bytes(b"an earlier session's stat")  # rewritten in place, the same size
+    reads.clear()
+    again = state_journal.capture(str(staging), installed, digests)
+    assert again == {earlier.name: (b"an earlier session's stat", again[earlier.name][1])}
+    assert earlier.name in reads

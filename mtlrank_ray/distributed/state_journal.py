@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import posixpath
+import time
 
 import pyarrow.fs as pafs
 
@@ -37,21 +38,43 @@ JOURNAL = ".state-next"
 LISTED = "files.json"  # written last: the journal is whole
 
 
-def capture(local_path: str, installed: dict[str, bytes]) -> dict[str, tuple[bytes, bytes]]:
+SETTLED_S = 2.0  # a file this much older than a capture: a rewrite since would show in its time
+
+
+def capture(local_path: str, installed: dict[str, bytes],
+            digests: dict[str, tuple[tuple, bytes]]) -> dict[str, tuple[bytes, bytes]]:
     """The state files (the top level) of the staging folder `local_path` whose content
     differs from what `installed` recorded: name -> (content, its digest). By content,
     not by modification time: the experiment state is rewritten in place, and a rewrite
-    of the same size within the clock's resolution would look unchanged."""
+    of the same size within the clock's resolution would look unchanged. A file already
+    SETTLED_S old when it was last read (an earlier session's experiment state, after a
+    resume) is not read again while its (inode, size, time) stay: `digests` records
+    those, path -> (that key, digest)."""
     state = {}
+    now = time.time()
     for entry in os.scandir(local_path):
         if entry.name.startswith(".") or not entry.is_file():
             continue  # hidden: Tune's files in the making
-        with open(entry.path, "rb") as file:
-            content = file.read()
-        digest = hashlib.blake2b(content, digest_size=16).digest()
+        info = entry.stat()
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        content = None
+        if digests.get(entry.path, (None,))[0] == key:
+            digest = digests[entry.path][1]
+        else:
+            content = _read(entry.path)
+            digest = hashlib.blake2b(content, digest_size=16).digest()
+            if now - info.st_mtime > SETTLED_S:
+                digests[entry.path] = key, digest
+            else:
+                digests.pop(entry.path, None)
         if installed.get(entry.name) != digest:
-            state[entry.name] = content, digest
+            state[entry.name] = (_read(entry.path) if content is None else content), digest
     return state
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def install(fs: pafs.FileSystem, write, fs_path: str, state: dict[str, tuple[bytes, bytes]],

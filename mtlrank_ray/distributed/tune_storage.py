@@ -88,6 +88,7 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         self.uploaded: dict[str, tuple[int, int, int]] = {}  # path -> (inode, size, mtime) of its source
         self.made: set[str] = set()  # folders this process created
         self.installed: dict[str, dict[str, bytes]] = {}  # experiment path -> its state files' digests
+        self.digests: dict[str, tuple[tuple, bytes]] = {}  # staging files read once settled
         # Ray starts a second upload when one outlasts its sync_timeout: installs take turns,
         # and one captured before the last installed is dropped.
         self.installing = threading.Lock()
@@ -258,7 +259,8 @@ def _sync_up_command(syncer, local_path: str, uri: str, exclude=None):
     handler = _ours(syncer.storage_filesystem)
     state = None
     if handler is not None and os.path.isdir(local_path) and not exclude:
-        state = next(handler.captures), state_journal.capture(local_path, handler.installed.get(uri, {}))
+        state = next(handler.captures), state_journal.capture(local_path, handler.installed.get(uri, {}),
+                                                                   handler.digests)
     return _upload_to_fs_path, dict(local_path=local_path, fs=syncer.storage_filesystem,
                                     fs_path=uri, exclude=exclude, state=state)
 

@@ -432,7 +432,7 @@ def _print_evaluation(evaluation, against: str, path: Path) -> None:
     """The bottom line per tissue; every method's measures are in `path` and the report."""
     from .analysis.evaluation import OURS, in_brief
 
-    print(f"rankings against {against}, average precision of ours ({OURS}) [95% interval over "
+    print(f"rankings against {against}, ours = {OURS}, average precision [95% interval over "
           f"genes]; every method and measure: {path}")
     print("\n".join(in_brief(evaluation)))
 

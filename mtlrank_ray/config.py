@@ -9,6 +9,7 @@ key and the file, so a typo never silently runs the defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -179,8 +180,13 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file, "
-                          "e.g. tune_configs/default.yaml")
+        nearby = sorted(p.name for p in path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
+        stems = {Path(name).stem: name for name in nearby}  # by stem: ".yaml" alone is no likeness
+        close = difflib.get_close_matches(path.stem, list(stems), n=1)
+        hint = (f"did you mean {path.parent / stems[close[0]]}?" if close
+                else f"YAML files there: {', '.join(nearby)}" if nearby
+                else "pass an existing YAML file (the checkout's tune_configs/ holds examples)")
+        raise ConfigError(f"config file {path} does not exist; {hint}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -79,8 +79,15 @@ def test_malformed_config_names_key_and_file(tmp_path, text, expected):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    """A typo gets the nearest YAML file beside it; no near one, the files there."""
+    with pytest.raises(ConfigError, match="nope.yaml does not exist; pass an existing YAML file"):
         load_config(tmp_path / "nope.yaml")
+    (tmp_path / "smoke.yaml").write_text("{}\n")
+    (tmp_path / "seed.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=f"smok.yaml does not exist; did you mean {tmp_path / 'smoke.yaml'}\\?$"):
+        load_config(tmp_path / "smok.yaml")
+    with pytest.raises(ConfigError, match="atlas.yaml does not exist; YAML files there: seed.yaml, smoke.yaml$"):
+        load_config(tmp_path / "atlas.yaml")
 
 
 def test_cli_reports_a_bad_config_without_traceback(atlas, tmp_path, capsys):

@@ -66,6 +66,10 @@ def open_source(root: Path, config: Config) -> Source:
             raise InputError(f"{root} holds neither the seed layout ({RPKM}, {VELO}) nor "
                              f"scVelo files ({H5AD_DIR}/<Tissue>/); see README, 'Data layout'. "
                              "`mtlrank-ray demo-data DIR` writes an example.")
+    also = (f"; {root / H5AD_DIR} is there too, read with data.format: h5ad"
+            if fmt == "seed" and config.data.format == "auto" and (root / H5AD_DIR).is_dir() else "")
+    log.info("data %s: %s%s", root, f"the seed layout ({RPKM}, {VELO})" if fmt == "seed"
+             else f"scVelo files ({H5AD_DIR}/<Tissue>/)", also)
     if fmt == "seed":
         data = config.data
         needs = [key for key, value, seed_has in (("data.target", data.target, ("velocity", "expression")),

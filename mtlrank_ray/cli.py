@@ -357,7 +357,7 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
     import shutil
 
     from .analysis.rankings import concat_rankings, write_rankings
-    from .analysis.results import gene_table, markdown_table, write_results
+    from .analysis.results import fit_bottom_line, gene_table, markdown_table, selected_table, write_results
     from .core.trial import Trial
     from .data.store import install, write_atomically
     from .distributed.resume import mark_published
@@ -391,6 +391,7 @@ def _publish(args, config, out: Path, earlier: EarlierTissues, trials, failed, c
         path.unlink()
     print(f"\nresults: {out}/gene_r2.parquet, gene_r2.csv, selected.csv, summary.md")
     print(markdown_table(summary))
+    print("\n".join(fit_bottom_line(genes, selected_table(genes))))
     if rankings is not None:
         _print_rankings(out, None, *write_rankings(out, rankings, top=None)[1:])
     else:  # every ranking failed (listed in summary.md): no earlier run's rankings stay beside

@@ -67,6 +67,9 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert len(output.splitlines()) < 60, output
         assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
         assert "no counts file" not in output  # the estimated layers are read
+        # The bottom line of fit, per tissue, under the results table.
+        assert sum(line.split(": the chosen networks' mean test R² is ")[0] in ("Kidney_Left", "Liver")
+                   for line in run.stdout.splitlines()) == 2, run.stdout
         genes = pd.read_parquet(tmp_path / "runs/smoke/gene_r2.parquet")
         # The genes scVelo estimated velocity for in enough cells, up to 40 a tissue.
         stored = {t: load_tissue(tmp_path / "runs/smoke/store", t) for t in ("Kidney_Left", "Liver")}

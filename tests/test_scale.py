@@ -198,13 +198,30 @@ def test_baselines_and_rankings_run_beside_the_trials(local_ray, store, tmp_path
 def test_trials_of_a_node_share_one_expression_matrix(local_ray, store):
     blocks = ray_data.materialize_tissue(str(store), "Liver")
 
+    @ray.remote(num_cpus=0)
+    class Meeting:
+        def __init__(self):
+            self.arrived = 0
+
+        def arrive(self) -> int:
+            self.arrived += 1
+            return self.arrived
+
+        def count(self) -> int:
+            return self.arrived
+
     @ray.remote
-    def address(tissue):
+    def address(tissue, meeting):
         data = ray_data.cluster_data(tissue, 0)
-        time.sleep(1.0)  # both at once: two worker processes
+        ray.get(meeting.arrive.remote())
+        deadline = time.time() + 120
+        while ray.get(meeting.count.remote()) < 2:  # both hold the matrix at once: two processes
+            assert time.time() < deadline, "the other task never started"
+            time.sleep(0.05)
         return data.expression.ctypes.data, data.expression.flags.writeable, os.getpid()
 
-    first, second = ray.get([address.remote(blocks), address.remote(blocks)])
+    meeting = Meeting.remote()
+    first, second = ray.get([address.remote(blocks, meeting), address.remote(blocks, meeting)])
     assert first[2] != second[2]  # two worker processes
     assert not first[1]  # the object store's read-only copy, not a private one
     expected = load_tissue(store, "Liver").expression

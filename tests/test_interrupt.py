@@ -177,6 +177,12 @@ def test_two_runs_with_early_stopping_give_identical_results(folder, small_atlas
         done = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         runs.append(results(folder / name))
+        # The search state holds the spec and what is left to generate, not the last
+        # snapshot's state files (which would hold the search state before it, and so on).
+        sweep = folder / name / "sweep"
+        searcher, experiment = (max(sweep.glob(f"{kind}-*")).stat().st_size
+                                for kind in ("basic-variant-state", "experiment_state"))
+        assert searcher < experiment / 4, (searcher, experiment)
     genes = pd.read_csv(io.BytesIO(runs[0]["gene_r2.csv"]))
     assert genes[genes.model == "mtlrank"].stopped_early.any()  # ASHA did stop trials
     assert_same_results(runs[1], runs[0])

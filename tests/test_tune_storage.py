@@ -189,6 +189,31 @@ def test_the_state_files_reach_storage_as_tune_wrote_them_at_the_snapshot(tmp_pa
     assert stored_state(plain)[STATE[0]] != wrote[STATE[0]]  # the stand-in shows what it guards
 
 
+def test_the_search_state_does_not_carry_the_last_snapshot(tmp_path):
+    """Tune pickles its syncer, inside the experiment's spec, into the search state at each
+    snapshot, and Ray's syncer keeps its last upload's arguments: the state files captured
+    for that upload must not ride along, or each search state holds the one before."""
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    staging.mkdir()
+    path, fs = tune_storage(str(remote))
+    syncer = _FilesystemSyncer(storage_filesystem=fs, sync_period=0, sync_timeout=60)
+    sizes = []
+    for version in range(6):
+        write_state(staging, version)
+        (staging / STATE[1]).write_bytes(pickle.dumps({"spec": {"storage": syncer}}))  # as Tune's searcher
+        syncer.sync_up(str(staging), path)
+        syncer.wait()
+        sizes.append((remote / STATE[1]).stat().st_size)
+        assert stored_state(remote)[STATE[0]] == (staging / STATE[0]).read_bytes()
+    assert max(sizes[1:]) - min(sizes[1:]) < 1000, sizes
+    assert sizes[-1] < len((staging / STATE[0]).read_bytes()) / 10, sizes
+    restored = pickle.loads(pickle.dumps(syncer))  # a copy's upload sends the state files as Ray does
+    write_state(staging, 9)
+    restored.retry()
+    restored.wait()
+    assert stored_state(remote) == stored_state(staging)
+
+
 class Killed(Exception):
     pass
 

@@ -183,12 +183,27 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         return self.base.open_append_stream(path)
 
 
+class Capture:
+    """The state files `state_journal.capture` took for one upload (name -> (content,
+    digest)), and the capture's number. This process's alone: a copy is None (see the
+    module's docstring), whose upload sends the state files as Ray does."""
+
+    def __init__(self, number: int, files: dict[str, tuple[bytes, bytes]]):
+        self.number, self.files = number, files
+
+    def __reduce__(self):
+        return _no_capture, ()
+
+
+def _no_capture() -> None:
+    return None
+
+
 def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,
-                   state: tuple[int, dict[str, tuple[bytes, bytes]]] | None = None) -> None:
+                   state: Capture | None = None) -> None:
     """Upload the folder `local_path` to `fs_path`: the files whose (inode, size,
     modification time) differ from their last upload by this process, several at once.
-    With `state` (the capture's number and the state files `state_journal.capture`
-    took), the folders first and then that set."""
+    With `state`, the folders first and then that set of state files."""
     changed = []
     for folder, _, names in os.walk(local_path):
         relative = os.path.relpath(folder, local_path)
@@ -217,17 +232,16 @@ def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,
     with ThreadPoolExecutor(UPLOADS_AT_ONCE) as pool:
         list(pool.map(lambda item: upload(*item), changed))
     if state is not None:
-        number, files = state
         with handler.installing:
-            if number < handler.last_installed.get(fs_path, -1):
+            if state.number < handler.last_installed.get(fs_path, -1):
                 return  # a later snapshot is in place
             installed = handler.installed.setdefault(fs_path, {})
             try:
-                state_journal.install(handler.base, _writer(handler), fs_path, files, installed)
+                state_journal.install(handler.base, _writer(handler), fs_path, state.files, installed)
             except BaseException:
                 handler.installed.pop(fs_path, None)  # what is in place is no longer known
                 raise
-            handler.last_installed[fs_path] = number
+            handler.last_installed[fs_path] = state.number
 
 
 def _writer(handler: TuneStorageHandler):
@@ -259,8 +273,8 @@ def _sync_up_command(syncer, local_path: str, uri: str, exclude=None):
     handler = _ours(syncer.storage_filesystem)
     state = None
     if handler is not None and os.path.isdir(local_path) and not exclude:
-        state = next(handler.captures), state_journal.capture(local_path, handler.installed.get(uri, {}),
-                                                                   handler.digests)
+        state = Capture(next(handler.captures), state_journal.capture(
+            local_path, handler.installed.get(uri, {}), handler.digests))
     return _upload_to_fs_path, dict(local_path=local_path, fs=syncer.storage_filesystem,
                                     fs_path=uri, exclude=exclude, state=state)
 

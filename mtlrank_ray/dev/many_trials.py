@@ -18,9 +18,6 @@ this process. Printed, measured in this run, one `name: value` a line:
                             save's start to its upload's end (the upload runs beside the
                             driver's loop; a save does not start while one uploads)
     storage_objects_per_trial, storage_bytes_per_trial  the run's objects on S3 afterwards
-    storage_written_bytes_per_trial  the S3 server's volume files afterwards: every upload,
-                            overwritten or not (a lower bound: the server compacts a volume
-                            once 30% of it is overwritten, every 15 minutes at most)
 
 and the projection to 9,600 trials, with its arithmetic.
 """
@@ -186,19 +183,17 @@ def drive(address: str, storage: str, n_trials: int, folder: Path) -> None:
         tasks.finish()
         own = sum(r.metrics.get("time_total_s", 0.0) for r in grid if r.metrics)
         objects, size = storage_totals(config.run.root(out))
-        written = sum(f.stat().st_size for f in (folder / "cluster" / "s3-data").glob("*.dat"))
         durations = [d for _, d in snapshots.durations] or [float("nan")]
         print(f"snapshot_save_s_mean: {np.mean(snapshots.saves or [float('nan')]):.2f}  "
               "(writing the state files, before the upload)")
         report(n, wall, own, slots, memory.samples, memory_bytes("VmHWM") / 2**20,
-               snapshots.durations, durations, objects, size, written,
+               snapshots.durations, durations, objects, size,
                failed=sum(r.error is not None for r in grid) + len(tasks.failed))
     finally:
         ray.shutdown()
 
 
-def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects, size, written,
-           failed) -> None:
+def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects, size, failed) -> None:
     ideal = own / slots
     growth = slope_per_1000(samples)
     print(f"failed: {failed}")
@@ -217,7 +212,6 @@ def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects,
     print(f"snapshot_s_mean_second_half: {np.mean(late):.2f}")
     print(f"storage_objects_per_trial: {objects / n:.1f}")
     print(f"storage_bytes_per_trial: {size / n:.0f}")
-    print(f"storage_written_bytes_per_trial: {written / n:.0f}")
     print(f"\nprojection: {PAPER_TRIALS} trials, from this run's figures")
     per_trial = wall / n
     print(f"  wall, at this run's {per_trial:.2f} s per trial with {slots} slots: "

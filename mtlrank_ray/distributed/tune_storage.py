@@ -199,11 +199,7 @@ class Capture:
         self.number, self.files = number, files
 
     def __reduce__(self):
-        return _no_capture, ()
-
-
-def _no_capture() -> None:
-    return None
+        return type(None), ()  # NoneType() is None
 
 
 def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,

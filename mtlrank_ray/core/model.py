@@ -167,10 +167,11 @@ def l1_norm(weights):
 
 
 def loss(weights, expression, cells, a, c, target, lam, l1):
-    """(total loss, mean MSE) for one batch per gene: cells and target (G, B)."""
+    """(total loss, mean MSE) for one batch per gene: cells and target (G, B); l1 the L1
+    term's weight, or None for none."""
     mse = tf.reduce_mean(tf.square(target - predict(weights, expression, cells, a, c)))
     total = mse + lam * trace_norm(weights)
-    if l1:
+    if l1 is not None:  # None: no L1 term (the seed's); a number or tensor: its weight
         total += l1 * l1_norm(weights)
     return total, mse
 

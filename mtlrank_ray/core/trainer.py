@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -66,18 +65,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-class _TracePerTrainer(logging.Filter):
-    """Each trainer traces its own step and evaluation once, by design; in a worker
-    that trains trial after trial TensorFlow counts those traces together and warns
-    of excessive retracing. Drop that one message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-tf.get_logger().addFilter(_TracePerTrainer())
-
-
 def configure_runtime(cpus: float, deterministic_ops: bool = False) -> int:
     """Size TensorFlow's thread pools to the CPUs a caller was given, let it grow GPU
     memory as needed (so trials can share a GPU) and, if asked, use only its
@@ -113,7 +100,8 @@ class ClusterTrainer:
         self.step_count = tf.Variable(0, dtype=tf.int64)
         self.expression = model.shared_tensor(data.expression)
         self.activity = (tf.constant(data.act_mean), tf.constant(data.act_sum))
-        self.lam = tf.constant(trial.lam, tf.float32)
+        self.hyper = (tf.constant(trial.lam, tf.float32), tf.constant(settings.learning_rate, tf.float32),
+                      tf.constant(settings.l1, tf.float32))
         self.epoch = 0
         self.best_epoch = 0
         self.best_weights = {k: v.copy() for k, v in weights.items()}
@@ -121,43 +109,16 @@ class ClusterTrainer:
         self.best_test_r2 = np.zeros(len(data.genes))
         self.history: list[dict] = []
         self._train_standardization = _tensors(self.splits["train"].standardization)
-        self.train_step = tf.function(self._step, reduce_retracing=True)
-        self._evaluate = tf.function(self._evaluate_chunk, reduce_retracing=True)
         self._evaluation: dict[str, tuple] = {}
 
-    # -- the step -------------------------------------------------------------
-    def _coefficients(self, standardization):
-        return model.first_layer_coefficients(self.weights, *self.activity, *standardization)
+    def _state(self) -> _State:
+        return _State(self.weights, self.moments, self.step_count, self.expression, self.activity,
+                      *self.hyper)
 
-    def _step(self, cells, target):
-        """One batch per gene, cells and targets (G, B): forward, backward, Adam."""
-        with tf.GradientTape() as tape:
-            a, c = self._coefficients(self._train_standardization)
-            total, _ = model.loss(self.weights, self.expression, cells, a, c, target, self.lam,
-                                  self.settings.l1)
-        names = list(self.weights)
-        grads = tape.gradient(total, [self.weights[k] for k in names])
-        self._adam(dict(zip(names, grads)))
-        return total
-
-    def _adam(self, grads):
-        """Adam as Keras applies it (its default β and ε), in TensorFlow's fused kernel:
-        m += (g - m)(1 - β1), v += (g² - v)(1 - β2),
-        w -= lr·sqrt(1 - β2^t)/(1 - β1^t) · m / (sqrt(v) + ε)."""
-        self.step_count.assign_add(1)
-        t = tf.cast(self.step_count, tf.float32)
-        for name, grad in grads.items():
-            m, v = self.moments[name]
-            tf.raw_ops.ResourceApplyAdam(
-                var=self.weights[name].handle, m=m.handle, v=v.handle,
-                beta1_power=ADAM["beta_1"] ** t, beta2_power=ADAM["beta_2"] ** t,
-                lr=self.settings.learning_rate, beta1=ADAM["beta_1"], beta2=ADAM["beta_2"],
-                epsilon=ADAM["epsilon"], grad=grad)
-
-    def _evaluate_chunk(self, cells, target, mask, standardization):
-        a, c = self._coefficients(standardization)
-        pred = model.predict(self.weights, self.expression, cells, a, c)
-        return tf.reduce_sum(tf.square(target - pred) * mask, axis=1)
+    def train_step(self, cells, target):
+        """One batch per gene, cells and targets (G, B): forward, backward, Adam; the loss."""
+        return _train_step(self._state(), self._train_standardization, cells, target,
+                           self.settings.l1 != 0)
 
     # -- evaluation -----------------------------------------------------------
     def predict_r2(self, split: str) -> np.ndarray:
@@ -166,8 +127,8 @@ class ClusterTrainer:
         ss_res = np.zeros(len(self.data.genes))
         for start in range(0, cells.shape[1], EVAL_CHUNK):
             part = slice(start, start + EVAL_CHUNK)
-            ss_res += self._evaluate(cells[:, part], target[:, part], mask[:, part],
-                                     standardization).numpy()
+            ss_res += _evaluate_chunk(self._state(), standardization, cells[:, part],
+                                      target[:, part], mask[:, part]).numpy()
         return r2_scores(ss_res, ss_tot)
 
     def _evaluation_data(self, split: str):
@@ -255,6 +216,60 @@ class ClusterTrainer:
         self.step_count.assign(steps)
         self.batch_rng.bit_generator.state = state["batch_rng"]
         self.history = state["history"]
+
+
+class _State(NamedTuple):
+    """What the step and the evaluation read and write, passed to them as arguments: so
+    one trace serves every trainer of a process. A trainer's own tf.function traced
+    anew for each trainer, and a worker that trains trial after trial kept every trace
+    (6.6 MB of memory a trial; tensorflow/tensorflow#62854)."""
+
+    weights: dict[str, tf.Variable]
+    moments: dict[str, tuple[tf.Variable, tf.Variable]]
+    step_count: tf.Variable
+    expression: tf.Tensor
+    activity: tuple[tf.Tensor, tf.Tensor]
+    lam: tf.Tensor
+    learning_rate: tf.Tensor
+    l1: tf.Tensor
+
+
+def _coefficients(state: _State, standardization):
+    return model.first_layer_coefficients(state.weights, *state.activity, *standardization)
+
+
+@tf.function(reduce_retracing=True)
+def _train_step(state: _State, standardization, cells, target, with_l1: bool):
+    with tf.GradientTape() as tape:
+        a, c = _coefficients(state, standardization)
+        total, _ = model.loss(state.weights, state.expression, cells, a, c, target, state.lam,
+                              state.l1 if with_l1 else None)
+    names = list(state.weights)
+    grads = tape.gradient(total, [state.weights[k] for k in names])
+    _adam(state, dict(zip(names, grads)))
+    return total
+
+
+def _adam(state: _State, grads):
+    """Adam as Keras applies it (its default β and ε), in TensorFlow's fused kernel:
+    m += (g - m)(1 - β1), v += (g² - v)(1 - β2),
+    w -= lr·sqrt(1 - β2^t)/(1 - β1^t) · m / (sqrt(v) + ε)."""
+    state.step_count.assign_add(1)
+    t = tf.cast(state.step_count, tf.float32)
+    for name, grad in grads.items():
+        m, v = state.moments[name]
+        tf.raw_ops.ResourceApplyAdam(
+            var=state.weights[name].handle, m=m.handle, v=v.handle,
+            beta1_power=ADAM["beta_1"] ** t, beta2_power=ADAM["beta_2"] ** t,
+            lr=state.learning_rate, beta1=ADAM["beta_1"], beta2=ADAM["beta_2"],
+            epsilon=ADAM["epsilon"], grad=grad)
+
+
+@tf.function(reduce_retracing=True)
+def _evaluate_chunk(state: _State, standardization, cells, target, mask):
+    a, c = _coefficients(state, standardization)
+    pred = model.predict(state.weights, state.expression, cells, a, c)
+    return tf.reduce_sum(tf.square(target - pred) * mask, axis=1)
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -19,10 +19,10 @@ from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import prepare_store
 from mtlrank_ray.distributed.resume import restore_missing_checkpoints, swept_trials
 
-# 16 trials one at a time, so the sweep spans several of Tune's snapshots to storage
-# (10 s apart or more): it is interrupted when some but not all of its trials are
-# recorded there, as a real sweep would be.
-EPOCHS = 24
+# 16 trials one at a time, about 2 s each, so the sweep spans several of Tune's snapshots
+# to storage (10 s apart or more): it is interrupted when some but not all of its trials
+# are recorded there, as a real sweep would be.
+EPOCHS = 100
 
 
 def finished_trials(sweep, epochs=EPOCHS):

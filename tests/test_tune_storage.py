@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ray.train._internal.storage import _FilesystemSyncer
+from ray.train._internal.storage import _delete_fs_path, _FilesystemSyncer
 
 from mtlrank_ray.distributed import state_journal
 from mtlrank_ray.distributed.tune_storage import _RAY_UPLOAD, TuneStorageHandler, tune_storage
@@ -212,6 +212,31 @@ def test_the_search_state_does_not_carry_the_last_snapshot(tmp_path):
     restored.retry()
     restored.wait()
     assert stored_state(remote) == stored_state(staging)
+
+
+def test_a_superseded_checkpoint_goes_once_a_later_snapshot_is_in_storage(tmp_path):
+    """Tune deletes a trial's superseded checkpoint when it registers the next: the
+    deletion waits until a snapshot captured after that is in storage, so storage's
+    snapshot never names a checkpoint that is gone."""
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    staging.mkdir()
+    path, fs = tune_storage(str(remote))
+    syncer = _FilesystemSyncer(storage_filesystem=fs, sync_period=0, sync_timeout=60)
+    trial_fs = pickle.loads(pickle.dumps(fs))  # as a checkpoint reported by a trial carries it
+    superseded = remote / "trial_a" / "checkpoint_000000"
+    superseded.mkdir(parents=True)
+    (superseded / "state").write_text("epoch 2")
+    write_state(staging, 1)
+    command, arguments = syncer._sync_up_command(local_path=str(staging), uri=path)  # names it
+    _delete_fs_path(trial_fs, f"{path}/trial_a/checkpoint_000000")  # Tune let it go
+    assert superseded.exists()
+    command(**arguments)  # the snapshot captured before is installed: it still names it
+    assert superseded.exists() and stored_state(remote) == stored_state(staging)
+    write_state(staging, 2)
+    syncer.sync_up(str(staging), path)
+    syncer.wait()
+    assert not superseded.exists()
+    assert (remote / "trial_a").exists() and stored_state(remote) == stored_state(staging)
 
 
 class Killed(Exception):

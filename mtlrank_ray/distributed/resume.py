@@ -5,7 +5,8 @@ unless the run says --resume (go on with it) or --fresh (delete it), or the
 stored sweep is the one whose results this run folder already holds: its
 trials, checkpoints, baselines and rankings may be days of GPU work. A
 resumed sweep must cover the same tissues, and its trials whose last
-snapshotted checkpoint Tune already deleted are mended first.
+snapshotted checkpoint was already deleted (a sweep stored by an earlier
+version) are mended first.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ def restore_missing_checkpoints(trials: list) -> int:
     """Make every one of a sweep's trials restorable; returns how many were mended.
 
     Tune deletes a trial's superseded checkpoint as soon as the next one is
-    registered, before the next experiment snapshot stops naming it: a driver
-    killed in between leaves a snapshot that names a deleted checkpoint, and
-    that trial fails on resume. The trial's newest checkpoint is copied where
+    registered, before the next experiment snapshot stops naming it; this
+    version waits for that snapshot (`tune_storage.Superseded`), earlier ones
+    did not, and a driver of theirs killed in between left a snapshot that names
+    a deleted checkpoint, whose trial fails on resume. The trial's newest checkpoint is copied where
     the snapshot looks (the trainer's state in it holds its own epoch, so
     training goes on from there)."""
     mended = 0

@@ -22,6 +22,18 @@ process uploaded them.
   time are those it had when this process last uploaded it is not read at
   all, and a folder this process already created is not created again. The
   record is this process's: a new driver (a resume) uploads everything once.
+- Snapshots on Tune's period, checkpoints let go after one: with
+  `num_to_keep=1` Tune deletes a trial's superseded checkpoint as soon as the
+  next is registered, and forces an experiment snapshot at every trial
+  checkpoint so that storage never names a deleted one for long
+  (`_ExperimentCheckpointManager.on_trial_checkpoint`,
+  `ray/tune/execution/experiment_state.py`); a forced snapshot also waits in the
+  driver's loop for the last upload. At thousands of trials that is a whole
+  experiment state (17 KB a trial) written per checkpoint. Here the deletion
+  waits instead (`Superseded`): a superseded checkpoint goes once a snapshot
+  captured after Tune let it go is in storage, so storage's snapshot always
+  names checkpoints that exist, and snapshots keep Tune's own period (10 s or
+  more, about 5% of the loop's time: `TUNE_GLOBAL_CHECKPOINT_S`, "auto").
 - Nothing carried over: Ray keeps an upload's arguments on its syncer
   (`_BackgroundSyncer._current_cmd`, kept by its `__getstate__`), and Tune
   pickles the syncer inside the experiment's spec into the search state at
@@ -34,7 +46,6 @@ process uploaded them.
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import posixpath
 import threading
@@ -45,12 +56,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 from ray.train._internal import storage as ray_storage
+from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.execution.tune_controller import TuneController
 
 from ..data.store import filesystem, is_uri
 from . import state_journal
 
 UPLOADS_AT_ONCE = 16  # object storage answers each request in tens of ms: several in flight
 LINE_LOGS = {"result.json", "progress.csv"}  # appended to by Tune as trials report
+CHECKPOINT = "checkpoint_"  # a trial's checkpoint folder: checkpoint_000003
 
 
 class _ReplaceOnClose(io.FileIO):
@@ -99,7 +113,6 @@ class TuneStorageHandler(pafs.FileSystemHandler):
         # Ray starts a second upload when one outlasts its sync_timeout: installs take turns,
         # and one captured before the last installed is dropped.
         self.installing = threading.Lock()
-        self.captures = itertools.count()
         self.last_installed: dict[str, int] = {}  # experiment path -> capture number
 
     def __getstate__(self) -> dict:  # Tune sends the filesystem to every trial: not the record
@@ -150,6 +163,9 @@ class TuneStorageHandler(pafs.FileSystemHandler):
             self.made.add(path)
 
     def delete_dir(self, path):
+        if posixpath.basename(path).startswith(CHECKPOINT):
+            SUPERSEDED.add(self.base, path)  # Tune let it go: see the module's docstring
+            return
         self._forget(path)
         self.base.delete_dir(path)
 
@@ -188,6 +204,56 @@ class TuneStorageHandler(pafs.FileSystemHandler):
     def open_append_stream(self, path, metadata):
         self._forget(path)
         return self.base.open_append_stream(path)
+
+
+class Superseded:
+    """Checkpoint folders Tune deleted (num_to_keep), each deleted once a snapshot of its
+    experiment captured after that is in storage: until then storage's snapshot may
+    still name it. Captures are numbered in this process; a folder let go before
+    capture n goes once capture n or a later one is installed. The driver's loop lets
+    them go and captures; its upload thread installs and deletes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.next_capture = 0
+        self.waiting: list[tuple[int, pafs.FileSystem, str]] = []  # (capture, filesystem, folder)
+
+    def capture_number(self) -> int:
+        with self.lock:
+            self.next_capture += 1
+            return self.next_capture - 1
+
+    def add(self, fs: pafs.FileSystem, folder: str) -> None:
+        with self.lock:
+            self.waiting.append((self.next_capture, fs, folder))
+
+    def delete_after(self, installed: int, experiment: str) -> None:
+        """Delete the folders of `experiment` let go before capture `installed`."""
+        due, kept = [], []
+        with self.lock:
+            for item in self.waiting:
+                (due if item[0] <= installed and _experiment_of(item[2]) == experiment else kept).append(item)
+            self.waiting = kept
+        for _, fs, folder in due:
+            fs.delete_dir(folder)
+
+
+def _experiment_of(checkpoint: str) -> str:
+    return posixpath.dirname(posixpath.dirname(checkpoint))  # <experiment>/<trial>/checkpoint_*
+
+
+SUPERSEDED = Superseded()
+
+
+def _snapshots_on_tunes_period(controller: TuneController) -> _ExperimentCheckpointManager:
+    """Ray 2.60's `TuneController._create_checkpoint_manager` without the snapshot forced at
+    every trial checkpoint (see the module's docstring)."""
+    return _ExperimentCheckpointManager(storage=controller._storage,
+                                        checkpoint_period=controller._checkpoint_period,
+                                        sync_every_n_trial_checkpoints=None)
+
+
+TuneController._create_checkpoint_manager = _snapshots_on_tunes_period
 
 
 class Capture:
@@ -236,15 +302,15 @@ def upload_changed(local_path: str, handler: TuneStorageHandler, fs_path: str,
         list(pool.map(lambda item: upload(*item), changed))
     if state is not None:
         with handler.installing:
-            if state.number < handler.last_installed.get(fs_path, -1):
-                return  # a later snapshot is in place
-            installed = handler.installed.setdefault(fs_path, {})
-            try:
-                state_journal.install(handler.base, _writer(handler), fs_path, state.files, installed)
-            except BaseException:
-                handler.installed.pop(fs_path, None)  # what is in place is no longer known
-                raise
-            handler.last_installed[fs_path] = state.number
+            if state.number >= handler.last_installed.get(fs_path, -1):  # else a later one is in place
+                installed = handler.installed.setdefault(fs_path, {})
+                try:
+                    state_journal.install(handler.base, _writer(handler), fs_path, state.files, installed)
+                except BaseException:
+                    handler.installed.pop(fs_path, None)  # what is in place is no longer known
+                    raise
+                handler.last_installed[fs_path] = state.number
+        SUPERSEDED.delete_after(state.number, fs_path)
 
 
 def _writer(handler: TuneStorageHandler):
@@ -276,7 +342,7 @@ def _sync_up_command(syncer, local_path: str, uri: str, exclude=None):
     handler = _ours(syncer.storage_filesystem)
     state = None
     if handler is not None and os.path.isdir(local_path) and not exclude:
-        state = Capture(next(handler.captures), state_journal.capture(
+        state = Capture(SUPERSEDED.capture_number(), state_journal.capture(
             local_path, handler.installed.get(uri, {}), handler.digests))
     return _upload_to_fs_path, dict(local_path=local_path, fs=syncer.storage_filesystem,
                                     fs_path=uri, exclude=exclude, state=state)

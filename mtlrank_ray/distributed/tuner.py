@@ -141,9 +141,6 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
         tune.with_parameters(trainable, tissues=blocks, settings=settings),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     StopWithoutGpu.missing = None
-    # Every trial's end forces a snapshot (its `finished` checkpoint, with num_to_keep=1),
-    # by design and cheaply (`tune_storage`): Tune's warning of frequent ones is not news.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume_sweep:
         stored, storage_filesystem = tune_storage(resume.resume_path(config, out, list(blocks)))
         tuner = tune.Tuner.restore(stored, trainable=trainable, resume_errored=True,

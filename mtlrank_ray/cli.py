@@ -270,9 +270,11 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     selected λ per group, the GroupTasks with the baselines and rankings)."""
     import ray  # imported here: `prepare` and `demo-data` need no Ray
 
+    from .analysis.baselines import LABEL
     from .analysis.results import collect, gene_table, selected_table
     from .console import (
         SweepProgress,
+        TaskProgress,
         phase,
         quiet_missing_metrics,
         quiet_token_notice,
@@ -340,7 +342,15 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         for row in chosen.to_dict("records"):  # groups not ranked yet (resumed, or a trial failed)
             tasks.add_ranking(Trial.from_config(row))
         swept = time.monotonic()
-        tasks.finish()
+        left = tasks.outstanding()
+        progress = None
+        if sum(left.values()) and not args.quiet:
+            say(f"baselines and rankings after the sweep: "
+                f"{', '.join(f'{n} {LABEL.get(kind, kind)}' for kind, n in sorted(left.items()))}")
+            progress = TaskProgress(sum(left.values()))
+        tasks.finish(on_done=progress.advance if progress else None)
+        if progress:
+            progress.close()
         during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
         kept = (f"; kept from the interrupted sweep: {tasks.kept['baselines']} fits, "
                 f"{tasks.kept['rankings']} rankings" if args.resume else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ INTEGER_KEYS = frozenset(k for k, hint in typing.get_type_hints(TrainingConfig).
 DOMAINS = {"grid": "a list", "choice": "a list", "uniform": "[low, high]",
            "loguniform": "[low, high]"}
 SAMPLED = ("choice", "uniform", "loguniform")
+CHECKOUT = Path(__file__).resolve().parents[1]  # where tune_configs/ is, in a checkout
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -183,7 +185,10 @@ def load_config(path: str | Path | None) -> Config:
         nearby = sorted(p.name for p in path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
         stems = {Path(name).stem: name for name in nearby}  # by stem: ".yaml" alone is no likeness
         close = difflib.get_close_matches(path.stem, list(stems), n=1)
-        hint = (f"did you mean {path.parent / stems[close[0]]}?" if close
+        shipped = CHECKOUT / path  # tune_configs/x.yaml given from another folder (demo/)
+        hint = (f"did you mean {os.path.relpath(shipped)}? (a relative path is read from the "
+                "current folder)" if not path.is_absolute() and shipped.is_file()
+                else f"did you mean {path.parent / stems[close[0]]}?" if close
                 else f"YAML files there: {', '.join(nearby)}" if nearby
                 else "pass an existing YAML file (the checkout's tune_configs/ holds examples)")
         raise ConfigError(f"config file {path} does not exist; {hint}")

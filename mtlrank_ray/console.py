@@ -1,5 +1,6 @@
-"""What `tune.py` prints while it runs: a line per phase, a progress bar for the sweep,
-and the workers' output without TensorFlow's start-up lines.
+"""What `tune.py` prints while it runs: a line per phase, a progress bar for the sweep
+and one for the baselines and rankings still running after it, and the workers'
+output without TensorFlow's start-up lines.
 
 The sweep's bar (tqdm; in a Jupyter notebook its notebook bar) shows trials done
 out of all, elapsed time, the time left and the best trial's mean validation R² so
@@ -183,3 +184,30 @@ class SweepProgress(Callback):
               + (f", about {left:.0f} s left" if finished_here and not final else "")
               + (f"; best trial's mean validation R²: {self._best_text()}" if self._best else ""),
               flush=True)
+
+
+class TaskProgress:
+    """The baselines and rankings still running after the sweep: a bar as the sweep's, or
+    where there is no terminal nor notebook a plain line every PLAIN_EVERY_S seconds."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self._started = self._printed = time.monotonic()
+        self._bar = (bar_class()(total=total, desc="baselines and rankings", unit="task",
+                                 file=sys.stderr, dynamic_ncols=True)
+                     if sys.stderr.isatty() or in_notebook() else None)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self._printed >= PLAIN_EVERY_S and self.done < self.total:
+            self._printed = now
+            print(f"baselines and rankings: {self.done}/{self.total} done, "
+                  f"{now - self._started:.0f} s elapsed", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -67,6 +67,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert len(output.splitlines()) < 60, output
         assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
         assert "no counts file" not in output  # the estimated layers are read
+        assert sum("reading the scVelo files" in line for line in output.splitlines()) == 1, output
         # The bottom line of fit, per tissue, under the results table.
         assert sum(line.split(": the chosen networks' mean test R² is ")[0] in ("Kidney_Left", "Liver")
                    for line in run.stdout.splitlines()) == 2, run.stdout

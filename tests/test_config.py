@@ -1,3 +1,6 @@
+import os
+import re
+
 import pytest
 from conftest import REPO
 
@@ -88,6 +91,16 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "smok.yaml")
     with pytest.raises(ConfigError, match="atlas.yaml does not exist; YAML files there: seed.yaml, smoke.yaml$"):
         load_config(tmp_path / "atlas.yaml")
+
+
+def test_a_shipped_config_named_from_another_folder_is_pointed_to(tmp_path, monkeypatch):
+    """`cd demo` and then `--config tune_configs/smoke.yaml`: the checkout's file is one up."""
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path / "demo")
+    shipped = os.path.relpath(REPO / "tune_configs" / "smoke.yaml")
+    with pytest.raises(ConfigError, match=f"tune_configs/smoke.yaml does not exist; did you mean "
+                                          f"{re.escape(shipped)}\\? \\(a relative path"):
+        load_config("tune_configs/smoke.yaml")
 
 
 def test_cli_reports_a_bad_config_without_traceback(atlas, tmp_path, capsys):

@@ -195,3 +195,21 @@ def test_a_searched_learning_rate_is_plotted_and_each_lambda_counts_its_best_rat
     for row in pairs.to_dict("records"):
         assert row["test_r2_zero"] == zero[row["cluster"], row["gene"], chosen[row["cluster"]]]
     assert matplotlib.image.imread(tmp_path / "s.png").shape[2] in (3, 4)
+
+
+def test_the_lambda_curve_shows_the_clusters_choices_above_every_single_lambda(tmp_path):
+    """Clusters that choose different λ: each fixed λ's mean lies below the mean of the
+    choices, which the left panel draws beside λ = 0 (a reader saw a contradiction)."""
+    best = {0: 0.1, 1: 1.0}  # each cluster's winning λ
+    trials = []
+    for cluster in (0, 1):
+        genes = [f"g{cluster}-{g}" for g in range(3)]
+        for lam in (0.0, 0.1, 1.0):
+            val = [0.5 if lam == best[cluster] else 0.2] * 3
+            trials.append(({"tissue": "Liver", "cluster": cluster, "replicate": 0, "lambda": lam},
+                           {"genes": genes, "best_val_r2": val, "best_test_r2": val,
+                            "best_epoch": 2, "epoch": 4}))
+    genes = gene_table(trials, epochs=4, baselines=[])
+    curve = report.plot_lambda_curve(genes, tmp_path / "c.png")
+    assert curve["Liver"] == pytest.approx({0.0: 0.2, 0.1: 0.35, 1.0: 0.35})
+    assert curve["Liver", "chosen"] == pytest.approx(0.5)

@@ -82,16 +82,19 @@ def plot_test_r2(genes: pd.DataFrame, path: Path) -> dict:
 
 def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     """Mean validation R² against λ: λ > 0 on a log axis, λ = 0 as its own point in a
-    narrow panel beside it (a log axis has no 0), each baseline's as a flat line. With
-    searched training keys, each group counts at each λ with its best setting there.
-    Returns {tissue: {λ: mean val R²}}, {(tissue, method): mean val R²} and what each
-    panel drew."""
+    narrow panel beside it (a log axis has no 0) with the configuration each cluster
+    chose (its λ, per cluster and replicate: above every fixed λ when clusters choose
+    differently), each baseline's as a flat line. With searched training keys, each
+    group counts at each λ with its best setting there. Returns {tissue: {λ: mean val
+    R²}}, {(tissue, method): mean val R²}, {(tissue, "chosen"): mean val R²} and what
+    each panel drew."""
     network = networks(genes)
     means = network.groupby([*GROUP, *configuration(genes)]).val_r2.mean().reset_index()
     best = means.loc[means.groupby([*GROUP, "lambda"]).val_r2.idxmax(), [*GROUP, *configuration(genes)]]
     curves = network.merge(best, on=list(best.columns)).groupby(["tissue", "lambda"]).val_r2.mean()
     baselines = {m: genes[genes.model == m].groupby("tissue").val_r2.mean() for m in BASELINES
                  if (genes.model == m).any()}
+    chosen = at_selected(genes, selected_table(genes)).groupby("tissue").val_r2.mean()
     drawn = {}
     fig, (zero_ax, ax) = plt.subplots(1, 2, sharey=True, figsize=(8.5, 4), layout="constrained",
                                       gridspec_kw={"width_ratios": [1, 6]})
@@ -104,6 +107,9 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
         ax.plot(lambdas[positive], values[positive], marker="o", color=f"C{k}", label=tissue)
         zero_ax.plot(np.zeros((~positive).sum()), values[~positive], marker="s", color=f"C{k}",
                      linestyle="none")
+        if tissue in chosen.index:
+            zero_ax.plot([1], [chosen[tissue]], marker="*", markersize=10, color=f"C{k}", linestyle="none")
+            drawn[tissue, "chosen"] = chosen[tissue]
         for method, values in baselines.items():
             if tissue in values.index:
                 for axis in (zero_ax, ax):
@@ -112,8 +118,8 @@ def plot_lambda_curve(genes: pd.DataFrame, path: Path) -> dict:
     for method in baselines:
         ax.plot([], [], color="grey", linestyle=LINE[method], linewidth=1,
                 label=f"{LABEL[method]} (each tissue's colour)")
-    zero_ax.set_xticks([0], ["λ = 0"])
-    zero_ax.set_xlim(-1, 1)
+    zero_ax.set_xticks([0, 1], ["λ = 0", "chosen"])
+    zero_ax.set_xlim(-0.7, 1.7)
     zero_ax.set_ylabel("mean validation R²")
     ax.set_xscale("log")
     ax.set_xlabel("λ (trace-norm weight)")
@@ -233,7 +239,9 @@ CAPTIONS = {
                         "trace-norm weight λ, per tissue. λ = 0, in the left panel, trains every "
                         "gene's network on its own; a larger λ makes the genes of a cluster share "
                         "more of their first layers. Dashed: the lasso; dotted: GRNBoost2. Each cluster's λ is chosen "
-                        "where its own validation R² is highest. With settings searched beside λ "
+                        "where its own validation R² is highest; the star (\"chosen\") is the mean "
+                        "over those choices, so it can lie above every point of the curve, whose "
+                        "points each hold one λ for all clusters. With settings searched beside λ "
                         "(`search.space`), each cluster and replicate counts at each λ with its best "
                         "setting there.",
     "search_space.png": "Mean validation R² of every configuration the sweep trained (over the "

@@ -66,10 +66,6 @@ def open_source(root: Path, config: Config) -> Source:
             raise InputError(f"{root} holds neither the seed layout ({RPKM}, {VELO}) nor "
                              f"scVelo files ({H5AD_DIR}/<Tissue>/); see README, 'Data layout'. "
                              "`mtlrank-ray demo-data DIR` writes an example.")
-    also = (f"; {root / H5AD_DIR} is there too, read with data.format: h5ad"
-            if fmt == "seed" and config.data.format == "auto" and (root / H5AD_DIR).is_dir() else "")
-    log.info("data %s: %s%s", root, f"the seed layout ({RPKM}, {VELO})" if fmt == "seed"
-             else f"scVelo files ({H5AD_DIR}/<Tissue>/)", also)
     if fmt == "seed":
         data = config.data
         needs = [key for key, value, seed_has in (("data.target", data.target, ("velocity", "expression")),
@@ -82,6 +78,15 @@ def open_source(root: Path, config: Config) -> Source:
                              "or data.target velocity or expression with data.tf_input expression.")
         return SeedLayout(root, data.min_barcode_overlap, data.target)
     return ScveloFiles(root, config.data)
+
+
+def read_as(root: Path, config: Config, source: SeedLayout | ScveloFiles) -> str:
+    """What of `root` is read, and what is not where it holds both layouts (the demo does)."""
+    if isinstance(source, ScveloFiles):
+        return f"reading the scVelo files ({H5AD_DIR}/<Tissue>/)"
+    other = (f"; the scVelo files in {root / H5AD_DIR} are not read (data.format: h5ad reads them)"
+             if config.data.format == "auto" and (root / H5AD_DIR).is_dir() else "")
+    return f"reading the seed layout ({RPKM}, {VELO}){other}"
 
 
 def existing_root(data_dir: str | Path) -> Path:
@@ -113,6 +118,7 @@ def prepare_store(data_dir: str | Path, config: Config, out: str | Path,
     """Build the aligned store at `out`, a local folder or a URI (s3://bucket/prefix)."""
     root = existing_root(data_dir)
     source = open_source(root, config)
+    log.info("data %s: %s", root, read_as(root, config, source))
     chosen = choose_tissues(tissues, source.tissues())
     id_map = read_id_map(root / ID_MAP)
     tf_ids = read_tf_list(root / TF_LIST, id_map)

@@ -19,7 +19,11 @@ this process. Printed, measured in this run, one `name: value` a line:
                             driver's loop; a save does not start while one uploads)
     storage_objects_per_trial, storage_bytes_per_trial  the run's objects on S3 afterwards
 
-and the projection to 9,600 trials, with its arithmetic.
+then, as the floor for trials this short, Tune alone on the same cluster: as many
+trials, each sleeping the sweep's mean trial time over 3 reports, FIFO, no
+checkpoints, Tune's folder on this machine's disk (`tune_alone_*`: wall_s,
+wall_over_ideal, overhead_per_trial_s), and the projection to 9,600 trials, with
+its arithmetic.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 import ray
+from ray import tune
 from ray.tune import Callback
 
 from ..config import config_from_dict
@@ -189,8 +194,32 @@ def drive(address: str, storage: str, n_trials: int, folder: Path) -> None:
         report(n, wall, own, slots, memory.samples, memory_bytes("VmHWM") / 2**20,
                snapshots.durations, durations, objects, size,
                failed=sum(r.error is not None for r in grid) + len(tasks.failed))
+        alone_wall, alone_own = tune_alone(n, own / n, folder)
+        print(f"tune_alone_wall_s: {alone_wall:.1f}  ({n} trials of {own / n:.2f} s: sleeping, FIFO, "
+              "no checkpoints, local disk)")
+        print(f"tune_alone_wall_over_ideal: {alone_wall / (alone_own / slots):.2f}")
+        print(f"tune_alone_overhead_per_trial_s: {(alone_wall - alone_own / slots) * slots / n:.2f}")
     finally:
         ray.shutdown()
+
+
+def tune_alone(n: int, trial_s: float, folder: Path) -> tuple[float, float]:
+    """Tune's own cost for trials this short: n trials that each sleep `trial_s` over EPOCHS
+    reports, on one CPU each, FIFO, no checkpoints, with Tune's folder on this machine's
+    disk; (wall time, the trials' own times)."""
+    def sleeper(config: dict) -> None:
+        for epoch in range(1, EPOCHS + 1):
+            time.sleep(trial_s / EPOCHS)
+            tune.report({"epoch": epoch})
+
+    started = time.monotonic()
+    grid = tune.Tuner(tune.with_resources(sleeper, {"cpu": 1}),
+                      param_space={"trial": tune.grid_search(list(range(n)))},
+                      tune_config=tune.TuneConfig(reuse_actors=True),
+                      run_config=tune.RunConfig(name="alone", storage_path=str(folder / "alone"),
+                                                verbose=0)).fit()
+    wall = time.monotonic() - started
+    return wall, sum(r.metrics.get("time_total_s", 0.0) for r in grid if r.metrics)
 
 
 def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects, size, failed) -> None:

@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import pandas as pd
 import ray
@@ -139,11 +140,17 @@ class GroupTasks:
             self._submit(*self.queue.popleft())
         self._collect(timeout=0)
 
-    def finish(self) -> None:
-        """Submit everything still queued and wait for every task."""
+    def outstanding(self) -> Counter:
+        """The tasks not yet done, by kind: "lasso", "grnboost2", "rankings"."""
+        queued = [detail if kind == "baseline" else kind for kind, _, detail in self.queue]
+        return Counter(queued + [detail if kind == "baseline" else kind
+                                 for kind, _, detail in self.pending.values()])
+
+    def finish(self, on_done: Callable[[], None] | None = None) -> None:
+        """Submit everything still queued and wait for every task; `on_done()` as each ends."""
         while self.queue:
             self._submit(*self.queue.popleft())
-        self._collect(timeout=None)
+        self._collect(timeout=None, on_done=on_done)
 
     def _submit(self, kind: str, group: Group, detail) -> None:
         tissue, cluster, replicate = group
@@ -160,12 +167,14 @@ class GroupTasks:
         self.pending[ref] = (kind, group, detail)
         self.submitted.append((detail if kind == "baseline" else kind, group, time.monotonic()))
 
-    def _collect(self, timeout: float | None) -> None:
+    def _collect(self, timeout: float | None, on_done: Callable[[], None] | None = None) -> None:
         while self.pending:
             done, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
             if not done:
                 return
             kind, group, detail = self.pending.pop(done[0])
+            if on_done is not None:
+                on_done()
             what = detail if kind == "baseline" else kind
             try:
                 value = ray.get(done[0])

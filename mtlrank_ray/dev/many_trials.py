@@ -246,9 +246,11 @@ def report(n, wall, own, slots, samples, peak_mb, snapshots, durations, objects,
     print(f"  wall, at this run's {per_trial:.2f} s per trial with {slots} slots: "
           f"{PAPER_TRIALS} x {per_trial:.2f} = {PAPER_TRIALS * per_trial / 3600:.1f} h "
           "(trials as short as these; real trials are longer, and the overhead per trial counts less)")
-    if math.isfinite(growth):
+    if math.isfinite(growth) and growth > 0:
         print(f"  driver memory: {peak_mb:.0f} MB + ({PAPER_TRIALS} - {n}) / 1000 x {growth:.1f} MB = "
               f"{peak_mb + (PAPER_TRIALS - n) / 1000 * growth:.0f} MB")
+    elif math.isfinite(growth):
+        print(f"  driver memory: the peak, {peak_mb:.0f} MB (no growth over the second half)")
     if len(snapshots) >= 4:
         done, seconds = np.array(snapshots, dtype=float).T
         per_trial_s, base = np.polyfit(done, seconds, 1)

@@ -46,6 +46,7 @@ process uploaded them.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import posixpath
 import threading
@@ -62,6 +63,7 @@ from ray.tune.execution.tune_controller import TuneController
 from ..data.store import filesystem, is_uri
 from . import state_journal
 
+log = logging.getLogger(__name__)
 UPLOADS_AT_ONCE = 16  # object storage answers each request in tens of ms: several in flight
 LINE_LOGS = {"result.json", "progress.csv"}  # appended to by Tune as trials report
 CHECKPOINT = "checkpoint_"  # a trial's checkpoint folder: checkpoint_000003
@@ -235,7 +237,10 @@ class Superseded:
                 (due if item[0] <= installed and _experiment_of(item[2]) == experiment else kept).append(item)
             self.waiting = kept
         for _, fs, folder in due:
-            fs.delete_dir(folder)
+            try:
+                fs.delete_dir(folder)
+            except OSError as exc:  # gone already: nothing to free, and the snapshot stands
+                log.debug("superseded checkpoint %s not deleted: %s", folder, exc)
 
 
 def _experiment_of(checkpoint: str) -> str:

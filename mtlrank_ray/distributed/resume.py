@@ -116,7 +116,7 @@ def restore_missing_checkpoints(trials: list) -> int:
 
     Tune deletes a trial's superseded checkpoint as soon as the next one is
     registered, before the next experiment snapshot stops naming it; this
-    version waits for that snapshot (`tune_storage.Superseded`), earlier ones
+    version waits for that snapshot (`snapshots.Superseded`), earlier ones
     did not, and a driver of theirs killed in between left a snapshot that names
     a deleted checkpoint, whose trial fails on resume. The trial's newest checkpoint is copied where
     the snapshot looks (the trainer's state in it holds its own epoch, so

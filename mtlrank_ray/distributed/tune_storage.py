@@ -22,18 +22,8 @@ process uploaded them.
   time are those it had when this process last uploaded it is not read at
   all, and a folder this process already created is not created again. The
   record is this process's: a new driver (a resume) uploads everything once.
-- Snapshots on Tune's period, checkpoints let go after one: with
-  `num_to_keep=1` Tune deletes a trial's superseded checkpoint as soon as the
-  next is registered, and forces an experiment snapshot at every trial
-  checkpoint so that storage never names a deleted one for long
-  (`_ExperimentCheckpointManager.on_trial_checkpoint`,
-  `ray/tune/execution/experiment_state.py`); a forced snapshot also waits in the
-  driver's loop for the last upload. At thousands of trials that is a whole
-  experiment state (17 KB a trial) written per checkpoint. Here the deletion
-  waits instead (`Superseded`): a superseded checkpoint goes once a snapshot
-  captured after Tune let it go is in storage, so storage's snapshot always
-  names checkpoints that exist, and snapshots keep Tune's own period (10 s or
-  more, about 5% of the loop's time: `TUNE_GLOBAL_CHECKPOINT_S`, "auto").
+- Checkpoints let go after a snapshot: a checkpoint folder Tune deletes waits
+  for the next snapshot in storage (`snapshots`).
 - Nothing carried over: Ray keeps an upload's arguments on its syncer
   (`_BackgroundSyncer._current_cmd`, kept by its `__getstate__`), and Tune
   pickles the syncer inside the experiment's spec into the search state at
@@ -46,7 +36,6 @@ process uploaded them.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import posixpath
 import threading
@@ -57,16 +46,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 from ray.train._internal import storage as ray_storage
-from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
-from ray.tune.execution.tune_controller import TuneController
 
 from ..data.store import filesystem, is_uri
 from . import state_journal
+from .snapshots import SUPERSEDED
 
-log = logging.getLogger(__name__)
 UPLOADS_AT_ONCE = 16  # object storage answers each request in tens of ms: several in flight
 LINE_LOGS = {"result.json", "progress.csv"}  # appended to by Tune as trials report
-CHECKPOINT = "checkpoint_"  # a trial's checkpoint folder: checkpoint_000003
 
 
 class _ReplaceOnClose(io.FileIO):
@@ -165,8 +151,8 @@ class TuneStorageHandler(pafs.FileSystemHandler):
             self.made.add(path)
 
     def delete_dir(self, path):
-        if posixpath.basename(path).startswith(CHECKPOINT):
-            SUPERSEDED.add(self.base, path)  # Tune let it go: see the module's docstring
+        if SUPERSEDED.holds(path):
+            SUPERSEDED.add(self.base, path)  # Tune let it go: deleted after the next snapshot
             return
         self._forget(path)
         self.base.delete_dir(path)
@@ -206,59 +192,6 @@ class TuneStorageHandler(pafs.FileSystemHandler):
     def open_append_stream(self, path, metadata):
         self._forget(path)
         return self.base.open_append_stream(path)
-
-
-class Superseded:
-    """Checkpoint folders Tune deleted (num_to_keep), each deleted once a snapshot of its
-    experiment captured after that is in storage: until then storage's snapshot may
-    still name it. Captures are numbered in this process; a folder let go before
-    capture n goes once capture n or a later one is installed. The driver's loop lets
-    them go and captures; its upload thread installs and deletes."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.next_capture = 0
-        self.waiting: list[tuple[int, pafs.FileSystem, str]] = []  # (capture, filesystem, folder)
-
-    def capture_number(self) -> int:
-        with self.lock:
-            self.next_capture += 1
-            return self.next_capture - 1
-
-    def add(self, fs: pafs.FileSystem, folder: str) -> None:
-        with self.lock:
-            self.waiting.append((self.next_capture, fs, folder))
-
-    def delete_after(self, installed: int, experiment: str) -> None:
-        """Delete the folders of `experiment` let go before capture `installed`."""
-        due, kept = [], []
-        with self.lock:
-            for item in self.waiting:
-                (due if item[0] <= installed and _experiment_of(item[2]) == experiment else kept).append(item)
-            self.waiting = kept
-        for _, fs, folder in due:
-            try:
-                fs.delete_dir(folder)
-            except OSError as exc:  # gone already: nothing to free, and the snapshot stands
-                log.debug("superseded checkpoint %s not deleted: %s", folder, exc)
-
-
-def _experiment_of(checkpoint: str) -> str:
-    return posixpath.dirname(posixpath.dirname(checkpoint))  # <experiment>/<trial>/checkpoint_*
-
-
-SUPERSEDED = Superseded()
-
-
-def _snapshots_on_tunes_period(controller: TuneController) -> _ExperimentCheckpointManager:
-    """Ray 2.60's `TuneController._create_checkpoint_manager` without the snapshot forced at
-    every trial checkpoint (see the module's docstring)."""
-    return _ExperimentCheckpointManager(storage=controller._storage,
-                                        checkpoint_period=controller._checkpoint_period,
-                                        sync_every_n_trial_checkpoints=None)
-
-
-TuneController._create_checkpoint_manager = _snapshots_on_tunes_period
 
 
 class Capture:

@@ -344,13 +344,15 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         swept = time.monotonic()
         left = tasks.outstanding()
         progress = None
-        if sum(left.values()) and not args.quiet:
+        if sum(left.values()):
             say(f"baselines and rankings after the sweep: "
                 f"{', '.join(f'{n} {LABEL.get(kind, kind)}' for kind, n in sorted(left.items()))}")
-            progress = TaskProgress(sum(left.values()))
-        tasks.finish(on_done=progress.advance if progress else None)
-        if progress:
-            progress.close()
+            progress = None if args.quiet or args.verbose else TaskProgress(sum(left.values()))
+        try:
+            tasks.finish(on_done=progress.advance if progress else None)
+        finally:
+            if progress:
+                progress.close()
         during = sum(kind == "rankings" and at < swept for kind, _, at in tasks.submitted)
         kept = (f"; kept from the interrupted sweep: {tasks.kept['baselines']} fits, "
                 f"{tasks.kept['rankings']} rankings" if args.resume else "")

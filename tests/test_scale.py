@@ -1,6 +1,7 @@
 """What a sweep writes and where its side work runs: the checkpoint policy, the
 model files, the shared expression matrix, baselines and rankings beside the trials."""
 
+import json
 import os
 import threading
 import time
@@ -99,8 +100,10 @@ def test_a_trial_writes_its_model_once_and_state_only_when_due(local_ray, store,
         state_bytes = written[3]
         assert written == [0, pytest.approx(state_bytes, rel=0.01), 0, state_bytes, 0, model_bytes]
         assert model_bytes < state_bytes / 3  # best weights alone, not the trainer's state
-        # The last checkpoint says the trial finished; it replaced the states.
+        # The last checkpoint holds the last report; it replaced the states.
         assert os.listdir(result.checkpoint.to_directory()) == [trial_storage.FINISHED]
+        last = json.loads(Path(result.checkpoint.path, trial_storage.FINISHED).read_text())
+        assert (last["epoch"], last["best_test_r2"]) == (6, result.metrics["best_test_r2"])
         assert not list(Path(result.path).glob(f"checkpoint_*/{trial_storage.STATE}"))
 
 

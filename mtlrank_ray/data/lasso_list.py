@@ -32,7 +32,7 @@ from sklearn.model_selection import cross_val_score
 from ..config import Config
 from ..errors import InputError
 from .genes import eligible_genes
-from .prepare import choose_tissues, existing_root, load_inputs, open_source
+from .prepare import choose_tissues, existing_root, load_inputs, open_source, read_as
 from .references import (
     ID_MAP,
     LASSO,
@@ -57,6 +57,7 @@ def write_lasso_list(data_dir: str | Path, config: Config, tissues: str = "all",
     """Compute the chosen tissues' rows and write the list; returns (path, new rows)."""
     root = existing_root(data_dir)
     source = open_source(root, config)
+    log.info("data %s: %s", root, read_as(root, config, source))
     chosen = choose_tissues(tissues, source.tissues())
     id_map = read_id_map(root / ID_MAP)
     tf_ids = read_tf_list(root / TF_LIST, id_map)

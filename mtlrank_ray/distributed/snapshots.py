@@ -49,6 +49,12 @@ class Superseded:
         """Whether `path` is a trial's checkpoint folder, which waits."""
         return posixpath.basename(path).startswith(CHECKPOINT)
 
+    def forget(self) -> None:
+        """Drop what an earlier sweep of this process left waiting (it ended without its
+        last snapshot): its folders stay, as a killed driver's do."""
+        with self.lock:
+            self.waiting.clear()
+
     def capture_number(self) -> int:
         with self.lock:
             self.next_capture += 1
@@ -80,11 +86,15 @@ SUPERSEDED = Superseded()
 
 
 def _snapshots_on_tunes_period(controller: TuneController) -> _ExperimentCheckpointManager:
-    """Ray 2.60's `TuneController._create_checkpoint_manager` without the snapshot forced at
-    every trial checkpoint (see the module's docstring)."""
+    """Ray 2.60's `TuneController._create_checkpoint_manager`, without the snapshot forced
+    at every trial checkpoint where the storage defers deletions (see the module's
+    docstring); any other Tune run of the process keeps Ray's rule."""
+    handler = getattr(controller._storage.storage_filesystem, "handler", None)
+    forced = (None if getattr(handler, "defers_checkpoint_deletion", False)
+              else controller._trial_checkpoint_config.num_to_keep)
     return _ExperimentCheckpointManager(storage=controller._storage,
                                         checkpoint_period=controller._checkpoint_period,
-                                        sync_every_n_trial_checkpoints=None)
+                                        sync_every_n_trial_checkpoints=forced)
 
 
 TuneController._create_checkpoint_manager = _snapshots_on_tunes_period

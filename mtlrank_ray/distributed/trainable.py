@@ -25,7 +25,7 @@ from ..core.cluster_data import replicate_split
 from ..core.trial import Trial
 from ..run_storage import model_location
 from . import ray_data
-from .trial_storage import STATE, TrialStorage, ending_epochs, finished
+from .trial_storage import STATE, TrialStorage, ending_epochs, last_report
 
 if TYPE_CHECKING:
     from ..core.trainer import EpochReport
@@ -61,9 +61,11 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
     trainer = ClusterTrainer(data, spec, training, split, search.seed)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
+        done = last_report(checkpoint)
+        if done is not None:  # the snapshot this resumes from may predate it
+            tune.report(done)
+            return
         with checkpoint.as_directory() as folder:
-            if finished(Path(folder)):
-                return  # Tune keeps the trial's last report as its result
             trainer.restore(Path(folder) / STATE)
     ends = ending_epochs(run_config, training.epochs, baseline=spec.lam == 0)
     storage = TrialStorage(trainer, model_location(settings["experiment"], spec), run_config.run, ends)
@@ -73,10 +75,10 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
         record_metrics(spec, epoch)
         storage.write_model(epoch)
         metrics = {**_metrics(epoch, data.genes), **searched, "node": node}
+        metrics["storage_bytes"] = storage.bytes_written
         with tempfile.TemporaryDirectory() as folder:
-            due = storage.write_checkpoint(epoch.epoch, training.epochs, Path(folder))
-            tune.report({**metrics, "storage_bytes": storage.bytes_written},
-                        checkpoint=tune.Checkpoint.from_directory(folder) if due else None)
+            due = storage.write_checkpoint(epoch.epoch, training.epochs, Path(folder), metrics)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if due else None)
 
     trainer.fit(training.epochs, on_epoch=report)
 

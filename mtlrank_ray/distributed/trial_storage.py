@@ -9,15 +9,21 @@
   `run.checkpoint_every_epochs` or `run.checkpoint_every_s` has passed (not at
   the last epoch: the trial is done). A paused or crashed trial goes on from it,
   exactly as it would have;
-- at the last epoch, a checkpoint that says only that the trial finished (and
-  replaces its state). A driver killed after the trial's last report but
-  before Tune marked it finished leaves a snapshot in which it still runs;
-  resumed from this checkpoint it ends at once instead of training again.
+- at the last epoch, a checkpoint that holds only the trial's last report (and
+  replaces its state). A driver killed after that report but before a snapshot
+  recorded the trial finished leaves a snapshot in which it still runs, from an
+  earlier checkpoint and with an earlier report as its last (snapshots come on
+  Tune's period: `snapshots`); resumed, a trial whose folder holds this
+  checkpoint reports that report again and ends, instead of training again.
 """
 
 from __future__ import annotations
 
+import json
+import posixpath
 import time
+
+import pyarrow.fs as pafs
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +32,12 @@ from ..data.store import put_file
 from .asha import rungs
 
 if TYPE_CHECKING:
+    from ray.tune import Checkpoint
+
     from ..core.trainer import ClusterTrainer, EpochReport
 
 STATE = "trainer_state.npz"  # the trainer's whole state in a Tune checkpoint
-FINISHED = "finished"  # the checkpoint of a trial that trained its last epoch
+FINISHED = "finished.json"  # the checkpoint of a trial that trained its last epoch: its last report
 
 
 def max_epochs(config: Config) -> int:
@@ -63,11 +71,11 @@ class TrialStorage:
             self.bytes_written += len(payload)
             self.model_epoch = epoch.best_epoch
 
-    def write_checkpoint(self, epoch: int, last: int, folder: Path) -> bool:
+    def write_checkpoint(self, epoch: int, last: int, folder: Path, report: dict) -> bool:
         """Fill `folder` with the checkpoint due after `epoch` of `last`, if any (see the
-        module's docstring); returns whether one is due."""
+        module's docstring), `report` being the epoch's; returns whether one is due."""
         if epoch == last:
-            (folder / FINISHED).touch()
+            (folder / FINISHED).write_text(json.dumps(report))
             return True
         every_epochs, every_s = self.run.checkpoint_every_epochs, self.run.checkpoint_every_s
         now = time.monotonic()
@@ -81,6 +89,14 @@ class TrialStorage:
         return True
 
 
-def finished(checkpoint: Path) -> bool:
-    """Whether a restored trial's checkpoint says it already trained its last epoch."""
-    return (checkpoint / FINISHED).exists()
+def last_report(checkpoint: Checkpoint) -> dict | None:
+    """The last report of a restored trial that already trained its last epoch: in the
+    checkpoint it is restored from, or in a later one of its folder (see the module's
+    docstring); None if it has not. One listing of the trial's folder."""
+    fs, trial_folder = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
+    found = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(trial_folder, recursive=True))
+                   if info.base_name == FINISHED and info.type == pafs.FileType.File)
+    if not found:
+        return None
+    with fs.open_input_stream(found[-1]) as stream:
+        return json.loads(stream.readall())

@@ -92,6 +92,8 @@ class TuneStorageHandler(pafs.FileSystemHandler):
     """A pyarrow filesystem over `base` (see the module's docstring). `local`: `base` is
     the local disk, whose files are replaced by a rename."""
 
+    defers_checkpoint_deletion = True  # `snapshots`: Tune need not force a snapshot per checkpoint
+
     def __init__(self, base: pafs.FileSystem, local: bool):
         self.base, self.local = base, local
         self.uploaded: dict[str, tuple[int, int, int]] = {}  # path -> (inode, size, mtime) of its source

@@ -21,6 +21,7 @@ from ..errors import ConfigError, InputError
 from ..run_storage import EXPERIMENT, experiment_path
 from . import ray_data, resume, search_space
 from .asha import GroupedASHA
+from .snapshots import SUPERSEDED
 from .tune_storage import tune_storage
 from .group_tasks import Group, group_of
 from .trainable import METRIC, NoGpuError, train_trial
@@ -151,6 +152,7 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
     tune_log = logging.getLogger("ray.tune.execution.tune_controller")
     quiet = _NoGpuQuiet()
     tune_log.addFilter(quiet)
+    SUPERSEDED.forget()
     try:
         grid = tuner.fit()
     finally:

@@ -345,7 +345,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
         left = tasks.outstanding()
         progress = None
         if sum(left.values()):
-            say(f"baselines and rankings after the sweep: "
+            say(f"after the sweep, baselines and rankings to do: "
                 f"{', '.join(f'{n} {LABEL.get(kind, kind)}' for kind, n in sorted(left.items()))}")
             progress = None if args.quiet or args.verbose else TaskProgress(sum(left.values()))
         try:

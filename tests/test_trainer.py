@@ -200,9 +200,11 @@ def test_trainers_one_after_another_share_the_step_s_traces(tissue):
     and TensorFlow has no retracing to warn of."""
     from mtlrank_ray.core import trainer as trainer_module
 
+    shapes = {make_trainer(tissue, cluster=cluster).data.act_mean.shape for cluster in range(4)}
+
     def traces():
-        return (trainer_module._train_step.experimental_get_tracing_count(),
-                trainer_module._evaluate_chunk.experimental_get_tracing_count())
+        return {shape: [f.experimental_get_tracing_count() for f in trainer_module.compiled(*shape)]
+                for shape in shapes}
 
     for cluster in (0, 1, 2, 3):
         make_trainer(tissue, cluster=cluster).fit(1)
@@ -218,6 +220,21 @@ def test_trainers_one_after_another_share_the_step_s_traces(tissue):
         tf.get_logger().removeHandler(handler)
     assert traces() == settled
     assert not [m for m in seen if "retracing" in m]
+
+
+def test_trainers_of_several_shapes_one_after_another_all_train():
+    """Clusters of other sizes and tissues of other TF counts in one worker: a step traced
+    for one shape must not serve another (one relaxed trace for all failed at the third)."""
+    from mtlrank_ray.dev.bench import synthetic_cluster
+
+    for genes, tfs in [(4, 24), (3, 60), (4, 24), (5, 30), (6, 30), (3, 60)]:
+        data = synthetic_cluster(400, tfs, genes)
+        trainer = ClusterTrainer(data, Trial("T", 0, 0, 0.01), TrainingConfig(batch_size=48),
+                                 split_cells(400, 0.1, 0.1, seed=0, replicate=0), seed=0)
+        before = trainer.weights["first_kernel"].numpy().copy()
+        result = trainer.fit(2)
+        assert result.epochs_run == 2 and np.isfinite(result.val_r2).all()
+        assert not np.array_equal(trainer.weights["first_kernel"].numpy(), before)  # its own weights
 
 
 TRAIN_IN_A_FRESH_PROCESS = """

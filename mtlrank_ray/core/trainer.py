@@ -15,6 +15,7 @@ uninterrupted one would on the CPU.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
@@ -117,18 +118,19 @@ class ClusterTrainer:
 
     def train_step(self, cells, target):
         """One batch per gene, cells and targets (G, B): forward, backward, Adam; the loss."""
-        return _train_step(self._state(), self._train_standardization, cells, target,
-                           self.settings.l1 != 0)
+        step, _ = compiled(*self.data.act_mean.shape)
+        return step(self._state(), self._train_standardization, cells, target, self.settings.l1 != 0)
 
     # -- evaluation -----------------------------------------------------------
     def predict_r2(self, split: str) -> np.ndarray:
         """Per-gene R² of the current weights on a split."""
         cells, target, mask, standardization, ss_tot = self._evaluation_data(split)
+        _, evaluate = compiled(*self.data.act_mean.shape)
         ss_res = np.zeros(len(self.data.genes))
         for start in range(0, cells.shape[1], EVAL_CHUNK):
             part = slice(start, start + EVAL_CHUNK)
-            ss_res += _evaluate_chunk(self._state(), standardization, cells[:, part],
-                                      target[:, part], mask[:, part]).numpy()
+            ss_res += evaluate(self._state(), standardization, cells[:, part], target[:, part],
+                               mask[:, part]).numpy()
         return r2_scores(ss_res, ss_tot)
 
     def _evaluation_data(self, split: str):
@@ -218,11 +220,22 @@ class ClusterTrainer:
         self.history = state["history"]
 
 
+@functools.lru_cache(maxsize=None)
+def compiled(genes: int, tfs: int) -> tuple:
+    """The step and the evaluation for clusters of `genes` genes over `tfs` TFs, as
+    tf.functions shared by every trainer of that shape in the process: each traces once
+    per batch width and then once with the width relaxed. A trainer's own tf.functions
+    traced anew for each trainer, and a worker that trains trial after trial kept every
+    trace (6.6 MB of memory a trial; tensorflow/tensorflow#62854). One function for all
+    shapes, relaxed in the genes and TFs too, fails in TensorFlow 2.21 once a third
+    shape comes ("Incompatible shapes" in a gradient's BroadcastGradientArgs)."""
+    return (tf.function(_train_step, reduce_retracing=True),
+            tf.function(_evaluate_chunk, reduce_retracing=True))
+
+
 class _State(NamedTuple):
-    """What the step and the evaluation read and write, passed to them as arguments: so
-    one trace serves every trainer of a process. A trainer's own tf.function traced
-    anew for each trainer, and a worker that trains trial after trial kept every trace
-    (6.6 MB of memory a trial; tensorflow/tensorflow#62854)."""
+    """What the step and the evaluation read and write, passed to them as arguments, so
+    that trainers of one shape share their traces (`compiled`)."""
 
     weights: dict[str, tf.Variable]
     moments: dict[str, tuple[tf.Variable, tf.Variable]]
@@ -238,7 +251,6 @@ def _coefficients(state: _State, standardization):
     return model.first_layer_coefficients(state.weights, *state.activity, *standardization)
 
 
-@tf.function(reduce_retracing=True)
 def _train_step(state: _State, standardization, cells, target, with_l1: bool):
     with tf.GradientTape() as tape:
         a, c = _coefficients(state, standardization)
@@ -265,7 +277,6 @@ def _adam(state: _State, grads):
             epsilon=ADAM["epsilon"], grad=grad)
 
 
-@tf.function(reduce_retracing=True)
 def _evaluate_chunk(state: _State, standardization, cells, target, mask):
     a, c = _coefficients(state, standardization)
     pred = model.predict(state.weights, state.expression, cells, a, c)

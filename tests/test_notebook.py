@@ -37,4 +37,7 @@ def test_a_notebook_shows_the_phases_and_the_sweeps_bar(small_atlas_template, tm
     assert any(WIDGET in o.get("data", {}) for o in outputs if o.output_type == "display_data")
     states = notebook.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     bars = [w["state"] for w in states.values() if w["model_name"] == "FloatProgressModel"]
-    assert [(bar["value"], bar["max"]) for bar in bars] == [(16, 16)]  # 2 tissues x 4 clusters x 2 λ
+    # The sweep's (2 tissues x 4 clusters x 2 λ), and the baselines' and rankings' still to
+    # do after it, if any were: each bar ends full.
+    pairs = [(bar["value"], bar["max"]) for bar in bars]
+    assert pairs[0] == (16, 16) and len(pairs) <= 2 and all(v == m for v, m in pairs), pairs

@@ -75,10 +75,13 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
         record_metrics(spec, epoch)
         storage.write_model(epoch)
         metrics = {**_metrics(epoch, data.genes), **searched, "node": node}
-        metrics["storage_bytes"] = storage.bytes_written
+        # The bytes before the checkpoint for its stored last report (a last checkpoint adds
+        # none), after it for the report.
         with tempfile.TemporaryDirectory() as folder:
-            due = storage.write_checkpoint(epoch.epoch, training.epochs, Path(folder), metrics)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if due else None)
+            due = storage.write_checkpoint(epoch.epoch, training.epochs, Path(folder),
+                                           {**metrics, "storage_bytes": storage.bytes_written})
+            tune.report({**metrics, "storage_bytes": storage.bytes_written},
+                        checkpoint=tune.Checkpoint.from_directory(folder) if due else None)
 
     trainer.fit(training.epochs, on_epoch=report)
 

@@ -32,6 +32,7 @@ from .errors import InputError
 
 EXPERIMENT = "sweep"
 MODEL = "model.npz"
+FINISHED = "finished.json"  # a trial that trained its last epoch: its last report
 RECORD = "sweep.json"
 BASELINES_FOLDER = "baselines"
 RANKINGS_FOLDER = "rankings"
@@ -44,6 +45,10 @@ def experiment_path(config: Config, out: Path) -> str:
 
 def model_location(experiment: str, trial: Trial) -> str:
     return f"{experiment}/{trial.name}/{MODEL}"
+
+
+def finished_location(experiment: str, trial: Trial) -> str:
+    return f"{experiment}/{trial.name}/{FINISHED}"
 
 
 def baseline_location(experiment: str, name: str) -> str:

@@ -17,7 +17,9 @@ from ray import tune
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import prepare_store
+from mtlrank_ray.distributed import trial_storage
 from mtlrank_ray.distributed.resume import restore_missing_checkpoints, swept_trials
+from mtlrank_ray.run_storage import MODEL
 
 # 16 trials one at a time, about 2 s each, so the sweep spans several of Tune's snapshots
 # to storage (10 s apart or more): it is interrupted when some but not all of its trials
@@ -36,11 +38,13 @@ def finished_trials(sweep, epochs=EPOCHS):
 
 
 def assert_not_trained_again(before: str, after: str, epochs: int) -> None:
-    """A trial's result.json after a resume: what it held, and at most its last report
-    again (a snapshot older than the trial's end resumes it, and it reports and ends)."""
-    again = [json.loads(line) for line in after[len(before):].splitlines()]
+    """A trial's result.json after a resume: what it held and at most its last report
+    again (a snapshot that names a checkpoint older than the trial's end resumes it,
+    and it reports and ends), or that report alone (one that names none: Tune starts
+    the trial's logs again)."""
     last = json.loads(before.splitlines()[-1])
-    assert after.startswith(before) and len(again) <= 1, after[len(before):][:500]
+    again = [json.loads(line) for line in (after[len(before):] if after.startswith(before) else after).splitlines()]
+    assert len(again) <= 1 and (after.startswith(before) or again), after[:500]
     assert all(a["epoch"] == epochs and a["best_test_r2"] == last["best_test_r2"] for a in again)
 
 
@@ -80,10 +84,14 @@ def test_killed_driver_resumes_every_trial_once(small_atlas_template, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("snapshot_period_s", ["auto", "3600"])
 def test_a_trial_killed_between_its_last_report_and_its_end_is_not_trained_again(
-        small_atlas_template, tmp_path):
+        small_atlas_template, tmp_path, snapshot_period_s):
     """Tune counts a trial as running until its function returns: a driver killed in
-    between leaves a snapshot in which a trial with all its results still runs."""
+    between leaves a snapshot in which a trial with all its results still runs, from
+    its last checkpoint if a snapshot came after it (Tune's period, "auto": 10 s or
+    more), or from none (a period of an hour: the one snapshot is the sweep's first,
+    taken before any trial reported)."""
     store = tmp_path / "store"
     prepare_store(small_atlas_template, config_from_dict(SMALL_SETTINGS), store, tissues="Liver")
     epochs = 4
@@ -95,23 +103,30 @@ def test_a_trial_killed_between_its_last_report_and_its_end_is_not_trained_again
     command = [sys.executable, str(REPO / "tests" / "held_end_driver.py"), str(store), str(config),
                str(out), str(hold)]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+                              start_new_session=True,
+                              env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": snapshot_period_s})
     deadline = time.time() + 300
     try:  # two CPUs: two of Liver's four trials run, and wait at their end
-        while len(finished_trials(out / "sweep", epochs)) < 2:
+        while len(list((out / "sweep").glob(f"*/{trial_storage.FINISHED}"))) < 2:
             assert driver.poll() is None and time.time() < deadline
             time.sleep(0.2)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    held = finished_trials(out / "sweep", epochs)
+    models = {path.parent.name: path.stat().st_mtime_ns for path in (out / "sweep").glob(f"*/{MODEL}")}
+    stored = finished_trials(out / "sweep", epochs)  # the logs a snapshot uploaded
+    assert len(models) == 2 and set(stored) <= set(models)
+    if snapshot_period_s != "auto":
+        assert not stored  # nothing was uploaded after the sweep's first snapshot
     hold.unlink()
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = finished_trials(out / "sweep", epochs)
-    assert len(held) == 2 and len(after) == 4
-    for name, text in held.items():
-        assert_not_trained_again(text, after[name], epochs)
+    assert len(after) == 4
+    for name, written in models.items():  # the held trials were not trained again
+        assert (out / "sweep" / name / MODEL).stat().st_mtime_ns == written
+        last = json.loads((out / "sweep" / name / trial_storage.FINISHED).read_text())
+        assert_not_trained_again(stored.get(name, json.dumps(last) + "\n"), after[name], epochs)
 
 
 def test_resume_without_a_sweep_says_so(small_atlas_template, tmp_path, capsys):

@@ -23,7 +23,6 @@ from ray.util.metrics import Gauge
 from ..config import Config
 from ..core.cluster_data import replicate_split
 from ..core.trial import Trial
-from ..run_storage import model_location
 from . import ray_data
 from .trial_storage import STATE, TrialStorage, ending_epochs, last_report
 
@@ -55,20 +54,20 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
             "for CUDA 12 and TensorFlow with CUDA (cluster.yaml's AMI and image), or set "
             "resources.gpu: 0 to train on CPUs")
     spec = Trial.from_config(config["trial"])
+    done = last_report(settings["experiment"], spec)
+    if done is not None:  # the snapshot this resumes from predates the trial's end
+        tune.report(done)
+        return
     training, search = dataclasses.replace(run_config.training, **dict(spec.settings)), run_config.search
     data = ray_data.cluster_data(tissues[spec.tissue], spec.cluster)
     split = replicate_split(search, len(data.expression), spec.replicate)
     trainer = ClusterTrainer(data, spec, training, split, search.seed)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
-        done = last_report(checkpoint)
-        if done is not None:  # the snapshot this resumes from may predate it
-            tune.report(done)
-            return
         with checkpoint.as_directory() as folder:
             trainer.restore(Path(folder) / STATE)
     ends = ending_epochs(run_config, training.epochs, baseline=spec.lam == 0)
-    storage = TrialStorage(trainer, model_location(settings["experiment"], spec), run_config.run, ends)
+    storage = TrialStorage(trainer, settings["experiment"], spec, run_config.run, ends)
     searched = {"lambda": spec.lam, **dict(spec.settings)}  # progress.csv has no config columns
 
     def report(epoch: EpochReport) -> None:

@@ -9,35 +9,36 @@
   `run.checkpoint_every_epochs` or `run.checkpoint_every_s` has passed (not at
   the last epoch: the trial is done). A paused or crashed trial goes on from it,
   exactly as it would have;
-- at the last epoch, a checkpoint that holds only the trial's last report (and
-  replaces its state). A driver killed after that report but before a snapshot
-  recorded the trial finished leaves a snapshot in which it still runs, from an
-  earlier checkpoint and with an earlier report as its last (snapshots come on
-  Tune's period: `snapshots`); resumed, a trial whose folder holds this
-  checkpoint reports that report again and ends, instead of training again.
+- at the last epoch, before Tune hears of it, the trial's last report:
+  `finished.json` in its folder, and a checkpoint that holds only that report
+  (and replaces its state). Snapshots come on Tune's period (`snapshots`): a
+  driver killed after a trial's end but before a snapshot recorded it leaves
+  a snapshot in which the trial still runs, from an earlier checkpoint or from
+  none, or has not started. Resumed, a trial whose folder holds `finished.json`
+  reports that report again and ends, instead of training again. Its model and
+  results are those of its one training; Tune's logs of it (result.json,
+  progress.csv) are restored from storage only where the snapshot names a
+  checkpoint (`LoggerCallback._restore_from_remote`,
+  `ray/tune/logger/logger.py`), and otherwise start again with that report.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
 import time
-
-import pyarrow.fs as pafs
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Config, RunSettings
-from ..data.store import put_file
+from ..data.store import put_file, read_file
+from ..run_storage import FINISHED, finished_location, model_location
 from .asha import rungs
 
 if TYPE_CHECKING:
-    from ray.tune import Checkpoint
-
     from ..core.trainer import ClusterTrainer, EpochReport
+    from ..core.trial import Trial
 
 STATE = "trainer_state.npz"  # the trainer's whole state in a Tune checkpoint
-FINISHED = "finished.json"  # the checkpoint of a trial that trained its last epoch: its last report
 
 
 def max_epochs(config: Config) -> int:
@@ -58,8 +59,11 @@ def ending_epochs(config: Config, epochs: int, baseline: bool) -> set[int]:
 class TrialStorage:
     """One trial's writes (see the module's docstring), and how many bytes."""
 
-    def __init__(self, trainer: ClusterTrainer, location: str, run: RunSettings, ends: set[int]):
-        self.trainer, self.location, self.run, self.ends = trainer, location, run, ends
+    def __init__(self, trainer: ClusterTrainer, experiment: str, trial: Trial, run: RunSettings,
+                 ends: set[int]):
+        self.trainer, self.run, self.ends = trainer, run, ends
+        self.model = model_location(experiment, trial)
+        self.finished = finished_location(experiment, trial)
         self.model_epoch: int | None = None  # the best epoch the stored model holds (None: unknown)
         self.last_save = time.monotonic()
         self.bytes_written = 0
@@ -67,7 +71,7 @@ class TrialStorage:
     def write_model(self, epoch: EpochReport) -> None:
         if epoch.epoch in self.ends and epoch.best_epoch != self.model_epoch:
             payload = self.trainer.best_model()
-            put_file(self.location, payload)
+            put_file(self.model, payload)
             self.bytes_written += len(payload)
             self.model_epoch = epoch.best_epoch
 
@@ -75,7 +79,9 @@ class TrialStorage:
         """Fill `folder` with the checkpoint due after `epoch` of `last`, if any (see the
         module's docstring), `report` being the epoch's; returns whether one is due."""
         if epoch == last:
-            (folder / FINISHED).write_text(json.dumps(report))
+            payload = json.dumps(report).encode()
+            put_file(self.finished, payload)  # first: a checkpoint of it says it is there
+            (folder / FINISHED).write_bytes(payload)
             return True
         every_epochs, every_s = self.run.checkpoint_every_epochs, self.run.checkpoint_every_s
         now = time.monotonic()
@@ -89,14 +95,10 @@ class TrialStorage:
         return True
 
 
-def last_report(checkpoint: Checkpoint) -> dict | None:
-    """The last report of a restored trial that already trained its last epoch: in the
-    checkpoint it is restored from, or in a later one of its folder (see the module's
-    docstring); None if it has not. One listing of the trial's folder."""
-    fs, trial_folder = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
-    found = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(trial_folder, recursive=True))
-                   if info.base_name == FINISHED and info.type == pafs.FileType.File)
-    if not found:
+def last_report(experiment: str, trial: Trial) -> dict | None:
+    """The last report of a trial that already trained its last epoch (see the module's
+    docstring); None if it has not."""
+    try:
+        return json.loads(read_file(finished_location(experiment, trial)))
+    except FileNotFoundError:
         return None
-    with fs.open_input_stream(found[-1]) as stream:
-        return json.loads(stream.readall())

@@ -221,8 +221,12 @@ def test_a_lost_worker_node_costs_no_trial_and_no_result(cluster, small_atlas_te
     config = sweep_config(tmp_path, cluster, training={"epochs": EPOCHS_LOST, "batch_size": 16},
                           run={"checkpoint_every_epochs": 1})
     log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while the test polls
+    # Which node runs a trial reaches S3 in its result.json, with the driver's snapshots:
+    # 10 s apart or more by default, longer than a trial here. One a second (Tune's
+    # TUNE_GLOBAL_CHECKPOINT_S) shows it while the trial runs.
     driver = subprocess.Popen(tune_command(small_atlas_template, config, cluster), cwd=tmp_path,
-                              env=driver_env(cluster), stdout=subprocess.DEVNULL,
+                              env={**driver_env(cluster), "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+                              stdout=subprocess.DEVNULL,
                               stderr=open(log, "w"), start_new_session=True)
     drivers.append(driver)
     lost = cluster.nodes[0]

@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,10 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
         assert len(output.splitlines()) < 60, output
         assert "oneDNN" not in output and "cuInit" not in output and "Trial status" not in output
         assert "no counts file" not in output  # the estimated layers are read
+        assert "Remote file not found" not in output  # a trial ASHA paused keeps its log
+        for log in (tmp_path / "runs/smoke/sweep").glob("*/result.json"):  # every epoch once
+            epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+            assert epochs == list(range(1, len(epochs) + 1)), (log.parent.name, epochs)
         assert sum("reading the scVelo files" in line for line in output.splitlines()) == 1, output
         # The bottom line of fit, per tissue, under the results table.
         assert sum(line.split(": the chosen networks' mean test R² is ")[0] in ("Kidney_Left", "Liver")

@@ -386,3 +386,36 @@ def test_a_settled_state_file_is_not_read_again_and_a_rewrite_of_it_is_seen(tmp_
     again = state_journal.capture(str(staging), installed, digests)
     assert again == {earlier.name: (b"an earlier session's stat", again[earlier.name][1])}
     assert earlier.name in reads
+
+
+class _Trial:
+    """What Tune's loggers read of a trial."""
+
+    def __init__(self, local: Path, stored: Path):
+        self.local_path, self.config, self.checkpoint = str(local), {}, "a checkpoint"
+        local.mkdir(parents=True)  # the driver's folder for it, as Tune makes it
+        self.storage = type("Storage", (), {"trial_fs_path": str(stored),
+                                             "storage_filesystem": pafs.LocalFileSystem()})
+
+    def init_local_path(self) -> None:
+        Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+
+def test_a_trial_restarted_from_a_checkpoint_keeps_the_drivers_log_or_gets_storages(tmp_path):
+    """A trial paused at a rung restarts from its checkpoint in the same driver, whose
+    log is ahead of storage's copy (a snapshot ago); a resumed driver has none."""
+    from mtlrank_ray.distributed.tuner import _JsonLog
+
+    stored = tmp_path / "storage" / "trial"
+    stored.mkdir(parents=True)
+    (stored / "result.json").write_text('{"epoch": 1}\n')
+    for driver, before in (("same", '{"epoch": 1}\n{"epoch": 2}\n'), ("resumed", None)):
+        trial = _Trial(tmp_path / driver / "trial", stored)
+        if before is not None:
+            Path(trial.local_path, "result.json").write_text(before)
+        log = _JsonLog()
+        log.log_trial_start(trial)
+        log.log_trial_result(3, trial, {"epoch": 3})
+        log.log_trial_end(trial)
+        epochs = [json.loads(line)["epoch"] for line in Path(trial.local_path, "result.json").open()]
+        assert epochs == ([1, 2, 3] if before else [1, 3])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ray
 from ray import cloudpickle, tune
-from ray.tune.logger import TBXLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.stopper import Stopper
 
 from ..config import Config
@@ -61,6 +61,28 @@ class _TensorBoardNumbers(TBXLoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != "genes"})
+
+
+class _DriversLogFirst:
+    """Tune copies a trial's log (result.json, progress.csv) from storage over the
+    driver's whenever the trial starts from a checkpoint (`LoggerCallback.
+    _restore_from_remote`, `ray/tune/logger/logger.py`). A resumed driver has no log
+    of its own and needs that copy; but a trial paused at a rung, or moved off a lost
+    node, would lose the lines this driver logged since storage's copy (snapshots come
+    on Tune's period: `snapshots`), and Tune warns on the console where storage has
+    none yet. The driver's own log is kept where it has one."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            super()._restore_from_remote(file_name, trial)
+
+
+class _JsonLog(_DriversLogFirst, JsonLoggerCallback):
+    pass
+
+
+class _CsvLog(_DriversLogFirst, CSVLoggerCallback):
+    pass
 
 
 class StopWithoutGpu(tune.Callback, Stopper):
@@ -165,7 +187,8 @@ def run_sweep(blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Pat
 def _new_tuner(trainable, blocks: dict[str, ray_data.TissueBlocks], config: Config, out: Path,
                verbose: int, callbacks: tuple) -> tune.Tuner:
     gpu_check = StopWithoutGpu()
-    callbacks = [_TensorBoardNumbers(), gpu_check, ForgetFinishedWindows(), *callbacks]
+    callbacks = [_JsonLog(), _CsvLog(), _TensorBoardNumbers(), gpu_check, ForgetFinishedWindows(),
+                 *callbacks]
     if config.asha.enabled:
         scheduler = GroupedASHA(group_of, METRIC, max_t=max_epochs(config),
                                 grace_period=config.asha.grace_period,

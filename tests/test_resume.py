@@ -17,9 +17,8 @@ from ray import tune
 
 from mtlrank_ray.config import config_from_dict
 from mtlrank_ray.data import prepare_store
-from mtlrank_ray.distributed import trial_storage
 from mtlrank_ray.distributed.resume import restore_missing_checkpoints, swept_trials
-from mtlrank_ray.run_storage import MODEL
+from mtlrank_ray.run_storage import FINISHED, MODEL
 
 # 16 trials one at a time, about 2 s each, so the sweep spans several of Tune's snapshots
 # to storage (10 s apart or more): it is interrupted when some but not all of its trials
@@ -43,7 +42,8 @@ def assert_not_trained_again(before: str, after: str, epochs: int) -> None:
     and it reports and ends), or that report alone (one that names none: Tune starts
     the trial's logs again)."""
     last = json.loads(before.splitlines()[-1])
-    again = [json.loads(line) for line in (after[len(before):] if after.startswith(before) else after).splitlines()]
+    new = after[len(before):] if after.startswith(before) else after
+    again = [json.loads(line) for line in new.splitlines()]
     assert len(again) <= 1 and (after.startswith(before) or again), after[:500]
     assert all(a["epoch"] == epochs and a["best_test_r2"] == last["best_test_r2"] for a in again)
 
@@ -107,7 +107,7 @@ def test_a_trial_killed_between_its_last_report_and_its_end_is_not_trained_again
                               env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": snapshot_period_s})
     deadline = time.time() + 300
     try:  # two CPUs: two of Liver's four trials run, and wait at their end
-        while len(list((out / "sweep").glob(f"*/{trial_storage.FINISHED}"))) < 2:
+        while len(list((out / "sweep").glob(f"*/{FINISHED}"))) < 2:
             assert driver.poll() is None and time.time() < deadline
             time.sleep(0.2)
     finally:
@@ -125,7 +125,7 @@ def test_a_trial_killed_between_its_last_report_and_its_end_is_not_trained_again
     assert len(after) == 4
     for name, written in models.items():  # the held trials were not trained again
         assert (out / "sweep" / name / MODEL).stat().st_mtime_ns == written
-        last = json.loads((out / "sweep" / name / trial_storage.FINISHED).read_text())
+        last = json.loads((out / "sweep" / name / FINISHED).read_text())
         assert_not_trained_again(stored.get(name, json.dumps(last) + "\n"), after[name], epochs)
 
 

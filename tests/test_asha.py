@@ -183,6 +183,76 @@ def test_records_travel_through_the_tune_callback_state():
     assert restored.choose_trial_to_run(controller) is first
 
 
+def restored(asha, **kwargs):
+    """The scheduler a resumed sweep has: a new one, given the records Tune saved."""
+    again = scheduler(asha._group_size, **kwargs)
+    again.records_keeper().set_state(pickle.loads(pickle.dumps(asha.records_keeper().get_state())))
+    return again
+
+
+def test_a_paused_trial_a_resume_requeues_still_waits_for_its_group():
+    """Tune's resume makes every unfinished trial pending, paused ones included: run
+    at once, a paused trial would go on from its checkpoint past a rung its group has
+    not decided."""
+    weak, strong, late, other = (trial("Liver", 0, lam) for lam in (0.1, 0.01, 0.001, 0.0))
+    asha = scheduler(3)
+    assert report(asha, Controller([weak, strong]), weak, 1, 0.2) == PAUSE
+    assert report(asha, Controller([weak, strong]), strong, 1, 0.9) == PAUSE
+    resumed = restored(asha)
+    other.config = {"trial": {**other.config["trial"], "cluster": 1}}
+    for t in (weak, strong, late, other):
+        t.status = TuneTrial.PENDING
+    controller = Controller([weak, strong, late, other])
+    assert resumed.choose_trial_to_run(controller) is late  # new; the waiting two stay
+    late.status = TuneTrial.RUNNING
+    assert resumed.choose_trial_to_run(controller) is other
+    other.status = TuneTrial.RUNNING
+    assert resumed.choose_trial_to_run(controller) is None
+    assert report(resumed, controller, late, 1, 0.5) == CONTINUE  # the median: not below it
+    assert weak.status == TuneTrial.TERMINATED  # decided out while still pending
+    assert resumed.choose_trial_to_run(controller) is strong
+    # Stopped, and then the driver killed before Tune recorded it: requeued again.
+    strong.status, weak.status = TuneTrial.RUNNING, TuneTrial.PENDING
+    again = restored(resumed)
+    assert again.choose_trial_to_run(controller) is None and weak.status == TuneTrial.TERMINATED
+    assert again.on_trial_result(controller, weak, {"epoch": 2, "score": 0.9}) == STOP
+
+
+def test_a_trial_that_ended_after_the_snapshot_still_counts_at_the_rungs_it_passed():
+    """A resumed trial that had already finished reports its last result only; its
+    values at the rungs come from the history in it, and the group decides as it
+    would have without the interruption."""
+    baseline = lambda config: config["trial"]["lambda"] == 0  # noqa: E731
+    scores = {0.0: [0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3], 0.01: [0.6, 0.4, 0.2, 0.2],
+              0.1: [0.4], 0.02: [0.6, 0.35, 0.35, 0.35, 0.35, 0.35, 0.35, 0.35]}
+
+    def run(interrupted: bool) -> dict[float, int]:
+        trials = {lam: trial("Liver", 0, lam) for lam in scores}
+        controller, asha = Controller(trials.values()), scheduler(4, never_stop=baseline)
+        for lam, t in trials.items():
+            report(asha, controller, t, 1, scores[lam][0])
+        resume_paused(asha, controller)
+        if interrupted:  # the snapshot; then the baseline finished; the driver was killed
+            asha = restored(asha, never_stop=baseline, history="history")
+            last = {"epoch": 8, "score": scores[0.0][-1], "history": scores[0.0]}
+            assert asha.on_trial_result(controller, trials[0.0], last) == STOP
+            asha.on_trial_complete(controller, trials[0.0], last)
+            trials[0.0].status = TuneTrial.TERMINATED
+        for epoch in range(2, 9):
+            for lam, t in trials.items():
+                if t.status == TuneTrial.RUNNING:
+                    report(asha, controller, t, epoch, scores[lam][epoch - 1])
+            resume_paused(asha, controller)
+        stops = {}
+        for (trial_id, rung), decision in sorted(asha._decisions.items()):
+            if decision == STOP:
+                stops.setdefault(float(trial_id.rsplit("-", 1)[1]), rung)
+        return stops | {lam: 8 for lam, t in trials.items() if lam not in stops}
+
+    assert run(interrupted=False) == {0.1: 1, 0.01: 4, 0.0: 8, 0.02: 8}
+    assert run(interrupted=True) == run(interrupted=False)
+
+
 def curve(config):
     """A trainable whose validation score is fixed by its group and λ; it checkpoints
     every epoch, so a paused trial goes on where it was."""

@@ -162,18 +162,22 @@ def test_an_interrupt_python_cannot_raise_prints_no_traceback(monkeypatch):
     assert seen == [KeyboardInterrupt, RuntimeError, KeyboardInterrupt]
 
 
-def test_two_runs_with_early_stopping_give_identical_results(folder, small_atlas_template):
-    """Grouped ASHA at work (4 λ per group, two trials at a time, so which trial reaches
-    a rung first varies): the same trials stop at the same rungs, and every table,
-    ranking and model is the same."""
+def early_stopping(folder, data, out: str) -> list[str]:
+    """A sweep where grouped ASHA is at work (4 λ per group, two trials at a time, so
+    which trial reaches a rung first varies); its command."""
     write_config(folder / "asha.yaml", {
         **SMALL_SETTINGS, "training": {"epochs": 6, "batch_size": 64},
         "search": {"lambdas": [0.0, 0.001, 0.01, 0.1], "replicates": 1},
         "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2}})
+    return [sys.executable, "tune.py", "--data", str(data), "--config", "asha.yaml", "--out", out, "-q"]
+
+
+def test_two_runs_with_early_stopping_give_identical_results(folder, small_atlas_template):
+    """The same trials stop at the same rungs, and every table, ranking and model is the
+    same."""
     runs = []
     for name in ("first", "second"):
-        args = [sys.executable, "tune.py", "--data", str(small_atlas_template), "--config", "asha.yaml",
-                "--out", name, "-q"]
+        args = early_stopping(folder, small_atlas_template, name)
         done = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         runs.append(results(folder / name))
@@ -186,3 +190,35 @@ def test_two_runs_with_early_stopping_give_identical_results(folder, small_atlas
     genes = pd.read_csv(io.BytesIO(runs[0]["gene_r2.csv"]))
     assert genes[genes.model == "mtlrank"].stopped_early.any()  # ASHA did stop trials
     assert_same_results(runs[1], runs[0])
+
+
+def waiting_at_the_first_rung(sweep: Path) -> int:
+    """The most trials of one group that reported epoch 1 (the first rung) and no more
+    while a trial of their group had not: trials paused until their group decides."""
+    reported: dict[str, list[int]] = {}
+    for result in sweep.glob("*_lambda*/result.json"):
+        group, lam = result.parent.name.rsplit("_lambda", 1)
+        lines = result.read_text().splitlines()
+        if lines and lam != "0":  # λ = 0 is never paused
+            reported.setdefault(group, []).append(json.loads(lines[-1])["epoch"])
+    return max((epochs.count(1) for epochs in reported.values() if len(epochs) < 3), default=0)
+
+
+def test_ctrl_c_while_trials_wait_for_their_group_and_resume_give_the_uninterrupted_results(
+        folder, small_atlas_template):
+    """Tune's resume requeues paused trials as pending; run before their group decides,
+    they would go on past a rung where the uninterrupted sweep stopped them."""
+    done = subprocess.run(early_stopping(folder, small_atlas_template, "whole"), cwd=folder,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = early_stopping(folder, small_atlas_template, "run")
+    driver = start(folder, args, folder / "log")
+    deadline = time.time() + 300
+    while waiting_at_the_first_rung(folder / "run" / "sweep") < 2:
+        assert driver.poll() is None and time.time() < deadline, (folder / "log").read_text()[-3000:]
+        time.sleep(0.05)
+    code = ctrl_c(driver)
+    assert code == 130, (folder / "log").read_text()[-3000:]
+    resumed = subprocess.run(args + ["--resume"], cwd=folder, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_results(results(folder / "run"), results(folder / "whole"))

@@ -20,6 +20,17 @@ Trials for which `never_stop(config)` holds (the sweep's λ = 0 baseline) are
 compared like any other but never paused or stopped, so the baseline the chosen λ
 is compared with always trains to the end.
 
+A resumed sweep starts from a snapshot, which may predate what happened next:
+- Tune requeues a paused trial as pending (`_requeue_restored_trials`,
+  ray/tune/execution/tune_controller.py); it still waits at its rung, and is
+  not run before its group decides (run on, it would pass the rung undecided).
+- A trial its group stopped after the snapshot is stopped again, at once.
+- A trial that ended after the snapshot reports its last result again, and
+  nothing of the rungs its group has not recorded yet; under `history` a result
+  may carry the metric of each of its epochs so far (index epoch - 1), from
+  which those rungs are recorded. Without them its group's next rung would be
+  decided without it, or never.
+
 Tune saves a scheduler nowhere: a resumed sweep takes it from tuner.pkl, as it
 was when the sweep was created. Its records travel instead in a Tune callback
 (`GroupedASHA.records_keeper()`), whose state Tune saves with every experiment
@@ -53,9 +64,10 @@ class GroupedASHA(FIFOScheduler):
     def __init__(self, group_of: Callable[[dict], Hashable], metric: str, max_t: int,
                  grace_period: int, reduction_factor: int, group_size: int,
                  time_attr: str = "training_iteration", mode: str = "max",
-                 never_stop: Callable[[dict], bool] | None = None):
+                 never_stop: Callable[[dict], bool] | None = None, history: str | None = None):
         super().__init__()
         self._group_of, self._metric, self._time_attr = group_of, metric, time_attr
+        self._history = history
         self._never_stop = never_stop
         self._sign = 1.0 if mode == "max" else -1.0
         self._max_t, self._rf, self._group_size = max_t, reduction_factor, group_size
@@ -65,6 +77,7 @@ class GroupedASHA(FIFOScheduler):
         self._ended: dict[Hashable, dict[str, int]] = defaultdict(dict)  # group -> {trial id: epoch}
         self._protected: set[str] = set()  # trial ids never stopped (never_stop)
         self._paused_at: dict[str, int] = {}  # trial id -> the rung it was paused at
+        self._stopped: set[str] = set()  # trial ids decided out at a rung
         self.num_stopped = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -74,27 +87,38 @@ class GroupedASHA(FIFOScheduler):
         done = result.get(self._time_attr)
         if done is None:
             return TrialScheduler.CONTINUE
+        if trial.trial_id in self._stopped:  # decided out, yet requeued by a resume
+            return TrialScheduler.STOP
+        group = self._group_of(trial.config)
+        earlier = result.get(self._history) if self._history else None
+        for rung in self._milestones if earlier else ():  # rungs passed after the snapshot
+            if (rung <= min(done, len(earlier)) and (trial.trial_id, rung) not in self._decisions
+                    and trial.trial_id not in self._recorded[group, rung]):
+                self._record(trial, group, rung, earlier[rung - 1])
         if done >= self._max_t:
             return TrialScheduler.STOP
         reached = [m for m in self._milestones if m <= done]
         if not reached:
             return TrialScheduler.CONTINUE
-        key, group = (trial.trial_id, reached[-1]), self._group_of(trial.config)
+        key = (trial.trial_id, reached[-1])
         if key in self._decisions:  # decided, or a trial reporting its rung again
             return self._decisions[key]
-        value = result.get(self._metric)
-        if value is None or not math.isfinite(value):
-            self._stop(key, group)
-        else:
-            self._recorded[group, key[1]][trial.trial_id] = self._sign * float(value)
-            if self._never_stop is not None and self._never_stop(trial.config):
-                self._protected.add(trial.trial_id)
-                self._decisions[key] = TrialScheduler.CONTINUE  # compared, never held back
+        self._record(trial, group, key[1], result.get(self._metric))
         self._settle(tune_controller, group)
         if key not in self._decisions:
             self._paused_at[trial.trial_id] = key[1]
             return TrialScheduler.PAUSE
         return self._decisions[key]
+
+    def _record(self, trial, group: Hashable, rung: int, value: float | None) -> None:
+        key = (trial.trial_id, rung)
+        if value is None or not math.isfinite(value):
+            self._stop(key, group)
+            return
+        self._recorded[group, rung][trial.trial_id] = self._sign * float(value)
+        if self._never_stop is not None and self._never_stop(trial.config):
+            self._protected.add(trial.trial_id)
+            self._decisions[key] = TrialScheduler.CONTINUE  # compared, never held back
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
         self._end(tune_controller, trial, result)
@@ -109,14 +133,17 @@ class GroupedASHA(FIFOScheduler):
         self._end(tune_controller, trial, trial.last_result)
 
     def choose_trial_to_run(self, tune_controller):
-        """New trials first, then paused ones whose group has decided they go on (a
-        paused trial decided out is stopped here if it was still pausing then)."""
-        trials = tune_controller.get_trials()
+        """New trials first, then paused ones (pending, if a resume requeued them) whose
+        group has decided they go on; one decided out is stopped here if it was still
+        pausing then."""
+        trials = [t for t in tune_controller.get_trials() if t.status in (t.PENDING, t.PAUSED)]
         for trial in trials:
-            if trial.status == trial.PENDING:
+            if trial.trial_id in self._stopped and trial.trial_id not in self._paused_at:
+                tune_controller.stop_trial(trial)  # decided out before a resume requeued it
+            elif trial.status == trial.PENDING and trial.trial_id not in self._paused_at:
                 return trial
         for trial in trials:
-            if trial.status != trial.PAUSED:
+            if trial.status not in (trial.PENDING, trial.PAUSED):  # stopped just now
                 continue
             rung = self._paused_at.get(trial.trial_id)
             decision = self._decisions.get((trial.trial_id, rung)) if rung is not None else None
@@ -139,6 +166,7 @@ class GroupedASHA(FIFOScheduler):
 
     def _stop(self, key: tuple[str, int], group: Hashable) -> None:
         self._decisions[key] = TrialScheduler.STOP
+        self._stopped.add(key[0])
         self._ended[group][key[0]] = key[1]
         self.num_stopped += 1
 
@@ -168,7 +196,7 @@ class GroupedASHA(FIFOScheduler):
         if tune_controller is None or not out:
             return
         for trial in tune_controller.get_trials():
-            if trial.trial_id in out and (trial.status == trial.PAUSED or trial.is_saving):
+            if trial.trial_id in out and (trial.status in (trial.PAUSED, trial.PENDING) or trial.is_saving):
                 del self._paused_at[trial.trial_id]
                 tune_controller.stop_trial(trial)
 
@@ -194,6 +222,7 @@ class GroupedASHA(FIFOScheduler):
         self._ended = defaultdict(dict, state["ended"])
         self._protected, self._paused_at = set(state["protected"]), dict(state["paused_at"])
         self.num_stopped = state["num_stopped"]
+        self._stopped = {t for (t, _), decision in self._decisions.items() if decision == TrialScheduler.STOP}
 
 
 class _RungRecords(Callback):

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from ..core.trainer import EpochReport
 
 METRIC = "mean_val_r2"  # what grouped ASHA compares
+# In the last report only: METRIC at every epoch, from which grouped ASHA takes the
+# rungs of a trial that ended after the snapshot a resume starts from (asha.py).
+HISTORY = "mean_val_r2_by_epoch"
 
 
 class NoGpuError(RuntimeError):
@@ -74,6 +77,8 @@ def train_trial(config: dict, tissues: dict[str, ray_data.TissueBlocks], setting
         record_metrics(spec, epoch)
         storage.write_model(epoch)
         metrics = {**_metrics(epoch, data.genes), **searched, "node": node}
+        if epoch.epoch == training.epochs:
+            metrics[HISTORY] = [past["mean_val_r2"] for past in trainer.history]
         # The bytes before the checkpoint for its stored last report (a last checkpoint adds
         # none), after it for the report.
         with tempfile.TemporaryDirectory() as folder:

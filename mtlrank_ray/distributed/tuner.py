@@ -24,7 +24,7 @@ from .asha import GroupedASHA
 from .snapshots import SUPERSEDED
 from .tune_storage import tune_storage
 from .group_tasks import Group, group_of
-from .trainable import METRIC, NoGpuError, train_trial
+from .trainable import HISTORY, METRIC, NoGpuError, train_trial
 from .trial_storage import max_epochs
 
 
@@ -194,7 +194,7 @@ def _new_tuner(trainable, blocks: dict[str, ray_data.TissueBlocks], config: Conf
                                 grace_period=config.asha.grace_period,
                                 reduction_factor=config.asha.reduction_factor,
                                 group_size=search_space.trials_per_group(config.search),
-                                time_attr="epoch", never_stop=is_baseline)
+                                time_attr="epoch", never_stop=is_baseline, history=HISTORY)
         callbacks.append(scheduler.records_keeper())
     else:
         scheduler = tune.schedulers.FIFOScheduler()

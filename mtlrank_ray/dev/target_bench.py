@@ -2,7 +2,7 @@
 
 On the demo's counts file (`mtlrank-ray demo-data`: counts sampled from the
 kinetic model, and the velocity, Ms and Mu scVelo estimates from them), it
-runs `tune.py` with tune_configs/smoke.yaml's settings once per data.target
+runs `tune.py` with tune_configs/smoke.yaml's settings (or `--config`'s) once per data.target
 (velocity, unspliced, spliced, expression) and TF input, each in a process
 and a Ray of its own, and ranks the λ = 0 models too (`mtlrank-ray rank
 --lambda 0`). It prints, per target, TF input and method (ours at the λ
@@ -38,9 +38,9 @@ METHODS = {OURS: ("ours, chosen λ", "mean_test_r2"), PEARSON: ("|Pearson|", Non
            RANKING["grnboost2"]: ("GRNBoost2", "grnboost2_mean_test_r2")}
 
 
-def run(demo: Path, out: Path, target: str, tf_input: str) -> pd.DataFrame:
-    """One sweep and its rows of the table."""
-    settings = yaml.safe_load((REPO / "tune_configs" / "smoke.yaml").read_text())
+def run(demo: Path, out: Path, base: Path, target: str, tf_input: str) -> pd.DataFrame:
+    """One sweep, with the settings of the YAML file `base`, and its rows of the table."""
+    settings = yaml.safe_load(base.read_text())
     settings["data"] = {"format": "h5ad", "expression_is_log": True, "target": target, "tf_input": tf_input}
     # scVelo's velocity has no gaps: a gene has it in every cell (1,500 in Liver, 3,000 in Kidney_Left)
     settings["genes"].update(min_cells=1000, min_cells_by_tissue={})
@@ -78,12 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tf-inputs", default="expression,smoothed")
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--config", type=Path, default=REPO / "tune_configs" / "smoke.yaml",
+                        help="the sweep's settings (its data and gene selection are the bench's)")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="mtlrank-target-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     demo = write_demo(out / "demo")
-    table = pd.concat([run(demo, out, target, tf_input)
+    table = pd.concat([run(demo, out, args.config, target, tf_input)
                        for tf_input in args.tf_inputs.split(",") for target in args.targets.split(",")],
                       ignore_index=True)
     table.to_csv(out / "target_bench.csv", index=False)

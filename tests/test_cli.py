@@ -59,7 +59,7 @@ def test_tune_py_demo_from_a_fresh_folder(tmp_path, monkeypatch):
     for attempt in range(2):
         flags = ["--dashboard"] if attempt else []
         # This run's Ray session and its logs, in a temp dir short enough for Ray's sockets.
-        with tempfile.TemporaryDirectory(prefix="mtlr-") as ray_tmp:
+        with tempfile.TemporaryDirectory(prefix="mtlr-", ignore_cleanup_errors=True) as ray_tmp:
             run = subprocess.run([sys.executable, "tune.py", "--demo", *flags], cwd=tmp_path,
                                  capture_output=True, text=True, timeout=600,
                                  env={**os.environ, "RAY_TMPDIR": ray_tmp})

@@ -17,8 +17,6 @@ from conftest import REPO
 from packaging.requirements import Requirement
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from mtlrank_ray.distributed.joining import KEEP_IDLE_WORKERS
-
 DLAMI = ("resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
          "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
 BUCKET = "mtlrank-test-bucket"
@@ -42,12 +40,6 @@ def test_cluster_yaml_has_the_shape_the_cluster_tests_run_on():
     # The dashboard and job API stay on the head's localhost (Ray's default), reached by
     # `ray dashboard`'s SSH tunnel: no --dashboard-host widening it.
     assert not any("--dashboard-host" in c for c in config["head_start_ray_commands"])
-    # Every node keeps its idle workers, as a local run's Ray does (README, "A worker's
-    # abort as it exits"); the local cluster's nodes are started so too.
-    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
-              for c in config[key] if "ray start" in c]
-    setting = " ".join(f"RAY_{name}={value}" for name, value in KEEP_IDLE_WORKERS.items())
-    assert len(starts) == 2 and all(c.startswith(f"{setting} ray start") for c in starts), starts
     assert {"**/.venv", "runs", "demo", "data", "**/*.h5ad"} <= set(config["rsync_exclude"])
     for node_type in config["available_node_types"].values():  # never Ray's CUDA 11 default
         assert node_type["node_config"]["ImageId"] == DLAMI

@@ -44,7 +44,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .joining import KEEP_IDLE_WORKERS
 from .node_root import ClusterUnavailable, check_namespaces, node_root_command
 
 HEAD_IP = "127.77.0.1"
@@ -286,8 +285,7 @@ class LocalCluster:
         """What a node is started with (see the module's docstring)."""
         return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home,
                 **{key: os.environ[key] for key in PASSED_ON if key in os.environ},
-                **self.env(), **FAST_FAILURE_DETECTION, "RAY_USAGE_STATS_ENABLED": "0",
-                **{f"RAY_{name}": str(value) for name, value in KEEP_IDLE_WORKERS.items()}}  # as cluster.yaml
+                **self.env(), **FAST_FAILURE_DETECTION, "RAY_USAGE_STATS_ENABLED": "0"}
 
     def _ports(self, ip: str, *head: str) -> list[str]:
         """`--<name>-port=` flags of a node's components (and the head's `head` ones),

@@ -283,7 +283,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     from .core.trial import Trial
     from .distributed.group_tasks import GroupsFinished, GroupTasks
     from .distributed.ray_data import materialize_tissue
-    from .distributed.joining import LOCAL, joined_line, ray_address
+    from .distributed.joining import KEEP_IDLE_WORKERS, LOCAL, joined_line, ray_address
     from .distributed.resume import resumable
     from .distributed.search_space import trials_per_group
     from .distributed.storage_check import check_storage
@@ -297,7 +297,7 @@ def _sweep_on_ray(args, config, out: Path, store: str, reports: list[TissueRepor
     if note:
         print(note, file=sys.stderr)
     joined = address != LOCAL
-    local = {} if joined else {"include_dashboard": args.dashboard}
+    local = {} if joined else {"include_dashboard": args.dashboard, "_system_config": KEEP_IDLE_WORKERS}
     if not joined:
         quiet_token_notice()
     quiet_missing_metrics()

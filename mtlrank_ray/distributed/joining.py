@@ -24,6 +24,15 @@ from ray._private.services import find_gcs_addresses
 from ray._private.utils import read_ray_address
 
 LOCAL = "local"  # ray.init's address for a new Ray of this process's own
+# Ray retires a task worker idle for a second beyond its node's free CPUs (the
+# raylet's WorkerPool::TryKillingIdleWorkers). Ray 2.60's exiting worker runs its
+# static destructors while OpenCensus's metrics harvester, a detached thread, still
+# runs; now and then it locks a destroyed mutex and the worker's abort ("Mutex
+# corrupt ... SIGABRT") reaches the console. An interval of 0 turns the retiring off
+# (worker_pool.cc schedules it only for an interval above 0) in the Ray a run starts
+# for itself, which ends with the run: its workers are reused until then. Not on a
+# cluster: there the same routine removes a finished run's idle workers.
+KEEP_IDLE_WORKERS = {"kill_idle_workers_interval_ms": 0}
 CONNECT_TIMEOUT_S = 2.0
 
 

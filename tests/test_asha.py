@@ -22,9 +22,11 @@ STATUSES = {name: getattr(TuneTrial, name) for name in ("PENDING", "RUNNING", "P
 
 def trial(tissue, cluster, lam, replicate=0):
     spec = {"tissue": tissue, "cluster": cluster, "replicate": replicate, "lambda": lam}
-    return SimpleNamespace(trial_id=f"{tissue}-{cluster}-{replicate}-{lam}", config={"trial": spec},
-                           status=TuneTrial.RUNNING, is_saving=False, last_result={},
-                           should_recover=lambda: False, **STATUSES)
+    t = SimpleNamespace(trial_id=f"{tissue}-{cluster}-{replicate}-{lam}", config={"trial": spec},
+                        status=TuneTrial.RUNNING, is_saving=False, last_result={},
+                        should_recover=lambda: False, **STATUSES)
+    t.set_status = lambda status: setattr(t, "status", status)
+    return t
 
 
 class Controller:
@@ -190,19 +192,26 @@ def restored(asha, **kwargs):
     return again
 
 
+def resume_adds(asha, controller, trials):
+    """Tune's resume: every unfinished trial added again as pending (paused ones
+    included); Tune then starts every trial still pending, chosen or not."""
+    for t in trials:
+        t.status = TuneTrial.PENDING
+        asha.on_trial_add(controller, t)
+
+
 def test_a_paused_trial_a_resume_requeues_still_waits_for_its_group():
-    """Tune's resume makes every unfinished trial pending, paused ones included: run
-    at once, a paused trial would go on from its checkpoint past a rung its group has
-    not decided."""
+    """Run at once, a paused trial would go on from its checkpoint past a rung its
+    group has not decided."""
     weak, strong, late, other = (trial("Liver", 0, lam) for lam in (0.1, 0.01, 0.001, 0.0))
     asha = scheduler(3)
     assert report(asha, Controller([weak, strong]), weak, 1, 0.2) == PAUSE
     assert report(asha, Controller([weak, strong]), strong, 1, 0.9) == PAUSE
     resumed = restored(asha)
     other.config = {"trial": {**other.config["trial"], "cluster": 1}}
-    for t in (weak, strong, late, other):
-        t.status = TuneTrial.PENDING
     controller = Controller([weak, strong, late, other])
+    resume_adds(resumed, controller, controller.trials)
+    assert [t.status for t in controller.trials] == [TuneTrial.PAUSED] * 2 + [TuneTrial.PENDING] * 2
     assert resumed.choose_trial_to_run(controller) is late  # new; the waiting two stay
     late.status = TuneTrial.RUNNING
     assert resumed.choose_trial_to_run(controller) is other
@@ -212,8 +221,10 @@ def test_a_paused_trial_a_resume_requeues_still_waits_for_its_group():
     assert weak.status == TuneTrial.TERMINATED  # decided out while still pending
     assert resumed.choose_trial_to_run(controller) is strong
     # Stopped, and then the driver killed before Tune recorded it: requeued again.
-    strong.status, weak.status = TuneTrial.RUNNING, TuneTrial.PENDING
+    strong.status = TuneTrial.RUNNING
     again = restored(resumed)
+    resume_adds(again, controller, [weak])
+    assert weak.status == TuneTrial.PAUSED  # not started before it is stopped
     assert again.choose_trial_to_run(controller) is None and weak.status == TuneTrial.TERMINATED
     assert again.on_trial_result(controller, weak, {"epoch": 2, "score": 0.9}) == STOP
 

@@ -22,8 +22,11 @@ is compared with always trains to the end.
 
 A resumed sweep starts from a snapshot, which may predate what happened next:
 - Tune requeues a paused trial as pending (`_requeue_restored_trials`,
-  ray/tune/execution/tune_controller.py); it still waits at its rung, and is
-  not run before its group decides (run on, it would pass the rung undecided).
+  ray/tune/execution/tune_controller.py), and starts every pending trial it has
+  resources for, not only the one `choose_trial_to_run` names (`_maybe_add_actors`,
+  same file): one still waiting at its rung is paused again as Tune adds it
+  (`on_trial_add`), so it runs only once its group decides (run on, it would
+  pass the rung undecided).
 - A trial its group stopped after the snapshot is stopped again, at once.
 - A trial that ended after the snapshot reports its last result again, and
   nothing of the rungs its group has not recorded yet; under `history` a result
@@ -132,10 +135,18 @@ class GroupedASHA(FIFOScheduler):
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._end(tune_controller, trial, trial.last_result)
 
+    def on_trial_add(self, tune_controller, trial) -> None:
+        """A resume adds its trials again, unfinished ones as pending: one this scheduler
+        holds at a rung, or has decided out, is paused again, for Tune runs a paused
+        trial only when `choose_trial_to_run` names it."""
+        rung = self._paused_at.get(trial.trial_id)
+        held = rung is not None and self._decisions.get((trial.trial_id, rung)) != TrialScheduler.CONTINUE
+        if trial.status == trial.PENDING and (held or trial.trial_id in self._stopped):
+            trial.set_status(trial.PAUSED)
+
     def choose_trial_to_run(self, tune_controller):
-        """New trials first, then paused ones (pending, if a resume requeued them) whose
-        group has decided they go on; one decided out is stopped here if it was still
-        pausing then."""
+        """New trials first, then paused ones whose group has decided they go on; one
+        decided out is stopped here if it was still pausing then."""
         trials = [t for t in tune_controller.get_trials() if t.status in (t.PENDING, t.PAUSED)]
         for trial in trials:
             if trial.trial_id in self._stopped and trial.trial_id not in self._paused_at:

@@ -66,10 +66,16 @@ def _baseline_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, 
 
 @ray.remote
 def _ranking_task(tissue: ray_data.TissueBlocks, cluster: int, replicate: int, model: str,
-                  search: SearchConfig, location: str) -> pd.DataFrame:
+                  search: SearchConfig, cpus: float, deterministic_ops: bool, location: str) -> pd.DataFrame:
     from ..analysis.rankings import group_rankings
+    from ..core.trainer import configure_runtime
     from ..core.trial import load_model
 
+    # TensorFlow as the trials have it: threads as the task's CPUs, deterministic kernels
+    # if asked. Ray 2.60 hides no GPU from a task that asked for none
+    # (set_visible_accelerator_ids, ray/_private/utils.py): on a GPU node TensorFlow
+    # then grows its memory there as needed rather than taking it from the trials.
+    configure_runtime(cpus, deterministic_ops)
     genes, weights = load_model(read_file(model))
     data = ray_data.cluster_data(tissue, cluster)
     if genes != data.genes:
@@ -163,7 +169,8 @@ class GroupTasks:
         else:
             ref = _ranking_task.options(**options).remote(
                 self.blocks[tissue], cluster, replicate, model_location(self.experiment, detail),
-                self.config.search, ranking_location(self.experiment, detail))
+                self.config.search, self.cpu, self.config.resources.deterministic_ops,
+                ranking_location(self.experiment, detail))
         self.pending[ref] = (kind, group, detail)
         self.submitted.append((detail if kind == "baseline" else kind, group, time.monotonic()))
 

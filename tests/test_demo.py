@@ -8,7 +8,7 @@ import pytest
 from conftest import SMALL_SPEC
 
 from mtlrank_ray.dev import demo
-from mtlrank_ray.dev.demo import DemoSpec, write_demo
+from mtlrank_ray.dev.demo import DEMO_ENTRIES, DemoSpec, write_demo
 from mtlrank_ray.errors import InputError
 
 
@@ -35,6 +35,7 @@ def test_same_seed_same_atlas_other_seed_other_atlas(small_atlas_template, tmp_p
 
 
 def test_layout_and_names_follow_the_seed(small_atlas_template):
+    assert sorted(p.name for p in small_atlas_template.iterdir()) == sorted(DEMO_ENTRIES)
     with h5py.File(small_atlas_template / "data/processed/rpkm/rpkm.hdf5") as f:
         assert sorted(f) == ["Kidney_Left", "Liver"]
     lasso = pd.read_csv(small_atlas_template / "results/r2/lasso_r2.csv", index_col=0)
@@ -87,12 +88,18 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
 
 
-def test_rewriting_a_demo_replaces_it(small_atlas_template, tmp_path):
+def test_rewriting_a_demo_replaces_it_but_never_what_a_user_put_beside_it(small_atlas_template, tmp_path):
     first = write_demo(tmp_path / "demo", SMALL_SPEC)
-    (first / "stale.txt").write_text("old")
+    (first / "data" / "stale.txt").write_text("old")
     write_demo(tmp_path / "demo", SMALL_SPEC)
-    assert not (first / "stale.txt").exists()
+    assert not (first / "data" / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no staging left behind
+    # A run started from inside the demo (`cd demo && python ../tune.py`) writes runs/ there.
+    (first / "runs" / "default").mkdir(parents=True)
+    (first / "runs" / "default" / "gene_r2.csv").write_text("results")
+    with pytest.raises(InputError, match="holds runs beside the demo atlas"):
+        write_demo(first, SMALL_SPEC)
+    assert (first / "runs" / "default" / "gene_r2.csv").read_text() == "results"
 
 
 def test_truth_names_each_regulators_role(small_atlas_template):

@@ -82,6 +82,12 @@ class CtrlC:
         if self.count > 1:
             raise KeyboardInterrupt
         if self.phase == "sweep" and callable(signal.getsignal(signal.SIGUSR1)):
+            # Seen at once: the trials take some seconds to stop and save.
+            print("\nstopping: the trials save where they are, for --resume (Ctrl-C again stops "
+                  "at once)", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop, once its loop handles it
-        elif self.phase != "publish":
+        elif self.phase == "publish":
+            print("\nstopping once the results being written are whole (Ctrl-C again stops at once)",
+                  file=sys.stderr, flush=True)
+        else:
             raise KeyboardInterrupt

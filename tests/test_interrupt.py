@@ -122,6 +122,7 @@ def test_ctrl_c_mid_sweep_keeps_the_last_results_whole_and_resume_finishes_once(
     output = (folder / "log").read_text()
     assert code == 130, output[-3000:]
     assert "Traceback" not in output and "Tuner.restore" not in output, output[-3000:]
+    assert "stopping: the trials save where they are, for --resume" in output  # said at once
     last = output.strip().splitlines()[-1]
     assert last.startswith("interrupted: to go on, run: python tune.py ") and last.endswith("--resume")
     assert results(folder / "run") == before  # nothing of the interrupted run was published
@@ -157,6 +158,18 @@ def test_ctrl_c_while_the_data_loads_stops_at_once_and_writes_nothing(folder, sm
     assert "Traceback" not in output, output[-3000:]
     assert "interrupted:" in output.strip().splitlines()[-1]
     assert not (folder / "run" / "gene_r2.csv").exists() and not (folder / "run" / "models").exists()
+
+
+def test_ctrl_c_while_results_are_written_says_so_and_lets_them_finish(capsys):
+    from mtlrank_ray.interrupts import CtrlC, Interrupted
+
+    written = []
+    with CtrlC().handling() as ctrl_c, pytest.raises(Interrupted):
+        with ctrl_c.during("publish"):
+            os.kill(os.getpid(), signal.SIGINT)
+            written.append("results")  # the block goes on to its end
+    assert written == ["results"]
+    assert "stopping once the results being written are whole" in capsys.readouterr().err
 
 
 def test_an_interrupt_python_cannot_raise_prints_no_traceback(monkeypatch):

@@ -25,10 +25,10 @@ pytestmark = pytest.mark.slow
 EPOCHS = 24
 
 
-def last_epoch(result: Path) -> int:
-    """The last epoch a trial's result.json reports; 0 for none yet (or a line the
+def last_epoch(text: str) -> int:
+    """The last epoch a trial's result.json text reports; 0 for none yet (or a line the
     driver is still writing)."""
-    lines = result.read_text().splitlines()
+    lines = text.splitlines()
     try:
         return json.loads(lines[-1])["epoch"] if lines else 0
     except json.JSONDecodeError:
@@ -37,8 +37,8 @@ def last_epoch(result: Path) -> int:
 
 def finished(results: Iterable[Path]) -> dict[str, str]:
     """Trial folder -> result.json text, for trials that reported their last epoch."""
-    return {result.parent.name: result.read_text() for result in results
-            if last_epoch(result) == EPOCHS}
+    texts = {result.parent.name: result.read_text() for result in results}
+    return {name: text for name, text in texts.items() if last_epoch(text) == EPOCHS}
 
 
 def live_results(ray_tmp: Path, trials: str = "*") -> Iterator[Path]:
@@ -234,7 +234,7 @@ def waiting_at_the_first_rung(ray_tmp: Path) -> int:
     reported: dict[str, list[int]] = {}
     for result in live_results(ray_tmp, "*_lambda*"):
         group, lam = result.parent.name.rsplit("_lambda", 1)
-        epoch = last_epoch(result)
+        epoch = last_epoch(result.read_text())
         if epoch and lam != "0":  # λ = 0 is never paused
             reported.setdefault(group, []).append(epoch)
     return max((epochs.count(1) for epochs in reported.values() if len(epochs) < 3), default=0)

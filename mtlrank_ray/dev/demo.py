@@ -96,14 +96,15 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write the demo atlas to `out` (an earlier demo there replaced whole, atomically);
     returns `out`."""
     out = Path(out)
-    if out.exists() and not (out / "truth" / "params.json").is_file():
-        raise InputError(f"{out} exists and is not a demo atlas; choose a new folder (an "
-                         "earlier demo there would be replaced).")
-    # A run started from inside the demo (`cd demo && python ../tune.py`) writes runs/ there.
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.exists() else []
-    if foreign:
-        raise InputError(f"{out} holds {', '.join(foreign)} beside the demo atlas, which writing "
-                         "the demo again would delete; move it elsewhere or choose a new folder.")
+    if out.exists():
+        if not (out / "truth" / "params.json").is_file():
+            raise InputError(f"{out} exists and is not a demo atlas; choose a new folder (an "
+                             "earlier demo there would be replaced).")
+        # A run started inside the demo (`cd demo && python ../tune.py`) writes runs/ there.
+        if foreign := sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES):
+            raise InputError(f"{out} holds {', '.join(foreign)} beside the demo atlas, which "
+                             "writing the demo again would delete; move it elsewhere or choose "
+                             "a new folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
     ids = pd.read_csv(files("mtlrank_ray").joinpath("resources/demo_genes.csv"))
     tf_pool, gene_pool = ids[ids["is_tf"]], ids[~ids["is_tf"]]
